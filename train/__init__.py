@@ -1,0 +1,1 @@
+"""Model assembly, data, templates, two-stage training, evaluation and ablation (no CLI imports here)."""
