@@ -34,8 +34,238 @@ def _workspace(path: Optional[Path]) -> Workspace:
 # Commands are registered below, one block per concern: ingest/stats/export, then embed/select/rules.
 # --- ingest / stats / export ------------------------------------------------------------------------
 
+INGEST_SOURCES = ("scienceqa", "llava", "vqa", "synthetic")
+
+
+@app.command()
+def ingest(
+    source: str = typer.Argument(..., help="scienceqa | llava | vqa | synthetic"),
+    path: Path | None = typer.Argument(
+        None, help="scienceqa: the folder with problems.json; llava: the JSON file; unused otherwise."
+    ),
+    prompt_format: str = typer.Option("QCM-LEA", "--prompt-format", help="ScienceQA/synthetic prompt format"),
+    splits: str | None = typer.Option(
+        None, "--splits", help="ScienceQA: comma-separated pid_splits lists (default train,val,test)."
+    ),
+    skip_bad_images: bool = typer.Option(
+        False, "--skip-bad-images", help="Skip (and count) samples whose image is missing or undecodable."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different existing dataset."),
+    seed: int = typer.Option(0, "--seed", help="synthetic: generator seed."),
+    n_train: int = typer.Option(1200, "--n-train", help="synthetic: train problems."),
+    n_val: int = typer.Option(200, "--n-val", help="synthetic: val problems."),
+    n_test: int = typer.Option(300, "--n-test", help="synthetic: test problems."),
+    questions: Path | None = typer.Option(None, "--questions", help="vqa: the questions JSON."),
+    annotations: Path | None = typer.Option(None, "--annotations", help="vqa: the annotations JSON."),
+    image_root: Path | None = typer.Option(None, "--image-root", help="llava/vqa: the images' folder."),
+    split: str = typer.Option("train", "--split", help="llava/vqa: split label of every sample."),
+    workspace: Path | None = WorkspaceOption,
+) -> None:
+    """Turn a source dataset into the workspace's canonical dataset/ (Parquet parts + dataset.json)."""
+    ws = _workspace(workspace)
+    info = _run_ingest(
+        ws, source, path, prompt_format=prompt_format, splits=splits, skip_bad_images=skip_bad_images,
+        overwrite=overwrite, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, questions=questions,
+        annotations=annotations, image_root=image_root, split=split,
+    )
+    _print_ingest_summary(ws, info)
+
+
+def _run_ingest(ws: Workspace, source: str, path: Path | None, **opt) -> dict:
+    from datasets_spec.errors import UserError
+
+    if source not in INGEST_SOURCES:
+        raise UserError(f"unknown source {source!r}; choose one of {', '.join(INGEST_SOURCES)}")
+    needs_path = {"scienceqa": "the ScienceQA folder", "llava": "the LLaVA JSON file"}
+    if source in needs_path and path is None:
+        raise UserError(f"curate ingest {source}: give PATH ({needs_path[source]})")
+    if source == "scienceqa":
+        from curate.ingest import ingest_scienceqa
+
+        split_list = [s.strip() for s in opt["splits"].split(",") if s.strip()] if opt["splits"] else None
+        return ingest_scienceqa(ws, path, prompt_format=opt["prompt_format"], splits=split_list,
+                                skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"])
+    if source == "synthetic":
+        from curate.ingest import ingest_synthetic
+
+        sizes = {k: opt[k] for k in ("n_train", "n_val", "n_test")}
+        return ingest_synthetic(ws, seed=opt["seed"], **sizes, prompt_format=opt["prompt_format"],
+                                overwrite=opt["overwrite"])
+    if source == "llava":
+        from curate.ingest_llava import ingest_llava
+
+        return ingest_llava(ws, path, image_root=opt["image_root"], split=opt["split"],
+                            skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"])
+    from curate.ingest_vqa import ingest_vqa
+
+    if opt["questions"] is None or opt["annotations"] is None:
+        raise UserError("curate ingest vqa: give --questions and --annotations")
+    return ingest_vqa(ws, opt["questions"], opt["annotations"], image_root=opt["image_root"],
+                      split=opt["split"], skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"])
+
+
+def _print_ingest_summary(ws: Workspace, info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"dataset: {ws.dataset_dir}", show_header=False)
+    splits = ", ".join(f"{k} {v}" for k, v in info.get("splits", {}).items())
+    for key, value in (
+        ("source", info.get("source")),
+        ("rows", info.get("rows")),
+        ("splits", splits),
+        ("with image", info.get("image_rows")),
+        ("skipped images", info.get("skipped_images", 0)),
+        ("prompt format", info.get("prompt_format", "-")),
+        ("fingerprint", str(info.get("fingerprint", ""))[:16]),
+    ):
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+@app.command()
+def stats(
+    target: Path | None = typer.Argument(None, help="A subset directory (default: the workspace dataset)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON on stdout."),
+    workspace: Path | None = WorkspaceOption,
+) -> None:
+    """Counts by split/subject/topic/grade, image fraction, difficulty histogram, token lengths."""
+    import json
+
+    from curate.stats import stats_target
+
+    result = stats_target(_workspace(workspace), target)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        _print_stats(result)
+
+
+def _print_stats(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    head = Table(title=f"{result['kind']}: {result['target']}", show_header=False)
+    tokens = result["n_tokens_est"]
+    for key, value in (
+        ("rows", result["rows"]),
+        ("image fraction", f"{result['image_fraction']:.3f} ({result['image_rows']} rows)"),
+        ("difficulty mean", f"{result['difficulty_mean']:.3f}"),
+        ("tokens (est.)", f"min {tokens['min']}  median {tokens['median']:.0f}  p95 {tokens['p95']:.0f}  "
+                          f"max {tokens['max']}  total {tokens['total']}"),
+        ("fingerprint", str(result.get("fingerprint") or "")[:16]),
+    ):
+        head.add_row(key, str(value))
+    console.print(head)
+    for title in ("splits", "subjects", "grades", "topics"):
+        table = Table(title=title)
+        table.add_column(title.rstrip("s"))
+        table.add_column("rows", justify="right")
+        for name, count in result[title].items():
+            table.add_row(name, str(count))
+        console.print(table)
+    hist = Table(title="difficulty histogram")
+    hist.add_column("bin")
+    hist.add_column("rows", justify="right")
+    edges = result["difficulty_histogram"]["edges"]
+    for i, count in enumerate(result["difficulty_histogram"]["counts"]):
+        hist.add_row(f"[{edges[i]:.1f}, {edges[i + 1]:.1f})", str(count))
+    console.print(hist)
+
+
+@app.command()
+def export(
+    target: Path | None = typer.Argument(None, help="A subset directory (default: the workspace dataset)"),
+    fmt: str = typer.Option(..., "--format", help="llava-json | scienceqa"),
+    out: Path = typer.Option(..., "--out", help="Output file (llava-json) or folder (scienceqa)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    workspace: Path | None = WorkspaceOption,
+) -> None:
+    """Write the dataset or a subset as LLaVA conversation JSON or as a ScienceQA folder."""
+    from curate.export import export_target
+
+    summary = export_target(_workspace(workspace), target, fmt=fmt, out=out, overwrite=overwrite)
+    typer.echo(f"exported {summary['rows']} samples ({summary['format']}) to {summary['out']}")
+
 
 # --- embed / select / rules -------------------------------------------------------------------------
+
+
+@app.command()
+def embed(
+    workspace: Optional[Path] = WorkspaceOption,
+    model: str = typer.Option("ViT-B-32", help="open_clip model name (tiny-clip: bundled tiny test config)."),
+    pretrained: str = typer.Option(
+        "laion2b_s34b_b79k", help="open_clip tag, a local checkpoint file, or `none` for random weights."
+    ),
+    fuse: str = typer.Option("mean", help="How image and text vectors become one: mean, image, text, concat."),
+    batch_size: int = typer.Option(64, help="Samples per forward pass."),
+    device: str = typer.Option("auto", help="auto (cuda when present, fp16 there), cpu, cuda, cuda:N."),
+    num_workers: int = typer.Option(2, help="DataLoader workers decoding images."),
+    tag: Optional[str] = typer.Option(None, help="Name of the set under embeddings/ (default: <model>_<pretrained>)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing set with the same tag."),
+    rows_per_part: int = typer.Option(4096, help="Rows per Parquet part (the unit of resume and of torchrun)."),
+    seed: int = typer.Option(0, help="Seed for random weights (--pretrained none)."),
+) -> None:
+    """Embed every sample (image + text, open_clip) into embeddings/<tag>/; resumable."""
+    from curate.embed import embed_workspace
+
+    out = embed_workspace(
+        _workspace(workspace), model=model, pretrained=pretrained, fuse=fuse, batch_size=batch_size,
+        device=device, num_workers=num_workers, tag=tag, overwrite=overwrite, rows_per_part=rows_per_part,
+        seed=seed,
+    )
+    typer.echo(str(out))
+
+
+@app.command()
+def select(
+    workspace: Optional[Path] = WorkspaceOption,
+    strategy: str = typer.Option(..., help="l2-maxdiverse, random or kmeans-balanced."),
+    k: Optional[int] = typer.Option(None, "--k", help="Subset size."),
+    fraction: Optional[float] = typer.Option(None, help="Subset size as a fraction of the pool."),
+    seed: int = typer.Option(0, help="Seed for every random choice."),
+    split: str = typer.Option("train", help="Pool split (`all` for every split)."),
+    require_image: bool = typer.Option(False, help="Pool only image-bearing samples."),
+    dedup_eps: Optional[float] = typer.Option(None, help="Drop near-duplicates (L2 below this) first."),
+    name: Optional[str] = typer.Option(None, help="Subset directory name (default: <strategy>-k<k>)."),
+    embeddings: Optional[str] = typer.Option(None, "--embeddings", help="Embedding set tag (default set)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing subset directory."),
+) -> None:
+    """Select a subset with a strategy and write shards/<strategy>-k<k>/."""
+    from curate.select import select_subset
+
+    out = select_subset(
+        _workspace(workspace), strategy, k=k, fraction=fraction, seed=seed, split=split,
+        require_image=require_image, dedup_eps=dedup_eps, name=name, embeddings_tag=embeddings,
+        overwrite=overwrite, command=command_line(),
+    )
+    typer.echo(str(out))
+
+
+@app.command()
+def rules(
+    workspace: Optional[Path] = WorkspaceOption,
+    k: int = typer.Option(..., "--k", help="Subset size."),
+    min_per_subject: int = typer.Option(0, help="At least this many samples from every group in the pool."),
+    group_by: str = typer.Option("subject", help="Group column: subject, topic, category or skill."),
+    prefer: str = typer.Option("hard", help="Order by difficulty: hard, easy or none."),
+    require_image: bool = typer.Option(False, help="Image-bearing samples first."),
+    seed: int = typer.Option(0, help="Seed for tie-breaking."),
+    split: str = typer.Option("train", help="Pool split (`all` for every split)."),
+    name: Optional[str] = typer.Option(None, help="Subset directory name (default: rules-k<k>)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing subset directory."),
+) -> None:
+    """Select a subset by the curator's rules and write shards/rules-k<k>/."""
+    from curate.rules import rules_subset
+
+    out = rules_subset(
+        _workspace(workspace), k=k, min_per_group=min_per_subject, group_by=group_by, prefer=prefer,
+        require_image=require_image, seed=seed, split=split, name=name, overwrite=overwrite,
+        command=command_line(),
+    )
+    typer.echo(str(out))
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -11,8 +12,16 @@ import pyarrow.compute as pc
 
 from curate.workspace import Workspace
 from datasets_spec.errors import UserError
-from datasets_spec.fingerprint import table_fingerprint
-from datasets_spec.parts import atomic_directory, read_json, write_json, write_parts
+from datasets_spec.fingerprint import combine_digests, row_digests, table_fingerprint
+from datasets_spec.parts import (
+    DEFAULT_ROWS_PER_PART,
+    atomic_directory,
+    part_name,
+    read_json,
+    write_json,
+    write_part,
+    write_parts,
+)
 from datasets_spec.schema import SCHEMA_VERSION, validate_table
 
 
@@ -83,3 +92,108 @@ def write_dataset(
         write_parts(table, tmp)
         write_json(tmp / "dataset.json", info)
     return info
+
+
+class _SameDataset(Exception):
+    """Raised inside the atomic block when the new content equals the dataset already on disk."""
+
+
+def write_dataset_batches(
+    workspace: Workspace,
+    batches: Iterable[pa.Table | pa.RecordBatch],
+    *,
+    source: str,
+    source_paths: dict[str, str],
+    image_root: Path | None,
+    where: str,
+    overwrite: bool = False,
+    finish: Callable[[Path], dict] | None = None,
+    rows_per_part: int = DEFAULT_ROWS_PER_PART,
+) -> dict:
+    """Streaming :func:`write_dataset`: validate and write ``batches`` part by part; return dataset.json.
+
+    Only the current part and, per row, its sample_id and a 32-byte digest stay in memory; the
+    fingerprint equals ``table_fingerprint`` of the concatenated table and the parts are the same bytes
+    ``write_dataset`` would write. ``finish(tmp_dir)`` runs once the batches are exhausted: it may write
+    side files into the new dataset directory and returns extra dataset.json keys (``skipped_images``
+    among them). The existing-dataset check needs the fingerprint, so it happens after reading.
+    """
+    target = workspace.dataset_dir
+    info_path = target / "dataset.json"
+    existing = read_json(info_path) if info_path.exists() else None
+    if existing is None and target.exists() and any(target.iterdir()) and not overwrite:
+        raise UserError(f"{target}: exists and is not a dataset; pass --overwrite to replace it")
+    try:
+        with atomic_directory(target, overwrite=True) as tmp:
+            info = _stream_parts(batches, tmp, where=where, rows_per_part=rows_per_part)
+            extra = finish(tmp) if finish else {}
+            if existing is not None and not overwrite:
+                if existing.get("fingerprint") == info["fingerprint"]:
+                    raise _SameDataset
+                raise UserError(
+                    f"{target}: already holds a different dataset ({existing.get('source')}, "
+                    f"{existing.get('rows')} rows); pass --overwrite to replace it"
+                )
+            payload = {
+                "schema_version": SCHEMA_VERSION,
+                "source": source,
+                "source_paths": {k: str(v) for k, v in source_paths.items()},
+                "image_root": str(Path(image_root).resolve()) if image_root else None,
+                "skipped_images": 0,
+                "tool_version": tool_version(),
+                "created_at": now_utc(),
+                **info,
+                **extra,
+            }
+            write_json(tmp / "dataset.json", payload)
+    except _SameDataset:
+        return existing
+    return payload
+
+
+def _stream_parts(batches: Iterable, directory: Path, *, where: str, rows_per_part: int) -> dict:
+    ids, digests, pending = [], [], []
+    n_pending = n_parts = rows = image_rows = 0
+    splits: dict[str, int] = {}
+    for batch in batches:
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        if table.num_rows == 0:
+            continue
+        validate_table(table, where=where)
+        batch_ids, batch_digests = row_digests(table)
+        ids.append(batch_ids)
+        digests.append(batch_digests)
+        rows += table.num_rows
+        image_rows += table.num_rows - table.column("image").null_count
+        for split, count in split_counts(table).items():
+            splits[split] = splits.get(split, 0) + count
+        pending.append(table)
+        n_pending += table.num_rows
+        while n_pending >= rows_per_part:
+            buffered = pa.concat_tables(pending)
+            write_part(buffered.slice(0, rows_per_part), directory / part_name(n_parts))
+            n_parts += 1
+            rest = buffered.slice(rows_per_part)
+            pending, n_pending = [rest], rest.num_rows
+    if rows == 0:
+        raise UserError(f"{where}: the dataset is empty (0 samples)")
+    if n_pending or n_parts == 0:
+        write_part(pa.concat_tables(pending), directory / part_name(n_parts))
+    all_ids = pa.chunked_array(ids)
+    _check_unique(all_ids, where)
+    return {
+        "rows": rows,
+        "splits": dict(sorted(splits.items())),
+        "image_rows": image_rows,
+        "fingerprint": combine_digests(all_ids, pa.chunked_array(digests)),
+    }
+
+
+def _check_unique(ids: pa.ChunkedArray, where: str) -> None:
+    if pc.count_distinct(ids).as_py() == len(ids):
+        return
+    ordered = pc.array_sort_indices(ids.combine_chunks())
+    sorted_ids = ids.combine_chunks().take(ordered)
+    same = pc.equal(sorted_ids.slice(1), sorted_ids.slice(0, len(sorted_ids) - 1))
+    first = pc.index(same, True).as_py()
+    raise UserError(f"{where}: duplicate sample_id {sorted_ids[first].as_py()!r}")

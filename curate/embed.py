@@ -1,0 +1,519 @@
+"""Embed every sample of the workspace dataset with open_clip: image and text in one space.
+
+Output: ``embeddings/<tag>/`` holding Parquet parts (``sample_id`` + ``embedding``, a fixed-size list of
+float32) and ``embeddings.json`` (model, pretrained, fuse rule, dim, dtype, dataset fingerprint, rows,
+parts hash, ``complete: true``).
+
+* Default tag: ``<model>_<pretrained>`` with unsafe characters replaced (``ViT-B-32_laion2b_s34b_b79k``,
+  ``tiny-clip_none``; a checkpoint file contributes ``ckpt-<file stem>``).
+* The default embedding set: the tag named in ``embeddings/DEFAULT`` (rewritten by every completed
+  ``curate embed``); without that file, the only complete set present.
+* Text of a sample: the human turns joined by a blank line, ``<image>`` removed, whitespace collapsed.
+  CLIP's text encoder holds 77 tokens (75 after the start/end tokens); longer text is truncated at the
+  end, which in ScienceQA-style prompts keeps the question and the start of the context.
+* Resume: rows are cut into parts of ``rows_per_part`` in dataset order; finished parts live in
+  ``embeddings/.<tag>.partial/`` and are skipped by a rerun with the same parameters. Each part is computed
+  in the same batches whatever happened before, so a resumed set is byte-identical to an uninterrupted
+  one. The partial directory is renamed to ``embeddings/<tag>/`` only when every part exists.
+* Under ``torchrun`` part ``i`` belongs to rank ``i % world_size``; rank 0 finalises after a barrier.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.dataset_store import now_utc, tool_version
+from curate.workspace import Workspace
+from datasets_spec.errors import UserError
+from datasets_spec.parts import hash_parts, list_parts, part_name, read_json, write_json, write_part
+from datasets_spec.schema import IMAGE_TOKEN, check_image_path
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+DEFAULT_POINTER = "DEFAULT"
+INFO_NAME = "embeddings.json"
+PROGRESS_NAME = "progress.json"
+FUSE_RULES = {
+    "mean": "mean of the L2-normalised image and text vectors, renormalised; text-only samples: text vector",
+    "image": "L2-normalised image vector; text-only samples: text vector",
+    "text": "L2-normalised text vector",
+    "concat": "[image, text] of L2-normalised vectors, renormalised (2x dim); text-only: [text, text]",
+}
+# 4096 rows is 8 MB of float32 at d=512: a killed run loses at most a few seconds of GPU work, and a
+# 665k-row dataset is ~160 files.
+DEFAULT_ROWS_PER_PART = 4096
+TEXT_RULE = "human turns joined by a blank line, <image> removed, truncated to the model's context length"
+
+
+def register_model_configs() -> None:
+    """Make the bundled configs (``tiny-clip``) known to open_clip; idempotent."""
+    import open_clip
+
+    if "tiny-clip" not in open_clip.list_models():
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def default_tag(model: str, pretrained: str | None) -> str:
+    label = _pretrained_label(pretrained)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model}_{label}")
+
+
+def _pretrained_label(pretrained: str | None) -> str:
+    if not pretrained or pretrained.lower() == "none":
+        return "none"
+    if os.path.sep in pretrained or os.path.isfile(pretrained):
+        return f"ckpt-{Path(pretrained).stem}"
+    return pretrained
+
+
+def sample_text(conversations: list[dict]) -> str:
+    """What the human turns say, without ``<image>``, whitespace collapsed."""
+    human = [t["value"].replace(IMAGE_TOKEN, " ") for t in conversations if t["from"] == "human"]
+    return "\n\n".join(" ".join(v.split()) for v in human).strip()
+
+
+# --- model -----------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_model(model: str, pretrained: str | None, *, device: str = "cpu", seed: int = 0):
+    """Return ``(model, preprocess, tokenizer)``; weights problems become one-line UserErrors."""
+    import open_clip
+    import torch
+
+    register_model_configs()
+    if model not in open_clip.list_models():
+        raise UserError(f"unknown open_clip model {model!r} (e.g. ViT-B-32, ViT-L-14, tiny-clip)")
+    weights = None if not pretrained or pretrained.lower() == "none" else pretrained
+    if weights is not None and not os.path.isfile(weights):
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        if weights not in tags:
+            raise UserError(
+                f"--pretrained {weights!r}: not a file and not a known tag for {model} "
+                f"(known: {', '.join(tags) or 'none'}); pass a checkpoint path or `none`"
+            )
+    # Random weights must be reproducible: a resumed `--pretrained none` run has to match the first.
+    torch.manual_seed(seed)
+    try:
+        net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=weights, device=device)
+    except Exception as exc:  # open_clip raises RuntimeError/OSError/hub errors for missing weights
+        if weights is not None and not os.path.isfile(weights):
+            raise UserError(
+                f"weights {model}/{weights} are not available offline (not in the open_clip/Hugging Face "
+                f"cache); download them once, or pass a local checkpoint file with --pretrained PATH"
+            ) from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"--pretrained {weights}: cannot load checkpoint into {model}: {first}") from None
+    net.eval()
+    return net, preprocess, open_clip.get_tokenizer(model)
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+class _Samples:
+    """Map-style dataset: index -> (index, image tensor or zeros, has_image, tokens)."""
+
+    def __init__(self, texts, images, preprocess, tokenizer, image_size: int) -> None:
+        self.texts, self.images = texts, images
+        self.preprocess, self.tokenizer, self.image_size = preprocess, tokenizer, image_size
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int):
+        import torch
+        from PIL import Image
+
+        tokens = self.tokenizer([self.texts[i]])[0]
+        path = self.images[i]
+        if path is None:
+            return i, torch.zeros(3, self.image_size, self.image_size), False, tokens
+        with Image.open(path) as img:
+            pixels = self.preprocess(img.convert("RGB"))
+        return i, pixels, True, tokens
+
+
+def _image_paths(ws: Workspace, table: pa.Table) -> list[Path | None]:
+    root = ws.image_root()
+    out: list[Path | None] = []
+    for sid, image in zip(table.column("sample_id").to_pylist(), table.column("image").to_pylist()):
+        if image is None:
+            out.append(None)
+            continue
+        where = f"sample {sid!r}"
+        if root is None:
+            raise UserError(f"{ws.dataset_dir}: {where} has an image but the dataset has no image root")
+        check_image_path(image, where=where)
+        path = (root / image).resolve()
+        if not path.is_relative_to(root.resolve()):
+            raise UserError(f"{where}: image path {image!r} escapes the image root {root}")
+        if not path.is_file():
+            raise UserError(f"{where}: image file {path} is missing")
+        out.append(path)
+    return out
+
+
+def _image_size(preprocess) -> int:
+    for t in getattr(preprocess, "transforms", []):
+        size = getattr(t, "size", None)
+        if size is not None:
+            return int(size if isinstance(size, int) else size[0])
+    return 224
+
+
+# --- distributed -----------------------------------------------------------------------------------
+
+
+def _dist_setup() -> tuple[int, int, bool]:
+    """(rank, world_size, initialised_here); gloo on CPU, nccl on GPU, from torchrun's environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# --- embedding -------------------------------------------------------------------------------------
+
+
+def _fuse(img, txt, has_image, rule: str):
+    import torch
+    import torch.nn.functional as F
+
+    txt = F.normalize(txt.float(), dim=-1)
+    full = txt.clone()
+    if img is not None:
+        img = F.normalize(img.float(), dim=-1)
+        if rule == "mean":
+            full[has_image] = F.normalize(img + txt[has_image], dim=-1)
+        elif rule == "image":
+            full[has_image] = img
+    if rule == "concat":
+        other = txt.clone()
+        if img is not None:
+            other[has_image] = img
+        full = F.normalize(torch.cat([other, txt], dim=-1), dim=-1)
+    return full
+
+
+def _batches(parts: list[int], n_rows: int, rows_per_part: int, batch_size: int) -> list[list[int]]:
+    """Batches never cross a part boundary, so each part is computed identically on every run."""
+    out = []
+    for p in parts:
+        start, stop = p * rows_per_part, min(n_rows, (p + 1) * rows_per_part)
+        out.extend(list(range(s, min(stop, s + batch_size))) for s in range(start, stop, batch_size))
+    return out
+
+
+def _write_embedding_part(path: Path, ids: list[str], vectors: np.ndarray) -> None:
+    dim = vectors.shape[1]
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
+    table = pa.table(
+        {"sample_id": pa.array(ids, pa.string()), "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)}
+    )
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write_part(table, tmp)
+    os.replace(tmp, path)
+
+
+def _run_parts(net, loader, parts_rows: dict[int, tuple[int, int]], ids, out_dir, fuse, device, progress):
+    import torch
+
+    pending: dict[int, dict[int, np.ndarray]] = {p: {} for p in parts_rows}
+    row_part = {}
+    for p, (a, b) in parts_rows.items():
+        row_part.update({r: p for r in range(a, b)})
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device == "cuda" else _null()
+    with torch.inference_mode(), autocast:
+        for idx, pixels, has_image, tokens in loader:
+            has_image = has_image.bool()
+            img = net.encode_image(pixels[has_image].to(device)) if has_image.any() else None
+            txt = net.encode_text(tokens.to(device))
+            vec = _fuse(img, txt, has_image.to(device), fuse).cpu().numpy()
+            for j, row in enumerate(idx.tolist()):
+                pending[row_part[row]][row] = vec[j]
+            progress(len(idx))
+            for p in {row_part[r] for r in idx.tolist()}:
+                a, b = parts_rows[p]
+                if len(pending[p]) == b - a:
+                    rows = pending.pop(p)
+                    _write_embedding_part(out_dir / part_name(p), ids[a:b], np.stack([rows[r] for r in range(a, b)]))
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def embed_workspace(
+    ws: Workspace,
+    *,
+    model: str = "ViT-B-32",
+    pretrained: str | None = "laion2b_s34b_b79k",
+    fuse: str = "mean",
+    batch_size: int = 64,
+    device: str = "auto",
+    num_workers: int = 2,
+    tag: str | None = None,
+    overwrite: bool = False,
+    rows_per_part: int = DEFAULT_ROWS_PER_PART,
+    seed: int = 0,
+    max_parts: int | None = None,
+    show_progress: bool = True,
+    stats: dict | None = None,
+) -> Path:
+    """Embed every dataset sample; return ``embeddings/<tag>/``.
+
+    ``max_parts`` stops after that many new parts (the run resumes later; returns the partial directory).
+    ``stats`` (optional dict) receives timings: ``seconds_model_load``, ``seconds_loop``, ``rows``.
+    """
+    if fuse not in FUSE_RULES:
+        raise UserError(f"unknown --fuse {fuse!r}; valid: {', '.join(FUSE_RULES)}")
+    if batch_size <= 0 or rows_per_part <= 0:
+        raise UserError("--batch-size and rows per part must be positive")
+    tag = tag or default_tag(model, pretrained)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", tag) or tag.startswith("."):
+        raise UserError(f"--tag {tag!r}: use letters, digits, '.', '_' and '-' only")
+    fingerprint = ws.dataset_fingerprint()
+    final = ws.embeddings_dir / tag
+    params = {
+        "model": model,
+        "pretrained": str(Path(pretrained).resolve()) if pretrained and os.path.isfile(pretrained) else
+        (pretrained or "none"),
+        "fuse": fuse,
+        "dataset_fingerprint": fingerprint,
+        "rows_per_part": rows_per_part,
+        "seed": seed,
+    }
+    if (final / INFO_NAME).exists() and not overwrite:
+        info = read_json(final / INFO_NAME)
+        if all(info.get(k) == v for k, v in params.items()) and info.get("complete"):
+            _write_default(ws, tag)
+            return final
+        raise UserError(f"{final}: already holds a different embedding set; pass --overwrite or another --tag")
+
+    rank, world, owns_group = _dist_setup()
+    try:
+        return _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, show_progress,
+                      stats, rank, world)
+    finally:
+        if owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, show_progress, stats,
+           rank, world) -> Path:
+    import torch
+
+    partial = ws.embeddings_dir / f".{tag}.partial"
+    if rank == 0:
+        progress_path = partial / PROGRESS_NAME
+        if partial.exists() and (not progress_path.exists() or read_json(progress_path) != params):
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        write_json(progress_path, params)
+    _barrier(world)
+
+    table = ws.read_dataset(columns=["sample_id", "image", "conversations"])
+    ids = table.column("sample_id").to_pylist()
+    n_rows, rpp = len(ids), params["rows_per_part"]
+    n_parts = -(-n_rows // rpp)
+    done = {p.name for p in list_parts(partial)}
+    todo = [p for p in range(n_parts) if p % world == rank and part_name(p) not in done]
+    if max_parts is not None:
+        todo = todo[:max_parts]
+
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    net, preprocess, tokenizer = load_model(params["model"], params["pretrained"], device=dev, seed=params["seed"])
+    t_load = time.perf_counter() - t0
+    images = _image_paths(ws, table)
+    texts = [sample_text(c) for c in table.column("conversations").to_pylist()]
+    samples = _Samples(texts, images, preprocess, tokenizer, _image_size(preprocess))
+    batches = _batches(todo, n_rows, rpp, batch_size)
+    loader = torch.utils.data.DataLoader(
+        samples, batch_sampler=batches, num_workers=num_workers if batches else 0,
+        pin_memory=dev == "cuda", persistent_workers=False,
+    )
+    parts_rows = {p: (p * rpp, min(n_rows, (p + 1) * rpp)) for p in todo}
+    t1 = time.perf_counter()
+    with _progress(sum(b - a for a, b in parts_rows.values()), show_progress and rank == 0) as advance:
+        _run_parts(net, loader, parts_rows, ids, partial, params["fuse"], dev, advance)
+    if stats is not None:
+        stats.update(seconds_model_load=t_load, seconds_loop=time.perf_counter() - t1,
+                     rows=sum(b - a for a, b in parts_rows.values()))
+    _barrier(world)
+    complete = len(list_parts(partial)) == n_parts
+    if rank == 0 and complete:
+        _finalise(ws, partial, final, tag, params, n_rows, n_parts, world)
+    _barrier(world)
+    return final if complete else partial
+
+
+def _finalise(ws, partial, final, tag, params, n_rows, n_parts, world) -> None:
+    first = pq.read_schema(partial / part_name(0))
+    dim = first.field("embedding").type.list_size
+    info = {
+        **params,
+        "tag": tag,
+        "fuse_rule": FUSE_RULES[params["fuse"]],
+        "text_rule": TEXT_RULE,
+        "dim": dim,
+        "dtype": "float32",
+        "rows": n_rows,
+        "parts": n_parts,
+        "parts_hash": hash_parts(partial),
+        "world_size": world,
+        "complete": True,
+        "tool_version": tool_version(),
+        "created_at": now_utc(),
+    }
+    (partial / PROGRESS_NAME).unlink()
+    write_json(partial / INFO_NAME, info)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        shutil.rmtree(old)
+    os.replace(partial, final)
+    _write_default(ws, tag)
+
+
+def _write_default(ws: Workspace, tag: str) -> None:
+    path = ws.embeddings_dir / DEFAULT_POINTER
+    tmp = path.with_name(f".{DEFAULT_POINTER}.tmp-{os.getpid()}")
+    tmp.write_text(tag + "\n")
+    os.replace(tmp, path)
+
+
+class _progress:
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self.bar = total, enabled, None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self.bar = Progress("embedding", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            self.bar.start()
+            self.task = self.bar.add_task("embed", total=self.total)
+        return self.advance
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def complete_sets(ws: Workspace) -> list[str]:
+    root = ws.embeddings_dir
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / INFO_NAME).exists())
+
+
+def resolve_tag(ws: Workspace, tag: str | None = None) -> str:
+    """The requested tag, else ``embeddings/DEFAULT``, else the only set present."""
+    sets = complete_sets(ws)
+    if tag is not None:
+        if tag not in sets:
+            have = f" (present: {', '.join(sets)})" if sets else ""
+            raise UserError(f"{ws.embeddings_dir / tag}: no embedding set{have}; run `curate embed` first")
+        return tag
+    pointer = ws.embeddings_dir / DEFAULT_POINTER
+    if pointer.exists():
+        named = pointer.read_text().strip()
+        if named in sets:
+            return named
+    if len(sets) == 1:
+        return sets[0]
+    if not sets:
+        raise UserError(f"{ws.embeddings_dir}: no embedding set; run `curate embed` first")
+    raise UserError(f"{ws.embeddings_dir}: several embedding sets ({', '.join(sets)}); pass --embeddings TAG")
+
+
+def _iter_matrix(d: Path, dim: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    for part in list_parts(d):
+        t = pq.read_table(part)
+        col = t.column("embedding").combine_chunks()
+        yield t.column("sample_id").to_pylist(), col.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+
+
+def load_embeddings(ws: Workspace, tag: str | None = None) -> tuple[np.ndarray, list[str], dict]:
+    """Return ``(matrix, sample_ids, info)`` with rows in the dataset's sample order.
+
+    Raises UserError when the set is missing, was computed for another dataset, or holds NaN/inf.
+    """
+    tag = resolve_tag(ws, tag)
+    d = ws.embeddings_dir / tag
+    info = read_json(d / INFO_NAME)
+    if not info.get("complete"):
+        raise UserError(f"{d}: embedding set is incomplete; rerun `curate embed` to finish it")
+    fingerprint = ws.dataset_fingerprint()
+    if info.get("dataset_fingerprint") != fingerprint:
+        raise UserError(
+            f"{d}: stale embeddings, computed for dataset {str(info.get('dataset_fingerprint'))[:12]} but the "
+            f"workspace dataset is {fingerprint[:12]}; run `curate embed --overwrite`"
+        )
+    dim = int(info["dim"])
+    ids: list[str] = []
+    chunks = []
+    for part_ids, mat in _iter_matrix(d, dim):
+        ids.extend(part_ids)
+        chunks.append(mat)
+    matrix = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    dataset_ids = ws.read_dataset(columns=["sample_id"]).column("sample_id").to_pylist()
+    if ids != dataset_ids:
+        pos = {sid: i for i, sid in enumerate(ids)}
+        missing = [s for s in dataset_ids if s not in pos]
+        if missing or len(ids) != len(dataset_ids):
+            raise UserError(f"{d}: stale embeddings, sample {missing[:1]} has no vector; run `curate embed --overwrite`")
+        matrix = matrix[[pos[s] for s in dataset_ids]]
+    bad = ~np.isfinite(matrix).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise UserError(
+            f"{d}: embedding of sample {dataset_ids[first]!r} contains NaN or inf ({int(bad.sum())} rows); "
+            f"rerun `curate embed --overwrite`"
+        )
+    return matrix, dataset_ids, {**info, "tag": tag}

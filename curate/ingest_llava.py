@@ -1,0 +1,84 @@
+"""Ingest a LLaVA conversation JSON file into the workspace's dataset/ (streamed, part by part)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from curate.dataset_store import write_dataset_batches
+from curate.workspace import Workspace
+from datasets_spec.llava_json import LlavaJsonReader
+from datasets_spec.parts import write_part
+
+# Side file in dataset/ mapping sample_id -> the file's own id as JSON text, for ids that were integers or
+# renamed duplicates; export reads it to write the input's ids back exactly.
+ORIGINAL_IDS_FILE = "original_ids.parquet"
+ORIGINAL_IDS_SCHEMA = pa.schema([("sample_id", pa.string()), ("original_id", pa.string())])
+
+
+def ingest_llava(
+    ws: Workspace,
+    path: Path,
+    *,
+    image_root: Path | None = None,
+    split: str = "train",
+    skip_bad_images: bool = False,
+    overwrite: bool = False,
+    decode_images: bool = False,
+    duplicate_ids: str = "error",
+) -> dict:
+    """Write ``path`` (LLaVA conversation JSON) as the workspace dataset; return dataset.json's payload.
+
+    ``decode_images`` fully decodes every image (slow on 600K images); by default an image must exist.
+    ``duplicate_ids="suffix"`` keeps repeated ids as ``<id>#2``, ... instead of refusing the file.
+    """
+    path = Path(path)
+    reader = LlavaJsonReader(
+        path,
+        image_root=image_root,
+        split=split,
+        skip_bad_images=skip_bad_images,
+        decode_images=decode_images,
+        duplicate_ids=duplicate_ids,
+    )
+
+    def finish(directory: Path) -> dict:
+        write_original_ids(directory, reader.original_ids)
+        return {
+            "skipped_images": reader.skipped_images,
+            "ignored_keys": dict(sorted(reader.ignored_keys.items())),
+            "renamed_or_int_ids": len(reader.original_ids),
+            "duplicate_ids": duplicate_ids,
+        }
+
+    return write_dataset_batches(
+        ws,
+        reader.batches(),
+        source="llava",
+        source_paths={"json": str(path.resolve())},
+        image_root=image_root,
+        where=str(path),
+        overwrite=overwrite,
+        finish=finish,
+    )
+
+
+def write_original_ids(directory: Path, original_ids: dict[str, str]) -> None:
+    items = sorted(original_ids.items())
+    table = pa.table(
+        {"sample_id": [k for k, _ in items], "original_id": [v for _, v in items]}, schema=ORIGINAL_IDS_SCHEMA
+    )
+    write_part(table, directory / ORIGINAL_IDS_FILE)
+
+
+def read_original_ids(dataset_dir: Path) -> dict[str, str]:
+    """sample_id -> original id JSON text ({} when the dataset has no such file)."""
+    import pyarrow.parquet as pq
+
+    path = Path(dataset_dir) / ORIGINAL_IDS_FILE
+    if not path.exists():
+        return {}
+    table = pq.read_table(path)
+    ids, originals = table.column("sample_id").to_pylist(), table.column("original_id").to_pylist()
+    return dict(zip(ids, originals, strict=True))

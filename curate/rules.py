@@ -1,0 +1,127 @@
+"""`curate rules`: a careful curator's hand rules as a deterministic ordering of the pool.
+
+One global ordering ranks every pool sample by, in priority order:
+
+1. image-bearing before text-only (only with ``require_image``; text-only samples then fill in only
+   when image-bearing ones run out, and a group with no image sample still gets its minimum);
+2. difficulty: highest first (``prefer="hard"``), lowest first (``"easy"``) or ignored (``"none"``);
+3. a seeded random permutation, so equal keys are broken reproducibly.
+
+Selection: for each ``group_by`` group present in the pool (sorted by name), its first
+``min_per_group`` samples in that ordering; then the rest of the ordering until ``k``. A group smaller
+than the minimum contributes all of its samples (recorded in the manifest). If the minimums alone
+exceed ``k`` the request is refused with the numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+
+from curate.select import build_pool, optional_coverage
+from curate.shards import write_subset
+from curate.strategies import check_k
+from curate.workspace import Workspace
+from datasets_spec.errors import UserError
+
+GROUP_COLUMNS = ("subject", "topic", "category", "skill")
+PREFERENCES = ("hard", "easy", "none")
+MISSING_GROUP = "(none)"
+
+
+def rule_order(difficulty: np.ndarray, has_image: np.ndarray, *, prefer: str, image_first: bool,
+               seed: int) -> np.ndarray:
+    """Positions 0..n-1 sorted by the rules (see module docstring)."""
+    n = len(difficulty)
+    tiebreak = np.random.default_rng(seed).permutation(n)
+    if prefer == "hard":
+        diff_key = -difficulty.astype(np.float64)
+    elif prefer == "easy":
+        diff_key = difficulty.astype(np.float64)
+    else:
+        diff_key = np.zeros(n)
+    image_key = (~has_image).astype(np.int8) if image_first else np.zeros(n, dtype=np.int8)
+    return np.lexsort((tiebreak, diff_key, image_key)).astype(np.int64)
+
+
+def pick_by_rules(order: np.ndarray, groups: list[str], k: int, min_per_group: int) -> tuple[np.ndarray, dict]:
+    """Minimums per group first, then the ordering; returns positions and a summary for the manifest."""
+    names = sorted(set(groups))
+    by_group: dict[str, list[int]] = {g: [] for g in names}
+    for pos in order.tolist():
+        by_group[groups[pos]].append(pos)
+    need = {g: min(min_per_group, len(by_group[g])) for g in names}
+    total = sum(need.values())
+    if total > k:
+        raise UserError(
+            f"k={k} cannot give each of the {len(names)} groups {min_per_group} sample(s): the minimums need "
+            f"{total} samples; raise --k to at least {total} or lower --min-per-subject"
+        )
+    chosen: set[int] = set()
+    for g in names:
+        chosen.update(by_group[g][: need[g]])
+    minimum_picks = [p for p in order.tolist() if p in chosen]
+    fill = [p for p in order.tolist() if p not in chosen][: k - len(minimum_picks)]
+    summary = {
+        "groups": len(names),
+        "minimum_picks": len(minimum_picks),
+        "fill_picks": len(fill),
+        "short_groups": {g: len(by_group[g]) for g in names if len(by_group[g]) < min_per_group},
+    }
+    return np.asarray(minimum_picks + fill, dtype=np.int64), summary
+
+
+def rules_subset(
+    ws: Workspace,
+    *,
+    k: int,
+    min_per_group: int = 0,
+    group_by: str = "subject",
+    prefer: str = "hard",
+    require_image: bool = False,
+    seed: int = 0,
+    split: str = "train",
+    name: str | None = None,
+    overwrite: bool = False,
+    command: str = "",
+    embeddings_tag: str | None = None,
+) -> Path:
+    """Select ``k`` samples by the curator's rules; return ``shards/<name or rules-k<k>>/``."""
+    if group_by not in GROUP_COLUMNS:
+        raise UserError(f"--group-by {group_by!r}: valid: {', '.join(GROUP_COLUMNS)}")
+    if prefer not in PREFERENCES:
+        raise UserError(f"--prefer {prefer!r}: valid: {', '.join(PREFERENCES)}")
+    if min_per_group < 0:
+        raise UserError(f"--min-per-subject must be >= 0 (got {min_per_group})")
+    if k <= 0:
+        raise UserError(f"k must be positive (got {k})")
+    # The image preference is an ordering here, not a filter, so the pool keeps text-only samples.
+    table, pool = build_pool(ws, split, require_image=False)
+    check_k(k, len(pool))
+    sub = table.take(pool)
+    difficulty = sub.column("difficulty").to_numpy(zero_copy_only=False)
+    has_image = pc.is_valid(sub.column("image")).to_numpy(zero_copy_only=False)
+    groups = [MISSING_GROUP if g is None else str(g) for g in sub.column(group_by).to_pylist()]
+    order = rule_order(difficulty, has_image, prefer=prefer, image_first=require_image, seed=seed)
+    positions, summary = pick_by_rules(order, groups, k, min_per_group)
+    rows = pool[positions]
+    emb_summary, coverage = optional_coverage(ws, embeddings_tag, pool, rows)
+    picked_groups = [groups[p] for p in positions.tolist()]
+    manifest = {
+        "kind": "rules",
+        "strategy": "rules",
+        "params": {
+            "k": k, "min_per_group": min_per_group, "group_by": group_by, "prefer": prefer,
+            "require_image": require_image, "seed": seed, "split": split, "embeddings_tag": embeddings_tag,
+        },
+        "k": k,
+        "seed": seed,
+        "pool": {"split": split, "require_image": False, "size": int(len(pool))},
+        "rules": {**summary, "per_group": {g: picked_groups.count(g) for g in sorted(set(groups))}},
+        "embeddings": emb_summary,
+        "coverage": coverage,
+        "command": command,
+    }
+    return write_subset(ws, name or f"rules-k{k}", table, rows, manifest, overwrite=overwrite)

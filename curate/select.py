@@ -1,0 +1,131 @@
+"""`curate select`: pick k samples from a filtered pool with a registered strategy; write a subset.
+
+Pool = dataset rows of ``split`` (``all`` for every split), optionally only image-bearing ones, optionally
+with near-duplicates (L2 < ``dedup_eps`` on the embeddings) removed first. The strategy runs on the pool's
+embedding rows; its pool indices map back to dataset rows and are written in selection order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.embed import load_embeddings
+from curate.shards import write_subset
+from curate.strategies import NEEDS_EMBEDDINGS, check_k, coverage_report, dedup_pool, get_strategy
+from curate.workspace import Workspace
+from datasets_spec.errors import UserError
+
+ALL_SPLITS = "all"
+
+
+def build_pool(ws: Workspace, split: str, require_image: bool) -> tuple[pa.Table, np.ndarray]:
+    """The whole dataset table and the row indices of the pool (dataset order)."""
+    table = ws.read_dataset()
+    mask = np.ones(table.num_rows, dtype=bool)
+    if split != ALL_SPLITS:
+        mask &= pc.equal(table.column("split"), split).to_numpy(zero_copy_only=False)
+    if require_image:
+        mask &= pc.is_valid(table.column("image")).to_numpy(zero_copy_only=False)
+    pool = np.flatnonzero(mask).astype(np.int64)
+    if len(pool) == 0:
+        splits = sorted(set(table.column("split").to_pylist()))
+        image_rule = " with an image" if require_image else ""
+        raise UserError(
+            f"the pool is empty: no samples in split {split!r}{image_rule} (splits present: {', '.join(splits)})"
+        )
+    return table, pool
+
+
+def resolve_k(k: int | None, fraction: float | None, pool_size: int) -> int:
+    if (k is None) == (fraction is None):
+        raise UserError("pass exactly one of --k N or --fraction F")
+    if fraction is not None:
+        if not 0.0 < fraction <= 1.0:
+            raise UserError(f"--fraction must be in (0, 1] (got {fraction})")
+        k = max(1, int(round(fraction * pool_size)))
+    check_k(int(k), pool_size)
+    return int(k)
+
+
+def embeddings_summary(info: dict) -> dict:
+    keys = ("tag", "model", "pretrained", "fuse", "dim", "parts_hash", "dataset_fingerprint")
+    return {key: info.get(key) for key in keys}
+
+
+def optional_coverage(
+    ws: Workspace, tag: str | None, pool: np.ndarray, rows: np.ndarray
+) -> tuple[dict | None, dict]:
+    """Coverage of the pool by ``rows`` when an embedding set is usable; else the reason it is skipped.
+
+    An explicitly requested tag must load; the default set is used only if it exists and is current.
+    """
+    try:
+        matrix, _, info = load_embeddings(ws, tag)
+    except UserError as exc:
+        if tag is not None:
+            raise
+        return None, {"skipped": str(exc)}
+    position = np.full(matrix.shape[0], -1, dtype=np.int64)
+    position[pool] = np.arange(len(pool))
+    return embeddings_summary(info), coverage_report(matrix[pool], position[rows])
+
+
+def select_subset(
+    ws: Workspace,
+    strategy: str,
+    *,
+    k: int | None = None,
+    fraction: float | None = None,
+    seed: int = 0,
+    split: str = "train",
+    require_image: bool = False,
+    dedup_eps: float | None = None,
+    name: str | None = None,
+    embeddings_tag: str | None = None,
+    overwrite: bool = False,
+    command: str = "",
+    **strategy_opts: object,
+) -> Path:
+    """Select a subset with ``strategy``; return ``shards/<name or strategy-k<k>>/``."""
+    fn = get_strategy(strategy)
+    if k is not None and k <= 0:
+        raise UserError(f"k must be positive (got {k})")
+    table, pool = build_pool(ws, split, require_image)
+    needs = NEEDS_EMBEDDINGS[strategy] or (dedup_eps is not None and dedup_eps > 0)
+    matrix = info = None
+    if needs:
+        matrix, _, info = load_embeddings(ws, embeddings_tag)
+    kept = pool
+    if dedup_eps is not None:
+        kept = pool[dedup_pool(matrix[pool], dedup_eps)]
+    k = resolve_k(k, fraction, len(kept))
+    x = matrix[kept] if matrix is not None else np.empty((len(kept), 0), dtype=np.float32)
+    picks = np.asarray(fn(x, k, seed=seed, **strategy_opts), dtype=np.int64)
+    rows = kept[picks]
+    if info is not None:
+        emb_summary = embeddings_summary(info)
+        position = np.full(matrix.shape[0], -1, dtype=np.int64)
+        position[pool] = np.arange(len(pool))
+        coverage = coverage_report(matrix[pool], position[rows])
+    else:
+        emb_summary, coverage = optional_coverage(ws, embeddings_tag, pool, rows)
+    manifest = {
+        "kind": "select",
+        "strategy": strategy,
+        "params": {
+            "k": k, "fraction": fraction, "seed": seed, "split": split, "require_image": require_image,
+            "dedup_eps": dedup_eps, "embeddings_tag": embeddings_tag, **strategy_opts,
+        },
+        "k": k,
+        "seed": seed,
+        "pool": {"split": split, "require_image": require_image, "size": int(len(pool)),
+                 "after_dedup": int(len(kept))},
+        "embeddings": emb_summary,
+        "coverage": coverage,
+        "command": command,
+    }
+    return write_subset(ws, name or f"{strategy}-k{k}", table, rows, manifest, overwrite=overwrite)

@@ -1,0 +1,97 @@
+"""Subsets on disk: ``shards/<name>/`` = Parquet parts (canonical rows + ``rank``) + ``manifest.json``.
+
+A directory holding ``manifest.json`` is one subset; a directory of such directories is many
+(:func:`find_subsets`). Parts are written in ``rank`` order and are byte-identical for the same inputs
+and seed; the manifest records how the subset was made and a hash of the parts.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.dataset_store import now_utc, tool_version
+from curate.workspace import Workspace
+from datasets_spec.errors import UserError
+from datasets_spec.parts import atomic_directory, hash_parts, read_json, read_parts, write_json, write_parts
+from datasets_spec.schema import COLUMNS
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+# Counts in the manifest are kept for these columns (issue: by split/subject/topic).
+COUNT_COLUMNS = ("split", "subject", "topic")
+
+
+def check_subset_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
+        raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
+    return name
+
+
+def _counts(table: pa.Table, column: str) -> dict[str, int]:
+    values = pc.value_counts(table.column(column)).to_pylist()
+    out = {("(none)" if v["values"] is None else str(v["values"])): v["counts"] for v in values}
+    return dict(sorted(out.items()))
+
+
+def subset_table(dataset: pa.Table, rows: np.ndarray) -> pa.Table:
+    """Canonical rows ``rows`` of ``dataset`` in that order, plus ``rank`` (0 = selected first)."""
+    picked = dataset.select(list(COLUMNS)).take(pa.array(np.asarray(rows, dtype=np.int64)))
+    return picked.append_column("rank", pa.array(np.arange(len(rows), dtype=np.int32)))
+
+
+def write_subset(
+    ws: Workspace,
+    name: str,
+    dataset: pa.Table,
+    rows: np.ndarray,
+    manifest: dict,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``shards/<name>/`` atomically; the manifest gets counts, image fraction and the parts hash."""
+    target = ws.shards_dir / check_subset_name(name)
+    table = subset_table(dataset, rows)
+    full = {
+        "manifest_version": MANIFEST_VERSION,
+        "name": name,
+        **manifest,
+        "rows": table.num_rows,
+        "counts": {c: _counts(table, c) for c in COUNT_COLUMNS},
+        "image_fraction": round(1.0 - table.column("image").null_count / max(1, table.num_rows), 6),
+        "dataset_fingerprint": ws.dataset_fingerprint(),
+        "tool_version": tool_version(),
+        "created_at": now_utc(),
+    }
+    with atomic_directory(target, overwrite=overwrite) as tmp:
+        full["parts"] = write_parts(table, tmp)
+        full["parts_hash"] = hash_parts(tmp)
+        write_json(tmp / MANIFEST, full)
+    return target
+
+
+def read_subset(path: str | Path) -> tuple[pa.Table, dict]:
+    """The subset's rows (canonical columns + rank, in rank order) and its manifest."""
+    path = Path(path)
+    manifest = read_json(path / MANIFEST)
+    table = read_parts(path)
+    if "rank" not in table.column_names:
+        raise UserError(f"{path}: parts have no `rank` column; not a subset directory")
+    return table, manifest
+
+
+def find_subsets(path: str | Path) -> list[Path]:
+    """``path`` itself if it holds manifest.json, else its child directories that do (sorted by name)."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"{path}: not a directory")
+    found = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file())
+    if not found:
+        raise UserError(f"{path}: no subset here (no manifest.json in it or its subdirectories); run `curate select`")
+    return found

@@ -1,0 +1,274 @@
+"""LLaVA conversation JSON (LLaVA-Instruct-150K, llava_v1_5_mix665k, LCS-558K, ...) as canonical rows.
+
+The file is a JSON list of ``{"id", "image"?, "conversations": [{"from", "value"}, ...]}``; a sample
+without ``image`` is text-only. mix665k is about 1 GB, so the list is parsed incrementally with ijson and
+rows leave as Arrow tables of ``batch_size`` rows: memory is bounded by one batch plus the set of ids
+seen, never the whole file.
+
+Image checks, when an image root is given, are cheap by default: the file must exist. Decoding every
+image (``decode_images=True``) catches truncated or corrupt files too, at the cost of reading all image
+bytes (hours for mix665k's ~620K images on a slow disk), so it is opt-in.
+
+Ids: LLaVA files mix string and integer ids, and LLaVA-Instruct-150K repeats ids (one COCO image id for
+its conversation, detail and reasoning samples). ``sample_id`` is always the id as a string; an id that
+was an integer, or that had to be renamed because it repeated (``duplicate_ids="suffix"`` gives the
+second occurrence ``<id>#2``, the third ``<id>#3``, ...), is remembered in :attr:`LlavaJsonReader.
+original_ids` so that export writes the file's own ids back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import ijson
+import pyarrow as pa
+
+from datasets_spec.difficulty import conversation_difficulty, estimate_tokens
+from datasets_spec.errors import UserError
+from datasets_spec.schema import CANONICAL_SCHEMA, IMAGE_TOKEN, check_image_path
+
+# One batch is one Parquet part by default (see datasets_spec.parts.DEFAULT_ROWS_PER_PART).
+DEFAULT_BATCH_SIZE = 50_000
+DUPLICATE_ID_POLICIES = ("error", "suffix")
+SAMPLE_KEYS = ("id", "image", "conversations")
+FILLED_COLUMNS = ("sample_id", "source", "split", "image", "conversations", "difficulty", "n_tokens_est")
+
+
+class _TrackedFile:
+    """File wrapper remembering which byte range the parser read last, to place parse errors."""
+
+    def __init__(self, fh) -> None:
+        self._fh = fh
+        self.start = 0
+        self.end = 0
+        self.chunk = b""
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        if data:
+            self.start, self.end, self.chunk = self.end, self.end + len(data), data
+        return data
+
+
+def json_error_position(message: str, tracked: _TrackedFile, size: int) -> str:
+    """Describe where yajl stopped: an exact byte offset when its context snippet is unambiguous."""
+    first = message.strip().splitlines()[0] if message.strip() else "parse error"
+    if "premature EOF" in message:
+        return f"truncated JSON at byte {size} (end of file): {first}"
+    lines = message.split("\n")
+    if len(lines) >= 3 and "^" in lines[2]:
+        caret = lines[2].index("^")
+        snippet = lines[1].encode()
+        norm = tracked.chunk.replace(b"\n", b" ").replace(b"\r", b" ")
+        lead = len(snippet) - len(snippet.lstrip(b" "))
+        # yajl indents the snippet by 10 spaces, or by 40 - offset near the start of a buffer.
+        for indent in sorted(range(lead + 1), key=lambda i: i != 10):
+            text = snippet[indent:]
+            if not text or caret < indent:
+                continue
+            found = norm.find(text)
+            if found >= 0 and norm.find(text, found + 1) < 0:
+                # For a parse (not lexical) error yajl's caret sits one past the token it rejected.
+                back = 1 if first.startswith("parse error") else 0
+                return f"malformed JSON at byte {tracked.start + found + caret - indent - back}: {first}"
+    return f"malformed JSON between bytes {tracked.start} and {tracked.end}: {first}"
+
+
+class LlavaJsonReader:
+    """Stream one LLaVA conversation JSON file as canonical Arrow tables (see the module docstring).
+
+    After :meth:`batches` is exhausted, :attr:`skipped_images`, :attr:`original_ids` (sample_id -> the
+    id's JSON text, only where it differs from the plain string) and :attr:`ignored_keys` describe what
+    the read did.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        image_root: Path | None = None,
+        split: str = "train",
+        skip_bad_images: bool = False,
+        decode_images: bool = False,
+        duplicate_ids: str = "error",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        source: str = "llava",
+    ) -> None:
+        if duplicate_ids not in DUPLICATE_ID_POLICIES:
+            valid = ", ".join(DUPLICATE_ID_POLICIES)
+            raise UserError(f"unknown duplicate-id policy {duplicate_ids!r}; valid: {valid}")
+        if batch_size < 1:
+            raise UserError(f"batch size must be positive, got {batch_size}")
+        self.path = Path(path)
+        self.image_root = Path(image_root) if image_root is not None else None
+        self.split = split
+        self.skip_bad_images = skip_bad_images
+        self.decode_images = decode_images
+        self.duplicate_ids = duplicate_ids
+        self.batch_size = batch_size
+        self.source = source
+        self.skipped_images = 0
+        self.original_ids: dict[str, str] = {}
+        self.ignored_keys: Counter = Counter()
+        self._seen: set[str] = set()
+
+    def batches(self) -> Iterator[pa.Table]:
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: not found")
+        if self.image_root is not None and not self.image_root.is_dir():
+            raise UserError(f"{self.image_root}: image root is not a directory")
+        size = self.path.stat().st_size
+        with self.path.open("rb") as fh:
+            self._expect_list(fh)
+            tracked = _TrackedFile(fh)
+            columns = _empty_columns()
+            items = ijson.items(tracked, "item", use_float=True)
+            index = 0
+            while True:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    break
+                except ijson.JSONError as exc:
+                    raise UserError(f"{self.path}: {json_error_position(str(exc), tracked, size)}") from None
+                self._add(item, index, columns)
+                index += 1
+                if len(columns["sample_id"]) >= self.batch_size:
+                    yield _columns_to_table(columns)
+                    columns = _empty_columns()
+            if columns["sample_id"]:
+                yield _columns_to_table(columns)
+
+    def _expect_list(self, fh) -> None:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        fh.seek(0)
+        if not head:
+            raise UserError(f"{self.path}: empty file, expected a JSON list of samples")
+        if not head.startswith(b"["):
+            raise UserError(f"{self.path}: expected a JSON list of samples at byte 0 (LLaVA format)")
+
+    def _add(self, item: object, index: int, columns: dict[str, list]) -> None:
+        where = f"{self.path}: item #{index}"
+        if not isinstance(item, dict):
+            kind = type(item).__name__
+            raise UserError(f"{where}: expected an object with id and conversations, got {kind}")
+        sample_id = self._sample_id(item, where)
+        here = f"{self.path}: sample {sample_id!r}"
+        conversations = _conversations(item.get("conversations"), here)
+        image = item.get("image")
+        if image is not None:
+            if not isinstance(image, str) or not image:
+                raise UserError(f"{here}: image must be a non-empty relative path string")
+            check_image_path(image, where=here)
+        _check_image_tokens(conversations, image is not None, here)
+        for key in item:
+            if key not in SAMPLE_KEYS:
+                self.ignored_keys[key] += 1
+        if image is not None and self.image_root is not None and not self._image_ok(image, here):
+            self.skipped_images += 1
+            return
+        self._remember_id(item["id"], sample_id)
+        columns["sample_id"].append(sample_id)
+        columns["image"].append(image)
+        columns["conversations"].append(conversations)
+        columns["difficulty"].append(conversation_difficulty(conversations))
+        columns["n_tokens_est"].append(estimate_tokens(conversations))
+        columns["split"].append(self.split)
+        columns["source"].append(self.source)
+
+    def _sample_id(self, item: dict, where: str) -> str:
+        if "id" not in item:
+            raise UserError(f"{where}: missing 'id'")
+        if "conversations" not in item:
+            raise UserError(f"{where} (id {item['id']!r}): missing 'conversations'")
+        raw = item["id"]
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+            raise UserError(f"{where}: id must be a string or an integer, got {raw!r}")
+        sample_id = str(raw)
+        if sample_id in self._seen:
+            if self.duplicate_ids == "error":
+                raise UserError(
+                    f"{self.path}: duplicate id {sample_id!r} at {where.rsplit(': ', 1)[-1]} "
+                    "(pass --duplicate-ids suffix to keep both as <id>#2, ...)"
+                )
+            n = 2
+            while f"{sample_id}#{n}" in self._seen:
+                n += 1
+            sample_id = f"{sample_id}#{n}"
+        return sample_id
+
+    def _remember_id(self, raw: str | int, sample_id: str) -> None:
+        self._seen.add(sample_id)
+        if isinstance(raw, int) or sample_id != raw:
+            self.original_ids[sample_id] = json.dumps(raw, ensure_ascii=False)
+
+    def _image_ok(self, image: str, here: str) -> bool:
+        """True if the image is usable; False to skip it; UserError unless skipping bad images."""
+        path = self.image_root / image
+        problem = None
+        if not os.path.isfile(path):
+            problem = f"image {image!r} not found under {self.image_root}"
+        elif self.decode_images:
+            problem = image_decode_problem(path)
+            problem = f"image {image!r} does not decode ({problem})" if problem else None
+        if problem is None:
+            return True
+        if self.skip_bad_images:
+            return False
+        raise UserError(f"{here}: {problem} (pass --skip-bad-images to skip and count such samples)")
+
+
+def image_decode_problem(path: Path) -> str | None:
+    """None if ``path`` decodes as an image, else a short reason."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except Exception as exc:  # PIL raises many types for corrupt files; all mean "does not decode"
+        return type(exc).__name__
+    return None
+
+
+def _conversations(value: object, here: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{here}: 'conversations' must be a non-empty list of {{from, value}} turns")
+    turns = []
+    for i, turn in enumerate(value):
+        if not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or not isinstance(
+            turn.get("value"), str
+        ):
+            raise UserError(f"{here}: turn {i} must be an object with string 'from' and 'value'")
+        turns.append({"from": turn["from"], "value": turn["value"]})
+    return turns
+
+
+def _check_image_tokens(conversations: list[dict[str, str]], has_image: bool, here: str) -> None:
+    total = sum(t["value"].count(IMAGE_TOKEN) for t in conversations)
+    if not has_image:
+        if total:
+            raise UserError(f"{here}: text-only sample (no 'image') contains {IMAGE_TOKEN}")
+        return
+    first_human = next((t for t in conversations if t["from"] == "human"), None)
+    if first_human is None or first_human["value"].count(IMAGE_TOKEN) != 1 or total != 1:
+        raise UserError(
+            f"{here}: an image sample needs {IMAGE_TOKEN} exactly once, in its first human turn "
+            f"(found {total})"
+        )
+
+
+def _empty_columns() -> dict[str, list]:
+    return {name: [] for name in FILLED_COLUMNS}
+
+
+def _columns_to_table(columns: dict[str, list]) -> pa.Table:
+    n = len(columns["sample_id"])
+    arrays = [
+        pa.array(columns[f.name], type=f.type) if f.name in columns else pa.nulls(n, type=f.type)
+        for f in CANONICAL_SCHEMA
+    ]
+    return pa.Table.from_arrays(arrays, schema=CANONICAL_SCHEMA)

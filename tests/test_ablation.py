@@ -1,0 +1,340 @@
+"""Ablation grids: parsing and bad input, the planning of subsets and runs, resuming, and the report tables."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curate.dataset_store import write_dataset
+from curate.workspace import Workspace
+from datasets_spec.errors import UserError
+from datasets_spec.parts import write_json, write_parts
+from datasets_spec.schema import rows_to_table
+from train import ablation, report
+from train.ablation import Backend, Budget, grid_from_dict, load_grid, plan_ablation, run_ablation
+from train import cli
+
+BASE_GRID = """
+name = "t"
+llms = ["tiny-llama"]
+vision = "tiny-clip"
+seeds = [0]
+budgets = [4, "full"]
+
+[strategies.random]
+[strategies.rules]
+min_per_group = 1
+
+[train]
+hparams = "tiny-cpu"
+overrides = { epochs = 1 }
+
+[eval]
+split = "test"
+limit = 5
+"""
+
+
+def _rows(n_train: int = 12, n_test: int = 6) -> list[dict]:
+    rows = []
+    for i in range(n_train + n_test):
+        split = "train" if i < n_train else "test"
+        answer = i % 3
+        rows.append({
+            "sample_id": str(i), "source": "synthetic", "split": split, "image": None,
+            "conversations": [{"from": "human", "value": f"Question {i}? Options: (A) a (B) b (C) c"},
+                              {"from": "gpt", "value": f"The answer is {'ABC'[answer]}."}],
+            "question": f"Question {i}?", "context": "", "choices": ["a", "b", "c"], "answer": answer,
+            "subject": ["natural science", "social science", "language science"][i % 3], "grade": 1 + i % 12,
+            "difficulty": 0.5, "n_tokens_est": 20,
+        })
+    return rows
+
+
+@pytest.fixture()
+def ws(tmp_path: Path) -> Workspace:
+    workspace = Workspace(tmp_path / "ws")
+    write_dataset(workspace, rows_to_table(_rows()), source="synthetic", source_paths={}, image_root=None)
+    return workspace
+
+
+def _grid_file(tmp_path: Path, text: str = BASE_GRID) -> Path:
+    path = tmp_path / "grid.toml"
+    path.write_text(text)
+    return path
+
+
+# --- parsing ----------------------------------------------------------------------------------------------
+
+
+def test_grid_parses_every_field(tmp_path):
+    grid = load_grid(_grid_file(tmp_path))
+    assert [s.label for s in grid.strategies] == ["random", "rules"]
+    assert grid.strategies[1].options == {"min_per_group": 1}
+    assert grid.budgets == (Budget(k=4), Budget(full=True))
+    assert grid.train.overrides == {"epochs": 1}
+    assert grid.eval.limit == 5 and grid.eval.split == "test"
+
+
+@pytest.mark.parametrize("name", ["demo", "scienceqa-1k"])
+def test_shipped_grids_are_valid(name):
+    grid = load_grid(ablation.packaged_grid(name))
+    assert len(grid.strategies) == 4 and any(b.full for b in grid.budgets)
+
+
+def test_fraction_budget_resolves_against_pool():
+    assert Budget(fraction=0.25).resolve(12) == 3
+    assert Budget(fraction=0.01).resolve(12) == 1
+    assert Budget(full=True).resolve(12) == 12
+
+
+def _plan(text: str, pool: int = 12):
+    return plan_ablation(grid_from_dict(__import__("tomllib").loads(text)), lambda require_image: pool)
+
+
+def test_plan_lists_subsets_and_runs():
+    plan = _plan(BASE_GRID)
+    assert sorted(s.name for s in plan.subsets) == ["full", "random-k4", "rules-k4"]
+    assert [c.run for c in plan.cells] == ["random-k4__tiny-llama__s0", "rules-k4__tiny-llama__s0",
+                                          "full__tiny-llama__s0"]
+    assert {c.k for c in plan.cells if c.strategy == "full"} == {12}
+
+
+# --- bad input: one line, exit 2 ---------------------------------------------------------------------------
+
+BAD_GRIDS = {
+    "unknown top-level key": (BASE_GRID + "\nbugdets = [3]\n", "unknown key 'bugdets'"),
+    "unknown strategy": (BASE_GRID.replace("[strategies.rules]", "[strategies.rulez]"),
+                         "unknown strategy 'rulez'"),
+    "unknown strategy option": (BASE_GRID.replace("min_per_group = 1", "min_per_grup = 1"),
+                                "unknown key 'min_per_grup'"),
+    "unknown llm preset": (BASE_GRID.replace('llms = ["tiny-llama"]', 'llms = ["tiny-lama"]'),
+                           "unknown llm preset 'tiny-lama'"),
+    "unknown hparams preset": (BASE_GRID.replace('hparams = "tiny-cpu"', 'hparams = "tiny-gpu"'),
+                               "unknown hparams preset 'tiny-gpu'"),
+    "unknown override": (BASE_GRID.replace("epochs = 1", "epoch = 1"), "unknown override 'epoch'"),
+    "budget above pool": (BASE_GRID.replace("budgets = [4,", "budgets = [13,"), "larger than the training pool"),
+    "fraction out of range": (BASE_GRID.replace("budgets = [4,", "budgets = [1.5,"), "fraction must be in"),
+    "colliding run names": (BASE_GRID.replace('seeds = [0]', 'seeds = [0, 1]').replace(
+        'name = "t"', 'name = "t"\nrun_name = "{subset}__{llm}"'), "collide on run name"),
+    "duplicate budgets": (BASE_GRID.replace("budgets = [4,", "budgets = [4, 4,"), "collide on run name"),
+    "fraction equal to a k": (BASE_GRID.replace("budgets = [4,", "budgets = [4, 0.33,"), "collide on run name"),
+    "malformed toml": (BASE_GRID + "\n[eval\n", "malformed TOML"),
+}
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run `train ...` through the console entry point (UserError -> one line, exit 2)."""
+    monkeypatch.setattr("sys.argv", ["train", *args])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    return exc.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", sorted(BAD_GRIDS))
+@pytest.mark.parametrize("plan_only", [True, False])
+def test_bad_grid_exits_2_with_one_line(case, plan_only, tmp_path, ws, monkeypatch, capsys):
+    text, expected = BAD_GRIDS[case]
+    args = ["ablate", "--grid", str(_grid_file(tmp_path, text)), "-w", str(ws.root)]
+    code, err = _cli(monkeypatch, capsys, *args, *(["--plan"] if plan_only else []))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and expected in lines[0], err
+    assert not ws.shards_dir.exists() and not ws.runs_dir.exists()
+
+
+def test_unknown_names_list_the_valid_ones(tmp_path):
+    with pytest.raises(UserError, match="valid: kmeans-balanced, l2-maxdiverse, random, rules"):
+        load_grid(_grid_file(tmp_path, BAD_GRIDS["unknown strategy"][0]))
+    with pytest.raises(UserError, match="tiny-llama"):
+        load_grid(_grid_file(tmp_path, BAD_GRIDS["unknown llm preset"][0]))
+
+
+def test_missing_grid_file_exits_2(tmp_path, ws, monkeypatch, capsys):
+    code, err = _cli(monkeypatch, capsys, "ablate", "--grid", str(tmp_path / "nope.toml"), "-w", str(ws.root))
+    assert code == 2 and "grid file not found" in err
+
+
+# --- running with a fake trainer: resume ----------------------------------------------------------------------
+
+
+class FakeBackend(Backend):
+    """Subsets, training and evaluation that only write the files the real ones write, and log calls."""
+
+    def __init__(self):
+        super().__init__(build_config=self._config)
+        self.calls: list[tuple[str, str]] = []
+
+    @staticmethod
+    def _config(grid, *, llm, stage, seed, run, projector_path):
+        spec = grid.stage1 if stage == "pretrain" else grid.train
+        return {"llm": llm, "stage": stage, "seed": seed, "run_name": run, "preset": spec.hparams,
+                "projector_path": None if projector_path is None else str(projector_path), **spec.overrides}
+
+    def make_subset(self, ws, grid, plan, *, command=""):  # noqa: D102
+        self.calls.append(("subset", plan.name))
+        out = ws.shards_dir / plan.name
+        table = ws.read_dataset().filter(pl.Series(ws.read_dataset(columns=["split"])["split"].to_pylist())
+                                         .eq("train").to_arrow()).slice(0, plan.k)
+        write_parts(table, out)
+        write_json(out / "manifest.json", {"k": plan.k, "image_fraction": 0.5, "coverage_radius": 1.0 / plan.k,
+                                           "parts_hash": f"hash-{plan.name}"})
+        return out
+
+    def run_training(self, ws, subset_dir, config, *, command=""):
+        self.calls.append(("train", config["run_name"]))
+        run_dir = ws.runs_dir / config["run_name"]
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps(config))
+        if config["stage"] == "pretrain":
+            (run_dir / "projector.safetensors").write_bytes(b"p")
+        return run_dir
+
+    def evaluate_run(self, ws, run_dir, spec):
+        self.calls.append(("eval", run_dir.name))
+        k = len(run_dir.name)
+        metrics = {"Avg": 30.0 + k, **{c: 30.0 + k for c in report.CATEGORIES}}
+        write_json(run_dir / "metrics.json", metrics)
+        return metrics
+
+
+def test_ablation_resumes_without_retraining_finished_cells(tmp_path, ws):
+    grid = load_grid(_grid_file(tmp_path))
+    fake = FakeBackend()
+    md = run_ablation(ws, grid, backend=fake, log=lambda m: None, plots=False)
+    trained = [name for kind, name in fake.calls if kind == "train"]
+    assert trained == ["stage1__tiny-llama", "random-k4__tiny-llama__s0", "rules-k4__tiny-llama__s0",
+                       "full__tiny-llama__s0"]
+    assert md.exists() and (ws.reports_dir / "ablation.csv").exists()
+
+    # Interruption: one cell never got evaluated, another never trained.
+    (ws.runs_dir / "rules-k4__tiny-llama__s0" / "metrics.json").unlink()
+    finished = ws.runs_dir / "random-k4__tiny-llama__s0" / "metrics.json"
+    mtime = finished.stat().st_mtime_ns
+    import shutil
+
+    shutil.rmtree(ws.runs_dir / "full__tiny-llama__s0")
+    fake.calls.clear()
+    run_ablation(ws, grid, backend=fake, log=lambda m: None, plots=False)
+    assert fake.calls == [("eval", "rules-k4__tiny-llama__s0"), ("train", "full__tiny-llama__s0"),
+                          ("eval", "full__tiny-llama__s0")]
+    assert finished.stat().st_mtime_ns == mtime
+
+    # A changed training config invalidates every cell (and stage 1 stays: its config did not change).
+    changed = load_grid(_grid_file(tmp_path, BASE_GRID.replace("epochs = 1", "epochs = 2")))
+    fake.calls.clear()
+    run_ablation(ws, changed, backend=fake, log=lambda m: None, plots=False)
+    assert [n for kind, n in fake.calls if kind == "train"] == ["random-k4__tiny-llama__s0",
+                                                                "rules-k4__tiny-llama__s0", "full__tiny-llama__s0"]
+
+
+def test_existing_subset_of_another_size_is_refused(tmp_path, ws):
+    grid = load_grid(_grid_file(tmp_path))
+    (ws.shards_dir / "random-k4").mkdir(parents=True)
+    write_json(ws.shards_dir / "random-k4" / "manifest.json", {"k": 5})
+    with pytest.raises(UserError, match="k=5"):
+        run_ablation(ws, grid, backend=FakeBackend(), log=lambda m: None, plots=False)
+
+
+# --- tables --------------------------------------------------------------------------------------------------
+
+
+def _run(strategy, k, llm, seed, avg, budget=None):
+    return {"strategy": strategy, "budget": budget or f"k{k}", "k": k, "llm": llm, "seed": seed,
+            "run": f"{strategy}{k}{llm}{seed}", "subset": f"{strategy}-k{k}", "Avg": avg,
+            **{c: avg - 1 for c in report.CATEGORIES}, "image_fraction": 0.5, "coverage_radius": 0.1,
+            "manifest_hash": f"h-{strategy}-{k}"}
+
+
+def test_summary_mean_std_and_relative_to_full():
+    runs = report.runs_frame([
+        _run("random", 4, "a", 0, 40.0), _run("random", 4, "a", 1, 50.0),
+        _run("full", 12, "a", 0, 80.0, "full"), _run("full", 12, "a", 1, 80.0, "full"),
+        _run("random", 4, "b", 0, 30.0), _run("full", 12, "b", 0, 60.0, "full"),
+    ])
+    s = report.summarize(runs)
+    row = s.filter((pl.col("strategy") == "random") & (pl.col("llm") == "a")).row(0, named=True)
+    assert row["acc_mean"] == 45.0 and math.isclose(row["acc_std"], math.sqrt(50.0))
+    assert math.isclose(row["rel_full"], 100 * 45 / 80) and row["n_seeds"] == 2 and row["seeds"] == "0,1"
+    single = s.filter((pl.col("strategy") == "random") & (pl.col("llm") == "b")).row(0, named=True)
+    assert single["acc_std"] == 0.0 and math.isclose(single["rel_full"], 50.0)
+    assert s.filter(pl.col("strategy") == "full")["rel_full"].to_list() == [100.0, 100.0]
+    # full rows come last within each backbone
+    assert s["strategy"].to_list() == ["random", "full", "random", "full"]
+
+
+def test_markdown_and_plots(tmp_path):
+    runs = report.runs_frame([_run("random", 4, "a", 0, 40.0), _run("rules", 4, "a", 0, 45.0),
+                              _run("random", 8, "a", 0, 50.0), _run("full", 12, "a", 0, 80.0, "full")])
+    summary = report.summarize(runs)
+    md = report.markdown_table(summary, title="T", chance=30.0)
+    assert "| random | k4 | 4 | a | 1 | 40.00 ± 0.00 | 50.00% |" in md
+    assert "h-random-4"[:12] in md and "Chance accuracy on the evaluated problems: 30.00%" in md
+    for fn, name in ((report.plot_curves, "c.png"), (report.plot_categories, "b.png")):
+        path = fn(runs if fn is report.plot_curves else summary, tmp_path / name)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the real pipeline: a 2-cell tiny grid, interrupted and resumed ---------------------------------------------
+
+TINY_GRID = """
+name = "tiny"
+llms = ["tiny-llama"]
+vision = "tiny-clip"
+budgets = [10, "full"]
+
+[strategies.random]
+
+[stage1]
+hparams = "tiny-cpu"
+overrides = { max_steps = 2 }
+
+[train]
+hparams = "tiny-cpu"
+overrides = { max_steps = 2 }
+
+[eval]
+split = "test"
+limit = 4
+batch_size = 4
+max_new_tokens = 20
+"""
+
+
+def test_real_tiny_ablation_resumes_after_interruption(tmp_path, monkeypatch):
+    from curate.ingest import ingest_synthetic
+    from train import runner
+
+    ws = Workspace(tmp_path / "real")
+    ingest_synthetic(ws, seed=0, n_train=30, n_val=2, n_test=6, prompt_format="QCM-A")
+    grid = load_grid(_grid_file(tmp_path, TINY_GRID))
+    real_train = runner.run_training
+    trained: list[str] = []
+
+    def interrupted(ws_, subset_dir, config, *, command=""):
+        if config.run_name == "full__tiny-llama__s0":
+            raise KeyboardInterrupt  # the user pressed Ctrl-C while the second cell trained
+        trained.append(config.run_name)
+        return real_train(ws_, subset_dir, config, command=command)
+
+    monkeypatch.setattr(runner, "run_training", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(ws, grid, log=lambda m: None, plots=False)
+    assert trained == ["stage1__tiny-llama", "random-k10__tiny-llama__s0"]
+    done = ws.runs_dir / "random-k10__tiny-llama__s0"
+    stamps = {p.name: p.stat().st_mtime_ns for p in done.rglob("*") if p.is_file()}
+    assert "metrics.json" in stamps and "predictions.jsonl" in stamps
+
+    trained.clear()
+    monkeypatch.setattr(runner, "run_training", lambda *a, **k: (trained.append(a[2].run_name),
+                                                                 real_train(*a, **k))[1])
+    md = run_ablation(ws, grid, log=lambda m: None, plots=False)
+    assert trained == ["full__tiny-llama__s0"]
+    assert {p.name: p.stat().st_mtime_ns for p in done.rglob("*") if p.is_file()} == stamps
+    runs = pl.read_csv(ws.reports_dir / "ablation_runs.csv")
+    assert runs["run"].to_list() == ["random-k10__tiny-llama__s0", "full__tiny-llama__s0"]
+    assert runs["manifest_hash"].null_count() == 0 and "| full | full | 30 | tiny-llama |" in md.read_text()

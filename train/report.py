@@ -1,0 +1,231 @@
+"""Ablation results: per-run rows -> one row per (strategy, budget, LLM) with mean +- std over seeds, then
+``reports/ablation.{csv,md}`` and PNG plots (data-efficiency curves, per-category bars).
+
+Every row keeps the subset's manifest hash, so each number traces back to the exact subset and config.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.workspace import Workspace
+from datasets_spec.parts import write_json
+
+CATEGORIES = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
+ACCURACY = "Avg"
+GROUP_KEYS = ("strategy", "budget", "k", "llm")
+FULL = "full"
+CSV_NAME = "ablation.csv"
+RUNS_CSV_NAME = "ablation_runs.csv"
+MD_NAME = "ablation.md"
+CURVE_PNG = "accuracy_vs_budget.png"
+CATEGORY_PNG = "category_accuracy.png"
+
+
+# --- tables -------------------------------------------------------------------------------------------
+
+
+def run_rows(ws: Workspace, plan: Any, manifests: Mapping[str, Mapping]) -> list[dict]:
+    """One dict per evaluated cell of ``plan``: cell identity, metrics, and its subset's manifest facts."""
+    from train.ablation import manifest_value, metrics_value, subset_hash
+
+    rows = []
+    for cell in plan.cells:
+        path = ws.runs_dir / cell.run / "metrics.json"
+        if not path.exists():
+            continue
+        metrics = json.loads(path.read_text())
+        manifest = manifests.get(cell.subset, {})
+        row = {"strategy": cell.strategy, "budget": cell.budget, "k": cell.k, "llm": cell.llm, "seed": cell.seed,
+               "run": cell.run, "subset": cell.subset}
+        for name in (*CATEGORIES, ACCURACY):
+            value = metrics_value(metrics, name)
+            row[name] = None if value is None else float(value)
+        row["image_fraction"] = _float(manifest_value(manifest, "image_fraction", "counts.image_fraction"))
+        row["coverage_radius"] = _float(manifest_value(manifest, "coverage_radius", "coverage.radius",
+                                                       "coverage.coverage_radius"))
+        row["manifest_hash"] = subset_hash(manifest)
+        rows.append(row)
+    return rows
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+RUN_SCHEMA = {
+    "strategy": pl.String, "budget": pl.String, "k": pl.Int64, "llm": pl.String, "seed": pl.Int64,
+    "run": pl.String, "subset": pl.String, **{c: pl.Float64 for c in (*CATEGORIES, ACCURACY)},
+    "image_fraction": pl.Float64, "coverage_radius": pl.Float64, "manifest_hash": pl.String,
+}
+
+
+def runs_frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=RUN_SCHEMA, orient="row") if rows else pl.DataFrame(schema=RUN_SCHEMA)
+
+
+def summarize(runs: pl.DataFrame) -> pl.DataFrame:
+    """One row per (strategy, budget, k, llm): mean and std (sample std, 0 for one seed) over seeds of
+    Avg, mean of every category, and accuracy relative to the same LLM's ``full`` row (in %)."""
+    aggs = [
+        pl.len().alias("n_seeds"),
+        pl.col(ACCURACY).mean().alias("acc_mean"),
+        pl.col(ACCURACY).std(ddof=1).fill_null(0.0).fill_nan(0.0).alias("acc_std"),
+        *[pl.col(c).mean().alias(c) for c in CATEGORIES],
+        pl.col("image_fraction").first(),
+        pl.col("coverage_radius").first(),
+        pl.col("manifest_hash").first(),
+        pl.col("seed").sort().cast(pl.String).str.join(",").alias("seeds"),
+    ]
+    summary = runs.group_by(list(GROUP_KEYS), maintain_order=True).agg(aggs)
+    full = summary.filter(pl.col("strategy") == FULL).select("llm", pl.col("acc_mean").alias("_full"))
+    summary = summary.join(full, on="llm", how="left")
+    summary = summary.with_columns(
+        pl.when(pl.col("_full") > 0).then(100.0 * pl.col("acc_mean") / pl.col("_full")).otherwise(None)
+        .alias("rel_full")
+    ).drop("_full")
+    order = pl.col("strategy") == FULL
+    return summary.sort(["llm", order, "strategy", "k"])
+
+
+def markdown_table(summary: pl.DataFrame, *, title: str, chance: float | None = None) -> str:
+    """The ablation table as GitHub markdown (percentages with two decimals)."""
+    head = ["strategy", "budget", "k", "LLM", "seeds", "Avg (mean ± std)", "rel. full", *CATEGORIES,
+            "img frac", "coverage radius", "manifest"]
+    lines = [f"# {title}", ""]
+    if chance is not None:
+        lines += [f"Chance accuracy on the evaluated problems: {chance:.2f}%.", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in summary.iter_rows(named=True):
+        cells = [
+            r["strategy"], r["budget"], str(r["k"]), r["llm"], str(r["n_seeds"]),
+            f"{_fmt(r['acc_mean'])} ± {_fmt(r['acc_std'])}", _fmt(r["rel_full"], suffix="%"),
+            *[_fmt(r[c]) for c in CATEGORIES],
+            _fmt(r["image_fraction"], digits=3), _fmt(r["coverage_radius"], digits=3),
+            (r["manifest_hash"] or "-")[:12],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any, *, digits: int = 2, suffix: str = "") -> str:
+    if value is None or value != value:  # None or NaN: no evaluated problem in that category
+        return "-"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def write_tables(reports_dir: Path, runs: pl.DataFrame, summary: pl.DataFrame, *, title: str,
+                 chance: float | None = None) -> Path:
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_csv(reports_dir / RUNS_CSV_NAME, float_precision=4)
+    summary.write_csv(reports_dir / CSV_NAME, float_precision=4)
+    md = reports_dir / MD_NAME
+    md.write_text(markdown_table(summary, title=title, chance=chance))
+    return md
+
+
+def chance_accuracy(ws: Workspace, split: str, limit: int | None) -> float | None:
+    """Expected accuracy (%) of guessing uniformly among each problem's choices, over the evaluated ones."""
+    try:
+        table = ws.read_dataset(columns=["split", "choices"])
+    except Exception:  # noqa: BLE001 - the report must not fail on a workspace without the dataset
+        return None
+    choices = [c for s, c in zip(table.column("split").to_pylist(), table.column("choices").to_pylist())
+               if s == split and c]
+    choices = choices[:limit] if limit else choices
+    return 100.0 * sum(1.0 / len(c) for c in choices) / len(choices) if choices else None
+
+
+def write_reports(ws: Workspace, grid: Any, plan: Any, manifests: Mapping[str, Mapping], *, plots: bool = True,
+                  log: Callable[[str], None] = print) -> Path:
+    """Tables (and plots) for an ablation; returns ``reports/ablation.md``."""
+    runs = runs_frame(run_rows(ws, plan, manifests))
+    summary = summarize(runs)
+    chance = chance_accuracy(ws, grid.eval.split, grid.eval.limit)
+    md = write_tables(ws.reports_dir, runs, summary, title=f"Ablation: {grid.name}", chance=chance)
+    write_json(ws.reports_dir / "ablation.json", {"name": grid.name, "chance": chance,
+                                                  "eval_split": grid.eval.split, "eval_limit": grid.eval.limit})
+    if plots and runs.height:
+        plot_curves(runs, ws.reports_dir / CURVE_PNG, chance=chance)
+        plot_categories(summary, ws.reports_dir / CATEGORY_PNG)
+    log(f"reports: {md}, {ws.reports_dir / CSV_NAME}" + (f", {ws.reports_dir}/*.png" if plots else ""))
+    return md
+
+
+# --- plots --------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on CI machines or servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(runs: pl.DataFrame, path: Path, *, chance: float | None = None) -> Path:
+    """Accuracy against subset size, one panel per LLM, one line per strategy: mean over seeds with the
+    min-max seed spread shaded; the LLM's ``full`` accuracy as a dashed line."""
+    plt = _pyplot()
+    llms = runs["llm"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(1, len(llms), figsize=(5.5 * len(llms), 4), squeeze=False, sharey=True)
+    for ax, llm in zip(axes[0], llms):
+        sub = runs.filter(pl.col("llm") == llm)
+        stats = sub.group_by(["strategy", "k"]).agg(
+            pl.col(ACCURACY).mean().alias("mean"), pl.col(ACCURACY).min().alias("lo"),
+            pl.col(ACCURACY).max().alias("hi"),
+        ).sort(["strategy", "k"])
+        for strategy in stats.filter(pl.col("strategy") != FULL)["strategy"].unique(maintain_order=True):
+            s = stats.filter(pl.col("strategy") == strategy)
+            line = ax.plot(s["k"].to_list(), s["mean"].to_list(), marker="o", label=strategy)[0]
+            ax.fill_between(s["k"].to_list(), s["lo"].to_list(), s["hi"].to_list(), color=line.get_color(),
+                            alpha=0.2)
+        full = stats.filter(pl.col("strategy") == FULL)
+        if full.height:
+            ax.axhline(full["mean"][0], color="black", linestyle="--", label=f"full (k={full['k'][0]})")
+        if chance is not None:
+            ax.axhline(chance, color="grey", linestyle=":", label="chance")
+        ax.set_xscale("log")
+        ax.set_title(llm)
+        ax.set_xlabel("training samples (k)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_categories(summary: pl.DataFrame, path: Path) -> Path:
+    """Per-category accuracy bars: one panel per (LLM, budget), one bar group per ScienceQA category."""
+    plt = _pyplot()
+    panels = summary.select("llm", "budget", "k").unique(maintain_order=True).sort(["llm", "k"])
+    n = panels.height
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.6 * rows), squeeze=False, sharey=True)
+    for ax, panel in zip(axes.flat, panels.iter_rows(named=True)):
+        sub = summary.filter((pl.col("llm") == panel["llm"]) & (pl.col("budget") == panel["budget"]))
+        width = 0.8 / max(1, sub.height)
+        for j, r in enumerate(sub.iter_rows(named=True)):
+            values = [r[c] if r[c] is not None else 0.0 for c in (*CATEGORIES, "acc_mean")]
+            xs = [i + j * width for i in range(len(values))]
+            ax.bar(xs, values, width=width, label=r["strategy"])
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(CATEGORIES) + 1)])
+        ax.set_xticklabels([*CATEGORIES, ACCURACY], fontsize=8)
+        ax.set_title(f"{panel['llm']} · {panel['budget']}", fontsize=10)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,334 @@
+"""Two-stage LLaVA training on one subset per run, HF Trainer underneath.
+
+Run directory layout (``<workspace>/runs/<run>/``; ``<run>`` = ``<subset>-<llm>-<stage>`` unless named):
+
+```
+runs/.<run>.partial/          where a run trains; renamed to runs/<run>/ only when every stage finished,
+                              so runs/<run>/ is always complete. `--resume runs/.<run>.partial` continues it.
+runs/<run>/
+  config.json                 {"config": TrainConfig fields, "llm": LLM preset, "vision": vision preset,
+                               "stages": [...], "subset": {"path", "name", "rows", "manifest_sha256",
+                               "parts_hash"}, "dataset_fingerprint", "command", "tool_version", "world_size",
+                               "created_at", "finished_at"}
+  model/                      the final model as a standalone checkpoint (train.model.save_bundle, LoRA
+                              merged): LlavaForConditionalGeneration + processor + bundle metadata;
+                              train.model.load_bundle(run/"model") loads it. Stage-1-only runs have it too.
+  projector.safetensors       the final projector (train.model.projector_state_dict keys); a stage-1 run's
+                              projector is what `train run --projector runs/<run>` starts stage 2 from
+  adapter/                    LoRA runs: the stage-2 adapter in peft format (adapter_config.json,
+                              adapter_model.safetensors; includes the trained projector copy)
+  stage1/projector.safetensors, stage1/done.json, stage2/done.json
+                              per-stage outputs; done.json holds the stage's summary (resume skips done stages)
+  trainer_log.jsonl           one JSON object per log event: {"stage", "step", "epoch", and "loss",
+                              "learning_rate", "grad_norm" | "eval_loss" | "eval_scienceqa_accuracy",
+                              "eval_scienceqa_unparsed" | the end-of-stage "train_runtime" ...}
+  train_metrics.json          per stage: steps, samples, tokens, epochs, runtime_s, steps_per_s,
+                              first_loss, last_loss, train_loss, eval history, dataset counts (kept, dropped)
+```
+
+Trainer checkpoints live in ``stage<N>/checkpoints/checkpoint-<step>/`` of the partial directory and are
+deleted when the run completes. Stage 1 checkpoints store only the trainable (projector) weights plus
+optimiser state; the frozen towers are rebuilt from the presets on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.dataset_store import now_utc, tool_version
+from curate.workspace import Workspace
+from datasets_spec.errors import UserError
+from datasets_spec.parts import hash_parts, read_json, write_json
+from train.config import TrainConfig, deepspeed_config_path, projector_file
+from train.hparams import batch_layout
+
+PROJECTOR_FILE = "projector.safetensors"
+CONFIG_FILE = "config.json"
+LOG_FILE = "trainer_log.jsonl"
+METRICS_FILE = "train_metrics.json"
+STAGE_DIRS = {"pretrain": "stage1", "finetune": "stage2"}
+PROJECTOR_KEY = "multi_modal_projector"
+
+
+# --- public entry points ----------------------------------------------------------------------------
+
+
+def run_subsets(ws: Workspace, subset_path: Path, config: TrainConfig, *, command: str = "") -> list[Path]:
+    """One run per subset under ``subset_path`` (itself, or each child holding manifest.json)."""
+    from curate.shards import find_subsets
+
+    subsets = find_subsets(Path(subset_path))
+    if config.run_name and len(subsets) > 1:
+        raise UserError(f"--run-name names one run but {subset_path} holds {len(subsets)} subsets")
+    return [run_training(ws, s, config, command=command) for s in subsets]
+
+
+def run_training(ws: Workspace, subset_dir: Path, config: TrainConfig, *, command: str = "") -> Path:
+    """Train ``config``'s stages on the subset in ``subset_dir``; return the finished run directory."""
+    subset_dir = Path(subset_dir)
+    table, subset_info = load_subset(ws, subset_dir)
+    rank, world = _rank(), _world_size()
+    if config.resume:
+        partial, final = _resume_target(ws, config)
+    else:
+        final = ws.runs_dir / (config.run_name or default_run_name(subset_dir, config))
+        partial = partial_dir(final)
+        if final.exists():
+            raise UserError(f"{final}: run already exists; pass --run-name or remove it")
+        if partial.exists():
+            raise UserError(f"{partial}: an unfinished run of this name exists; continue it with --resume {partial}")
+    record = _run_record(ws, subset_info, config, command, world)
+    created = False
+    try:
+        if rank == 0 and not partial.exists():
+            partial.mkdir(parents=True)
+            created = True
+            write_json(partial / CONFIG_FILE, record)
+        _barrier()
+        summaries = {}
+        for stage in config.stages():
+            summaries[stage] = _run_stage(ws, table, config, stage, partial, rank)
+        if rank == 0:
+            _finish(partial, final, record, summaries)
+        _barrier()
+    except UserError:
+        # Bad input found before any training step: leave nothing behind.
+        if created and not any(partial.glob("stage*/checkpoints/checkpoint-*")):
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return final
+
+
+def merge_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
+    """Write the run's final model as a standalone checkpoint in ``out_dir``.
+
+    The result loads with ``LlavaForConditionalGeneration.from_pretrained(out_dir)`` and
+    ``AutoProcessor.from_pretrained(out_dir)`` alone. LoRA runs are merged from ``adapter/`` onto the
+    base model the run records; full fine-tuning runs re-save ``model/``.
+    """
+    from datasets_spec.parts import atomic_directory
+    from train.model import load_bundle, save_bundle
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).exists():
+        raise UserError(f"{run_dir}: not a finished training run (no {CONFIG_FILE})")
+    model_dir = run_dir / "model"
+    if not model_dir.is_dir():
+        raise UserError(f"{run_dir}: has no model/ directory to merge")
+    bundle = load_bundle(model_dir)
+    model = bundle.model
+    if hasattr(model, "merge_and_unload"):
+        bundle.model = model.merge_and_unload()
+    with atomic_directory(Path(out_dir), overwrite=overwrite) as tmp:
+        save_bundle(bundle, tmp)
+    return Path(out_dir)
+
+
+def default_run_name(subset_dir: Path, config: TrainConfig) -> str:
+    llm = config.llm.rstrip("/").replace("/", "--")
+    if Path(config.llm).expanduser().is_dir():
+        llm = Path(config.llm).expanduser().resolve().name
+    name = f"{Path(subset_dir).resolve().name}-{llm}-{config.stage}"
+    if config.lora:
+        name += f"-lora{config.lora_r}"
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+
+
+def partial_dir(final: Path) -> Path:
+    return final.with_name(f".{final.name}.partial")
+
+
+# --- subset checks ----------------------------------------------------------------------------------
+
+
+def load_subset(ws: Workspace, subset_dir: Path) -> tuple[pa.Table, dict]:
+    """The subset's rows and a summary of where they came from; refuses empty/foreign/unmanifested subsets."""
+    from curate.shards import read_subset
+
+    if not subset_dir.is_dir():
+        raise UserError(f"{subset_dir}: no such subset directory")
+    manifest_path = subset_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise UserError(f"{subset_dir}: no manifest.json; not a subset written by `curate select`")
+    table, manifest = read_subset(subset_dir)
+    if table.num_rows == 0:
+        raise UserError(f"{subset_dir}: the subset is empty (0 samples)")
+    recorded = subset_dataset_fingerprint(manifest)
+    current = ws.dataset_fingerprint()
+    if recorded != current:
+        raise UserError(
+            f"{subset_dir}: built from dataset {str(recorded)[:12]}, but the workspace dataset is {current[:12]}; "
+            "select the subset again in this workspace"
+        )
+    info = {
+        "path": str(subset_dir.resolve()),
+        "name": subset_dir.resolve().name,
+        "rows": table.num_rows,
+        "manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
+        "parts_hash": hash_parts(subset_dir),
+        "strategy": manifest.get("strategy"),
+    }
+    return table, info
+
+
+def subset_dataset_fingerprint(manifest: dict) -> str | None:
+    for key in ("dataset_fingerprint", "dataset"):
+        value = manifest.get(key)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, dict) and isinstance(value.get("fingerprint"), str):
+            return value["fingerprint"]
+    return None
+
+
+# --- one stage --------------------------------------------------------------------------------------
+
+
+def _run_stage(ws: Workspace, table: pa.Table, config: TrainConfig, stage: str, run_dir: Path, rank: int) -> dict:
+    stage_dir = run_dir / STAGE_DIRS[stage]
+    done = stage_dir / "done.json"
+    if done.exists():
+        return read_json(done)
+    from train.trainer_setup import train_stage
+
+    projector = _stage_projector(config, stage, run_dir)
+    summary = train_stage(ws, table, config, stage, stage_dir, run_dir, projector_path=projector, rank=rank)
+    if rank == 0:
+        write_json(done, summary)
+    _barrier()
+    gc.collect()
+    return summary
+
+
+def _stage_projector(config: TrainConfig, stage: str, run_dir: Path) -> Path | None:
+    if stage == "finetune" and config.stage == "both":
+        return run_dir / STAGE_DIRS["pretrain"] / PROJECTOR_FILE
+    return projector_file(config.projector_path) if config.projector_path else None
+
+
+def _finish(partial: Path, final: Path, record: dict, summaries: dict) -> None:
+    last = STAGE_DIRS[list(summaries)[-1]]
+    for name in (PROJECTOR_FILE, "model", "adapter"):
+        src = partial / last / name
+        if src.exists():
+            os.replace(src, partial / name)
+    for stage_dir in STAGE_DIRS.values():
+        shutil.rmtree(partial / stage_dir / "checkpoints", ignore_errors=True)
+        if stage_dir != last:
+            shutil.rmtree(partial / stage_dir / "model", ignore_errors=True)
+    write_json(partial / METRICS_FILE, summaries)
+    record = dict(read_json(partial / CONFIG_FILE), finished_at=now_utc())
+    write_json(partial / CONFIG_FILE, record)
+    if final.exists():
+        raise UserError(f"{final}: appeared while training; the finished run stays in {partial}")
+    os.replace(partial, final)
+
+
+# --- resume -----------------------------------------------------------------------------------------
+
+
+def _resume_target(ws: Workspace, config: TrainConfig) -> tuple[Path, Path]:
+    """(partial dir, final dir) of ``--resume``; refuses a run of another model or stage."""
+    path = Path(config.resume).expanduser()
+    if not path.exists():
+        raise UserError(f"--resume {path}: not found")
+    run = path.resolve()
+    while not (run / CONFIG_FILE).exists() and run != run.parent:
+        run = run.parent
+    if not (run / CONFIG_FILE).exists():
+        raise UserError(f"--resume {path}: not inside a training run (no {CONFIG_FILE} above it)")
+    recorded = read_json(run / CONFIG_FILE).get("config", {})
+    for key in ("llm", "vision", "stage"):
+        if recorded.get(key) != getattr(config, key):
+            raise UserError(
+                f"--resume {path}: that checkpoint is {key} {recorded.get(key)!r}, this run asks for "
+                f"{getattr(config, key)!r}; resume with the same --llm/--vision/--stage or start a new run"
+            )
+    if recorded.get("lora_r") != config.lora_r:
+        raise UserError(f"--resume {path}: that checkpoint has lora_r {recorded.get('lora_r')}, this run {config.lora_r}")
+    match = re.fullmatch(r"\.(.+)\.partial", run.name)
+    if not match:
+        raise UserError(f"--resume {path}: {run.name} is a finished run; nothing to resume")
+    return run, run.with_name(match.group(1))
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    found = [p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+# --- records ----------------------------------------------------------------------------------------
+
+
+def _run_record(ws: Workspace, subset_info: dict, config: TrainConfig, command: str, world: int) -> dict:
+    from train.presets import LLM_PRESETS, VISION_PRESETS, preset_to_dict
+
+    llm = LLM_PRESETS.get(config.llm)
+    vision = VISION_PRESETS.get(config.vision)
+    return {
+        "config": config.to_dict(),
+        "hparams": {s: _asdict(config.stage_hparams(s)) for s in config.stages()},
+        "llm": preset_to_dict(llm) if llm else {"name": config.llm},
+        "vision": preset_to_dict(vision) if vision else {"name": config.vision},
+        "stages": config.stages(),
+        "subset": subset_info,
+        "dataset_fingerprint": ws.dataset_fingerprint(),
+        "command": command,
+        "tool_version": tool_version(),
+        "world_size": world,
+        "deepspeed": str(deepspeed_config_path(config.deepspeed)) if config.deepspeed else None,
+        "created_at": now_utc(),
+    }
+
+
+def _asdict(obj) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(obj)
+
+
+def append_log(run_dir: Path, entry: dict) -> None:
+    with (run_dir / LOG_FILE).open("a") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / LOG_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def split_rows(table: pa.Table, split: str) -> pa.Table:
+    return table.filter(pc.equal(table.column("split"), split))
+
+
+# --- distributed ------------------------------------------------------------------------------------
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield

@@ -1,0 +1,391 @@
+"""HF Trainer wiring for one stage: freezing/LoRA, parameter groups, sampler, callbacks, saving.
+
+Stage 1 (``pretrain``): only the projector trains; vision tower and LLM are frozen; the `plain` template
+(image, then the answer) on image samples only, since text-only samples give the projector no gradient.
+Stage 2 (``finetune``): projector + LLM (full) or LoRA adapters on every linear layer of the LLM (peft),
+the projector in its own optimiser group with its own learning rate; the vision tower stays frozen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+from safetensors.torch import save_file
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from curate.workspace import Workspace
+from datasets_spec.errors import UserError
+from train.config import TrainConfig, deepspeed_config_path
+from train.hparams import batch_layout
+
+PROJECTOR_KEY = "multi_modal_projector"
+VISION_KEY = "vision_tower"
+LANGUAGE_KEY = "language_model"
+
+
+# --- parameters -------------------------------------------------------------------------------------
+
+
+def freeze_for_stage(model: torch.nn.Module, stage: str) -> None:
+    """Stage 1: projector only. Stage 2 (full): everything but the vision tower."""
+    for name, param in model.named_parameters():
+        if stage == "pretrain":
+            param.requires_grad = PROJECTOR_KEY in name
+        else:
+            param.requires_grad = VISION_KEY not in name
+
+
+def lora_target_regex(model: torch.nn.Module) -> str:
+    """A peft target regex for every Linear layer of the language model (LLaVA's LoRA targets all of them)."""
+    suffixes = sorted({
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and f".{LANGUAGE_KEY}." in f".{name}"
+    })
+    if not suffixes:
+        raise UserError("the language model has no Linear layers for LoRA to adapt")
+    return rf".*{LANGUAGE_KEY}\..*\.({'|'.join(suffixes)})"
+
+
+def apply_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    """Wrap ``model`` with LoRA on the LLM; the projector trains as a full copy saved with the adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    model.requires_grad_(False)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.resolved_lora_alpha(),
+        lora_dropout=config.lora_dropout,
+        target_modules=lora_target_regex(model),
+        # modules_to_save puts the trained projector into the adapter checkpoint, so resuming from a
+        # Trainer checkpoint restores it too.
+        modules_to_save=[PROJECTOR_KEY],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    total = trainable = 0
+    for param in model.parameters():
+        n = param.ds_numel if hasattr(param, "ds_numel") else param.numel()
+        total += n
+        trainable += n if param.requires_grad else 0
+    return {"total": total, "trainable": trainable}
+
+
+# --- trainer ----------------------------------------------------------------------------------------
+
+
+class LlavaTrainer(Trainer):
+    """HF Trainer with a projector learning rate, a modality/length-grouped sampler, and slim stage-1
+    checkpoints (only the trainable weights)."""
+
+    def __init__(self, *args, projector_lr: float | None = None, sampler=None, trainable_only: bool = False,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.projector_lr = projector_lr
+        self.custom_sampler = sampler
+        self.trainable_only = trainable_only
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.custom_sampler is not None:
+            return self.custom_sampler
+        return super()._get_train_sampler(train_dataset)
+
+    def create_optimizer(self):
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault((PROJECTOR_KEY in name, name in decay), []).append(param)
+        param_groups = []
+        for (is_projector, decays), params in sorted(groups.items()):
+            group = {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
+            if is_projector and self.projector_lr is not None:
+                group["lr"] = self.projector_lr
+            param_groups.append(group)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        if not self.trainable_only or self.is_deepspeed_enabled:
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        tensors = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+        save_file(tensors, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+
+class JsonlLog(TrainerCallback):
+    """Append every Trainer log event, tagged with the stage, to the run's trainer_log.jsonl."""
+
+    def __init__(self, run_dir: Path, stage: str):
+        self.run_dir, self.stage = run_dir, stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        from train.runner import append_log
+
+        if state.is_world_process_zero and logs:
+            append_log(self.run_dir, {"stage": self.stage, "step": state.global_step, "epoch": state.epoch, **logs})
+
+
+class ScienceQAAccuracy(TrainerCallback):
+    """After each evaluation, generate answers for the held-out problems and log their ScienceQA accuracy."""
+
+    def __init__(self, bundle, table: pa.Table, image_root: Path | None, template: str, config: TrainConfig):
+        self.bundle, self.table, self.image_root = bundle, table, image_root
+        self.template, self.config = template, config
+        self.trainer: Trainer | None = None
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero or self.trainer is None:
+            return
+        from train.evaluate import evaluate_bundle
+
+        bundle = dataclasses.replace(self.bundle, model=self.trainer.model)
+        was_training = bundle.model.training
+        bundle.model.eval()
+        try:
+            _, metrics = evaluate_bundle(
+                bundle, self.table, self.image_root, template=self.template, limit=self.config.eval_limit,
+                batch_size=max(1, args.per_device_eval_batch_size), max_new_tokens=self.config.eval_max_new_tokens,
+            )
+        finally:
+            bundle.model.train(was_training)
+        self.trainer.log({
+            "eval_scienceqa_accuracy": metrics["accuracy"]["Avg"],
+            "eval_scienceqa_unparsed": metrics["unparsed"],
+            "eval_scienceqa_total": metrics["total"],
+        })
+
+
+# --- one stage --------------------------------------------------------------------------------------
+
+
+def train_stage(
+    ws: Workspace,
+    table: pa.Table,
+    config: TrainConfig,
+    stage: str,
+    stage_dir: Path,
+    run_dir: Path,
+    *,
+    projector_path: Path | None,
+    rank: int,
+) -> dict:
+    """Train one stage into ``stage_dir``; return its summary. Every rank calls this."""
+    from train.data import prepare_dataset
+    from train.model import build_llava
+    from train.runner import latest_checkpoint, split_rows
+
+    hp = config.stage_hparams(stage)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_device, accum = batch_layout(hp, world)
+    rows = image_rows(table) if stage == "pretrain" else table
+    if rows.num_rows == 0:
+        raise UserError("stage 1 trains the projector on image samples, but the subset has none")
+    bundle = build_llava(config.llm, config.vision, projector_path=projector_path, seed=config.seed)
+    template = "plain" if stage == "pretrain" else (config.template or bundle.template)
+    data_kwargs = dict(template=template, image_root=ws.image_root(), max_length=config.max_length,
+                       image_aspect=config.image_aspect)
+    train_ds, counts = prepare_dataset(rows, bundle, max_mismatch=config.max_mismatch,
+                                       drop_overlong=config.drop_overlong, **data_kwargs)
+    if len(train_ds) == 0:
+        raise UserError(f"no training samples left after dropping overlong ones ({counts})")
+    eval_table = _eval_table(ws, config, stage, split_rows)
+    eval_ds = None
+    if eval_table is not None:
+        try:
+            eval_ds, _ = prepare_dataset(eval_table, bundle, max_mismatch=eval_table.num_rows,
+                                         drop_overlong=True, **data_kwargs)
+        except UserError:
+            eval_ds = None  # every held-out sample unusable with this template/length: no eval loss
+
+    model = bundle.model
+    if stage == "finetune" and config.lora:
+        freeze_for_stage(model, "pretrain")
+        model = apply_lora(model, config)
+    else:
+        freeze_for_stage(model, stage)
+    bundle = dataclasses.replace(bundle, model=model)
+    params = count_parameters(model)
+
+    args = _training_args(config, hp, stage_dir, per_device, accum, world, has_eval=eval_ds is not None)
+    from train.data import LlavaCollator
+
+    trainer = LlavaTrainer(
+        model=model,
+        args=args,
+        data_collator=LlavaCollator(bundle.tokenizer.pad_token_id),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        projector_lr=hp.projector_lr if stage == "finetune" else None,
+        sampler=_sampler(train_ds, per_device, accum, world, config.seed),
+        trainable_only=stage == "pretrain",
+        callbacks=[JsonlLog(run_dir, stage)],
+    )
+    if eval_ds is not None and stage == "finetune" and not _zero3(config):
+        accuracy = ScienceQAAccuracy(bundle, eval_table, ws.image_root(), template, config)
+        accuracy.trainer = trainer
+        trainer.add_callback(accuracy)
+    checkpoint = latest_checkpoint(stage_dir / "checkpoints") if config.resume else None
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    elapsed = time.perf_counter() - started
+    last_stage = stage == config.stages()[-1]
+    _save_stage(trainer, bundle, config, stage, stage_dir, rank, save_model=last_stage)
+    history = [dict(e) for e in trainer.state.log_history]
+    losses = [e["loss"] for e in history if "loss" in e]
+    summary = {
+        "stage": stage,
+        "template": template,
+        "hparams": dataclasses.asdict(hp),
+        "per_device_batch_size": per_device,
+        "gradient_accumulation_steps": accum,
+        "world_size": world,
+        "parameters": params,
+        "data": _plain(counts),
+        "samples": len(train_ds),
+        "tokens_per_epoch": _tokens(train_ds),
+        "steps": output.global_step,
+        "epochs": trainer.state.epoch,
+        "train_loss": output.training_loss,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "runtime_s": round(elapsed, 3),
+        "steps_per_s": round(output.global_step / elapsed, 4) if elapsed > 0 else None,
+        "eval": [e for e in history if any(k.startswith("eval_") for k in e)],
+        "resumed_from": str(checkpoint) if checkpoint else None,
+    }
+    del trainer
+    return summary
+
+
+def image_rows(table: pa.Table) -> pa.Table:
+    import pyarrow.compute as pc
+
+    return table.filter(pc.is_valid(table.column("image")))
+
+
+def _eval_table(ws: Workspace, config: TrainConfig, stage: str, split_rows) -> pa.Table | None:
+    if not config.eval_split or config.eval_limit == 0:
+        return None
+    table = split_rows(ws.read_dataset(), config.eval_split)
+    if stage == "pretrain":
+        table = image_rows(table)
+    if table.num_rows == 0:
+        return None
+    order = sorted(range(table.num_rows), key=table.column("sample_id").to_pylist().__getitem__)
+    return table.take(order[: config.eval_limit])
+
+
+def _training_args(config: TrainConfig, hp, stage_dir: Path, per_device: int, accum: int, world: int, *,
+                   has_eval: bool) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    bf16 = (cuda and torch.cuda.is_bf16_supported()) if config.bf16 == "auto" else bool(config.bf16)
+    if bf16 and not cuda:
+        raise UserError("bf16 training needs a GPU that supports it; this machine has none (use --bf16 auto)")
+    return TrainingArguments(
+        output_dir=str(stage_dir / "checkpoints"),
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=per_device,
+        gradient_accumulation_steps=accum,
+        learning_rate=hp.lr,
+        num_train_epochs=hp.epochs,
+        max_steps=config.max_steps or -1,
+        lr_scheduler_type=hp.scheduler,
+        warmup_ratio=hp.warmup_ratio,
+        weight_decay=hp.weight_decay,
+        optim=hp.optimizer,
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps else "epoch",
+        save_steps=config.save_steps or 500,
+        # Two checkpoints: the newest may be half-written when a job is killed while saving.
+        save_total_limit=2,
+        eval_strategy="epoch" if has_eval else "no",
+        bf16=bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        deepspeed=str(deepspeed_config_path(config.deepspeed)) if config.deepspeed else None,
+        ddp_backend=None if cuda or world == 1 else "gloo",
+        seed=config.seed,
+        data_seed=config.seed,
+        remove_unused_columns=False,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        save_safetensors=True,
+        # Frozen towers never get gradients; DDP must not wait for them.
+        ddp_find_unused_parameters=False,
+    )
+
+
+def _sampler(dataset, per_device: int, accum: int, world: int, seed: int):
+    from train.data import ModalityLengthGroupedSampler
+
+    return ModalityLengthGroupedSampler(dataset.lengths, dataset.has_image, batch_size=per_device,
+                                        world_size=world, seed=seed)
+
+
+def _zero3(config: TrainConfig) -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return bool(config.deepspeed) and is_deepspeed_zero3_enabled()
+
+
+@contextlib.contextmanager
+def gathered(model: torch.nn.Module, enabled: bool):
+    """Full parameters on every rank for the block (ZeRO-3 shards them); a no-op otherwise."""
+    if not enabled:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        yield
+
+
+def _save_stage(trainer: Trainer, bundle, config: TrainConfig, stage: str, stage_dir: Path, rank: int, *,
+                save_model: bool) -> None:
+    """Projector (always), LoRA adapter and the merged standalone model (last stage); rank 0 writes."""
+    from train.model import projector_state_dict, save_bundle
+
+    model = trainer.model
+    with gathered(model, _zero3(config)):
+        if rank == 0:
+            if stage == "finetune" and config.lora:
+                model.save_pretrained(str(stage_dir / "adapter"))
+                model = model.merge_and_unload()
+            save_file(_contiguous(projector_state_dict(model)), str(stage_dir / "projector.safetensors"),
+                      metadata={"format": "pt"})
+            if save_model:
+                save_bundle(dataclasses.replace(bundle, model=model), stage_dir / "model")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _contiguous(state: dict) -> dict:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def _tokens(dataset) -> int:
+    return int(sum(dataset.lengths))
+
+
+def _plain(counts) -> dict:
+    if dataclasses.is_dataclass(counts):
+        return dataclasses.asdict(counts)
+    return dict(counts) if isinstance(counts, dict) else {"counts": str(counts)}
