@@ -59,6 +59,15 @@ def ingest(
     annotations: Path | None = typer.Option(None, "--annotations", help="vqa: the annotations JSON."),
     image_root: Path | None = typer.Option(None, "--image-root", help="llava/vqa: the images' folder."),
     split: str = typer.Option("train", "--split", help="llava/vqa: split label of every sample."),
+    decode_images: bool = typer.Option(
+        False, "--decode-images", help="llava/vqa: decode every image, not only check it exists (slow)."
+    ),
+    duplicate_ids: str = typer.Option(
+        "error", "--duplicate-ids", help="llava: `error` refuses repeated ids; `suffix` renames them id#2, id#3."
+    ),
+    image_pattern: str | None = typer.Option(
+        None, "--image-pattern", help="vqa: image file name pattern, e.g. COCO_val2014_{image_id:012d}.jpg"
+    ),
     workspace: Path | None = WorkspaceOption,
 ) -> None:
     """Turn a source dataset into the workspace's canonical dataset/ (Parquet parts + dataset.json)."""
@@ -66,7 +75,8 @@ def ingest(
     info = _run_ingest(
         ws, source, path, prompt_format=prompt_format, splits=splits, skip_bad_images=skip_bad_images,
         overwrite=overwrite, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, questions=questions,
-        annotations=annotations, image_root=image_root, split=split,
+        annotations=annotations, image_root=image_root, split=split, decode_images=decode_images,
+        duplicate_ids=duplicate_ids, image_pattern=image_pattern,
     )
     _print_ingest_summary(ws, info)
 
@@ -95,13 +105,15 @@ def _run_ingest(ws: Workspace, source: str, path: Path | None, **opt) -> dict:
         from curate.ingest_llava import ingest_llava
 
         return ingest_llava(ws, path, image_root=opt["image_root"], split=opt["split"],
-                            skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"])
+                            skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"],
+                            decode_images=opt["decode_images"], duplicate_ids=opt["duplicate_ids"])
     from curate.ingest_vqa import ingest_vqa
 
     if opt["questions"] is None or opt["annotations"] is None:
         raise UserError("curate ingest vqa: give --questions and --annotations")
     return ingest_vqa(ws, opt["questions"], opt["annotations"], image_root=opt["image_root"],
-                      split=opt["split"], skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"])
+                      split=opt["split"], skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"],
+                      decode_images=opt["decode_images"], image_pattern=opt["image_pattern"])
 
 
 def _print_ingest_summary(ws: Workspace, info: dict) -> None:

@@ -20,6 +20,8 @@ parts hash, ``complete: true``).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shutil
@@ -110,7 +112,10 @@ def load_model(model: str, pretrained: str | None, *, device: str = "cpu", seed:
     # Random weights must be reproducible: a resumed `--pretrained none` run has to match the first.
     torch.manual_seed(seed)
     try:
-        net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=weights, device=device)
+        # open_clip logs its own messages (random init, failed download) on the root logger; the
+        # outcome is reported here instead, as one line.
+        with _quiet_logging():
+            net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=weights, device=device)
     except Exception as exc:  # open_clip raises RuntimeError/OSError/hub errors for missing weights
         if weights is not None and not os.path.isfile(weights):
             raise UserError(
@@ -121,6 +126,16 @@ def load_model(model: str, pretrained: str | None, *, device: str = "cpu", seed:
         raise UserError(f"--pretrained {weights}: cannot load checkpoint into {model}: {first}") from None
     net.eval()
     return net, preprocess, open_clip.get_tokenizer(model)
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 # --- data ------------------------------------------------------------------------------------------

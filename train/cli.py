@@ -31,6 +31,82 @@ def _workspace(path: Optional[Path]) -> Workspace:
 
 # Commands are registered below, one block per concern.
 # --- run / merge / dry-run ----------------------------------------------------------------------------
+@app.command("run")
+def run_command(
+    subset: Path = typer.Option(..., "--subset", help="A subset directory, or a directory of them (shards/)."),
+    llm: str = typer.Option("tiny-llama", "--llm", help="LLM preset, hub id or local directory."),
+    vision: str = typer.Option("tiny-clip", "--vision", help="Vision preset, hub id or local directory."),
+    stage: str = typer.Option("finetune", "--stage", help="pretrain | finetune | both."),
+    preset: str = typer.Option("llava-1.5", "--preset", help="Hyper-parameters: llava-1.5 | scienceqa | tiny-cpu."),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (stage 2); omit for full tuning."),
+    lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 x rank)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate override."),
+    projector_lr: Optional[float] = typer.Option(None, "--projector-lr", help="Stage-2 projector lr."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs override."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size override."),
+    per_device_batch_size: Optional[int] = typer.Option(None, "--per-device-batch-size"),
+    max_length: int = typer.Option(2048, "--max-length", help="Token limit per sample."),
+    max_mismatch: int = typer.Option(0, "--max-mismatch", help="Tolerated tokenization mismatches."),
+    drop_overlong: bool = typer.Option(False, "--drop-overlong", help="Drop samples over --max-length."),
+    image_aspect: str = typer.Option("pad", "--image-aspect", help="pad | resize | crop."),
+    template: Optional[str] = typer.Option(None, "--template", help="Stage-2 template (default: the LLM's)."),
+    deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="zero2 | zero3 | zero3-offload | PATH."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Unfinished run (runs/.X.partial) to continue."),
+    eval_split: str = typer.Option("val", "--eval-split", help="Split evaluated between epochs ('' = none)."),
+    eval_limit: int = typer.Option(64, "--eval-limit", help="Problems evaluated between epochs (0 = none)."),
+    projector: Optional[str] = typer.Option(None, "--projector", help="Stage-1 projector file or run dir."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print parameters, steps, tokens, memory; train nothing."),
+    seed: int = typer.Option(0, "--seed"),
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name (one subset only)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPU count for --dry-run estimates."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop each stage after N steps."),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N steps."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Train one run per subset (stage 1, stage 2 or both); `torchrun ... -m train.cli run` for several GPUs."""
+    from train.config import TrainConfig
+    from train.runner import run_subsets
+
+    config = TrainConfig(
+        llm=llm, vision=vision, stage=stage, preset=preset, lora_r=lora_r, lora_alpha=lora_alpha, lr=lr,
+        projector_lr=projector_lr, epochs=epochs, global_batch_size=batch_size,
+        per_device_batch_size=per_device_batch_size, max_length=max_length, max_mismatch=max_mismatch,
+        drop_overlong=drop_overlong, image_aspect=image_aspect, template=template, deepspeed=deepspeed,
+        gradient_checkpointing=gradient_checkpointing, resume=resume, eval_split=eval_split or None,
+        eval_limit=eval_limit, projector_path=projector, seed=seed, run_name=run_name, gpus=gpus,
+        max_steps=max_steps, save_steps=save_steps,
+    )
+    if dry_run:
+        from curate.shards import find_subsets
+        from train.dryrun import dry_run as estimate
+        from train.dryrun import format_dry_run
+
+        for path in find_subsets(subset):
+            typer.echo(format_dry_run(estimate(config, path)))
+        return
+    for run in run_subsets(_workspace(workspace), subset, config, command=command_line()):
+        if int(os_environ().get("RANK", "0")) == 0:
+            typer.echo(f"wrote {run}")
+
+
+@app.command("merge")
+def merge_command(
+    run: Path = typer.Option(..., "--run", help="A finished run directory (runs/X)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the standalone checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+) -> None:
+    """Write a run's model (LoRA merged) where LlavaForConditionalGeneration/AutoProcessor load it as is."""
+    from train.runner import merge_run
+
+    typer.echo(f"wrote {merge_run(run, out, overwrite=overwrite)}")
+
+
+def os_environ() -> dict:
+    import os
+
+    return dict(os.environ)
+
 
 
 # --- eval / score -------------------------------------------------------------------------------------

@@ -115,7 +115,9 @@ class TrainConfig:
         if self.max_mismatch < 0:
             raise UserError(f"--max-mismatch must be >= 0, got {self.max_mismatch}")
         if self.image_aspect not in IMAGE_ASPECTS:
-            raise UserError(f"unknown --image-aspect {self.image_aspect!r}; choose one of: {', '.join(IMAGE_ASPECTS)}")
+            raise UserError(
+                f"unknown --image-aspect {self.image_aspect!r}; choose one of: {', '.join(IMAGE_ASPECTS)}"
+            )
         if self.deepspeed is not None:
             deepspeed_config_path(self.deepspeed)
         if self.bf16 not in ("auto", True, False):
@@ -124,11 +126,15 @@ class TrainConfig:
             raise UserError(f"--eval-limit must be >= 0, got {self.eval_limit}")
         if self.projector_path is not None:
             if self.stage == "both":
-                raise UserError("--projector starts stage 2 from a stage-1 projector; with --stage both stage 1 makes it")
+                raise UserError(
+                    "--projector starts stage 2 from a stage-1 projector; with --stage both stage 1 makes it"
+                )
             projector_file(self.projector_path)
         if self.gpus is not None and self.gpus < 1:
             raise UserError(f"--gpus must be >= 1, got {self.gpus}")
-        if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name.startswith(".")):
+        if self.run_name is not None and (
+            not self.run_name or "/" in self.run_name or self.run_name.startswith(".")
+        ):
             raise UserError(f"--run-name must be a plain directory name, got {self.run_name!r}")
         for stage in self.stages():
             self.stage_hparams(stage)
@@ -143,10 +149,20 @@ class TrainConfig:
 
     def stage_hparams(self, stage: str) -> StageHparams:
         """Resolved hyper-parameters of ``stage`` (the preset with this config's overrides)."""
-        overrides = {k: getattr(self, k) for k in (
-            "lr", "projector_lr", "epochs", "global_batch_size", "per_device_batch_size", "warmup_ratio",
-            "scheduler", "weight_decay", "optimizer",
-        )}
+        overrides = {
+            k: getattr(self, k)
+            for k in (
+                "lr",
+                "projector_lr",
+                "epochs",
+                "global_batch_size",
+                "per_device_batch_size",
+                "warmup_ratio",
+                "scheduler",
+                "weight_decay",
+                "optimizer",
+            )
+        }
         return resolve_stage(self.preset, stage, lora=self.lora and stage == "finetune", overrides=overrides)
 
     def resolved_lora_alpha(self) -> int | None:
@@ -183,7 +199,9 @@ def projector_file(path: str | Path) -> Path:
     if path.is_dir():
         path = path / "projector.safetensors"
     if not path.is_file():
-        raise UserError(f"--projector {path}: not found (give a projector.safetensors or a stage-1 run directory)")
+        raise UserError(
+            f"--projector {path}: not found (give a projector.safetensors or a stage-1 run directory)"
+        )
     return path
 
 

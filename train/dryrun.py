@@ -41,26 +41,76 @@ GIB = 1024**3
 # Published configurations of the hub presets (config.json of each repository), so that a dry run
 # needs neither the weights nor the network.
 HUB_ARCHITECTURES: dict[str, dict] = {
-    "mistral-7b": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
-                       tie_word_embeddings=False),
-    "llama2-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-                      tie_word_embeddings=False),
-    "vicuna-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-                      tie_word_embeddings=False),
-    "phi-2": dict(model_type="phi", hidden_size=2560, intermediate_size=10240, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=32, vocab_size=51200, tie_word_embeddings=False),
-    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                         tie_word_embeddings=True),
+    "mistral-7b": dict(
+        model_type="mistral",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
+    "llama2-7b": dict(
+        model_type="llama",
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
+    "vicuna-7b": dict(
+        model_type="llama",
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
+    "phi-2": dict(
+        model_type="phi",
+        hidden_size=2560,
+        intermediate_size=10240,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=51200,
+        tie_word_embeddings=False,
+    ),
+    "smollm2-135m": dict(
+        model_type="llama",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
 }
 VISION_ARCHITECTURES: dict[str, dict] = {
-    "clip-vit-l-336": dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096,
-                           num_hidden_layers=24, num_attention_heads=16, image_size=336, patch_size=14),
-    "siglip-so400m": dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304,
-                          num_hidden_layers=27, num_attention_heads=16, image_size=384, patch_size=14),
+    "clip-vit-l-336": dict(
+        model_type="clip_vision_model",
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+    ),
+    "siglip-so400m": dict(
+        model_type="siglip_vision_model",
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_hidden_layers=27,
+        num_attention_heads=16,
+        image_size=384,
+        patch_size=14,
+    ),
 }
 
 
@@ -79,13 +129,21 @@ def dry_run(config: TrainConfig, subset: Path) -> dict:
     zero = _zero_stage(config)
     offload = _offload(config)
     report = {
-        "subset": str(subset), "samples": table.num_rows, "llm": config.llm, "vision": config.vision,
-        "gpus": gpus, "deepspeed": config.deepspeed, "zero_stage": zero, "offload": offload,
-        "image_tokens": n_image_tokens, "stages": {},
+        "subset": str(subset),
+        "samples": table.num_rows,
+        "llm": config.llm,
+        "vision": config.vision,
+        "gpus": gpus,
+        "deepspeed": config.deepspeed,
+        "zero_stage": zero,
+        "offload": offload,
+        "image_tokens": n_image_tokens,
+        "stages": {},
     }
     for stage in config.stages():
-        report["stages"][stage] = _stage_estimate(config, stage, table, model, text, n_image_tokens, gpus, zero,
-                                                  offload)
+        report["stages"][stage] = _stage_estimate(
+            config, stage, table, model, text, n_image_tokens, gpus, zero, offload
+        )
     return report
 
 
@@ -98,15 +156,33 @@ def _stage_estimate(config, stage, table, model, text, n_image_tokens, gpus, zer
     steps_per_epoch = math.ceil(len(lengths) / hp.global_batch_size) if lengths else 0
     steps = config.max_steps or math.ceil(steps_per_epoch * hp.epochs)
     seq = min(config.max_length, max(lengths, default=0))
-    memory = memory_per_gpu(total, trainable, gpus=gpus, zero=zero, offload=offload, micro_batch=per_device,
-                            seq=seq, hidden=text.hidden_size, layers=text.num_hidden_layers,
-                            vocab=text.vocab_size, checkpointing=config.gradient_checkpointing,
-                            largest_layer=_largest_layer(model))
+    memory = memory_per_gpu(
+        total,
+        trainable,
+        gpus=gpus,
+        zero=zero,
+        offload=offload,
+        micro_batch=per_device,
+        seq=seq,
+        hidden=text.hidden_size,
+        layers=text.num_hidden_layers,
+        vocab=text.vocab_size,
+        checkpointing=config.gradient_checkpointing,
+        largest_layer=_largest_layer(model),
+    )
     return {
-        "parameters": total, "trainable": trainable, "lr": hp.lr, "projector_lr": hp.projector_lr,
-        "epochs": hp.epochs, "global_batch_size": hp.global_batch_size, "per_device_batch_size": per_device,
-        "gradient_accumulation_steps": accum, "samples": len(lengths), "steps": steps,
-        "tokens": int(sum(lengths) * hp.epochs), "longest_sample_tokens": seq,
+        "parameters": total,
+        "trainable": trainable,
+        "lr": hp.lr,
+        "projector_lr": hp.projector_lr,
+        "epochs": hp.epochs,
+        "global_batch_size": hp.global_batch_size,
+        "per_device_batch_size": per_device,
+        "gradient_accumulation_steps": accum,
+        "samples": len(lengths),
+        "steps": steps,
+        "tokens": int(sum(lengths) * hp.epochs),
+        "longest_sample_tokens": seq,
         "memory_per_gpu_gib": {k: round(v / GIB, 2) for k, v in memory.items()},
     }
 
@@ -117,9 +193,21 @@ def _lengths(rows, n_image_tokens: int) -> list[int]:
     return [int(a) + (n_image_tokens if b else 0) for a, b in zip(n, img)]
 
 
-def memory_per_gpu(total: int, trainable: int, *, gpus: int, zero: int, offload: bool, micro_batch: int,
-                   seq: int, hidden: int, layers: int, vocab: int, checkpointing: bool,
-                   largest_layer: int) -> dict[str, float]:
+def memory_per_gpu(
+    total: int,
+    trainable: int,
+    *,
+    gpus: int,
+    zero: int,
+    offload: bool,
+    micro_batch: int,
+    seq: int,
+    hidden: int,
+    layers: int,
+    vocab: int,
+    checkpointing: bool,
+    largest_layer: int,
+) -> dict[str, float]:
     """Bytes per GPU by term (see the module docstring for the formula)."""
     weights = 2 * total / (gpus if zero >= 3 else 1)
     if offload and zero >= 3:
@@ -131,8 +219,15 @@ def memory_per_gpu(total: int, trainable: int, *, gpus: int, zero: int, offload:
     logits = 6 * micro_batch * seq * vocab
     subtotal = weights + grads + optimizer + activations + logits
     overhead = 0.1 * subtotal + GIB
-    return {"weights": weights, "gradients": grads, "optimizer": optimizer, "activations": activations,
-            "logits": logits, "overhead": overhead, "total": subtotal + overhead}
+    return {
+        "weights": weights,
+        "gradients": grads,
+        "optimizer": optimizer,
+        "activations": activations,
+        "logits": logits,
+        "overhead": overhead,
+        "total": subtotal + overhead,
+    }
 
 
 def _parameter_counts(model: torch.nn.Module, config: TrainConfig, stage: str) -> tuple[int, int]:
@@ -156,8 +251,11 @@ def _parameter_counts(model: torch.nn.Module, config: TrainConfig, stage: str) -
 
 
 def _largest_layer(model: torch.nn.Module) -> int:
-    sizes = [sum(p.numel() for p in m.parameters()) for m in model.modules()
-             if m.__class__.__name__.endswith(("DecoderLayer", "EncoderLayer"))]
+    sizes = [
+        sum(p.numel() for p in m.parameters())
+        for m in model.modules()
+        if m.__class__.__name__.endswith(("DecoderLayer", "EncoderLayer"))
+    ]
     return max(sizes, default=0)
 
 
@@ -175,8 +273,12 @@ def _meta_model(config: TrainConfig):
     vis = _config_for(config.vision, VISION_ARCHITECTURES, AutoConfig, "vision tower")
     strategy = vision.select_strategy if vision else ("full" if "siglip" in vis.model_type else "default")
     n_tokens = (vis.image_size // vis.patch_size) ** 2
-    llava = LlavaConfig(vision_config=vis.to_dict(), text_config=text.to_dict(),
-                        vision_feature_select_strategy=strategy, vision_feature_layer=-2)
+    llava = LlavaConfig(
+        vision_config=vis.to_dict(),
+        text_config=text.to_dict(),
+        vision_feature_select_strategy=strategy,
+        vision_feature_layer=-2,
+    )
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(llava)
     return model, n_tokens, text
@@ -217,8 +319,11 @@ def _zero_stage(config: TrainConfig) -> int:
         return 0
     import json
 
-    return int(json.loads(deepspeed_config_path(config.deepspeed).read_text())
-               .get("zero_optimization", {}).get("stage", 0))
+    return int(
+        json.loads(deepspeed_config_path(config.deepspeed).read_text())
+        .get("zero_optimization", {})
+        .get("stage", 0)
+    )
 
 
 def _offload(config: TrainConfig) -> bool:

@@ -50,12 +50,28 @@ class StageHparams:
 # LLaVA-1.5's scripts: pretrain lr 1e-3, batch 32 x 8 GPUs, 1 epoch, no weight decay, cosine, warmup 3%;
 # finetune lr 2e-5 (LoRA 2e-4 with r 128 / alpha 256, projector 2e-5), batch 16 x 8 GPUs.
 _LLAVA_PRETRAIN = StageHparams(
-    lr=1e-3, lora_lr=1e-3, projector_lr=None, epochs=1, global_batch_size=256, per_device_batch_size=32,
-    warmup_ratio=0.03, scheduler="cosine", weight_decay=0.0, optimizer="adamw_torch",
+    lr=1e-3,
+    lora_lr=1e-3,
+    projector_lr=None,
+    epochs=1,
+    global_batch_size=256,
+    per_device_batch_size=32,
+    warmup_ratio=0.03,
+    scheduler="cosine",
+    weight_decay=0.0,
+    optimizer="adamw_torch",
 )
 _LLAVA_FINETUNE = StageHparams(
-    lr=2e-5, lora_lr=2e-4, projector_lr=2e-5, epochs=1, global_batch_size=128, per_device_batch_size=16,
-    warmup_ratio=0.03, scheduler="cosine", weight_decay=0.0, optimizer="adamw_torch",
+    lr=2e-5,
+    lora_lr=2e-4,
+    projector_lr=2e-5,
+    epochs=1,
+    global_batch_size=128,
+    per_device_batch_size=16,
+    warmup_ratio=0.03,
+    scheduler="cosine",
+    weight_decay=0.0,
+    optimizer="adamw_torch",
 )
 
 HPARAM_PRESETS: dict[str, dict[str, StageHparams]] = {
@@ -71,21 +87,44 @@ HPARAM_PRESETS: dict[str, dict[str, StageHparams]] = {
     # For tests and the CPU demo: tiny random models need a high lr and many small steps to move at all.
     "tiny-cpu": {
         "pretrain": StageHparams(
-            lr=5e-3, lora_lr=5e-3, projector_lr=None, epochs=3, global_batch_size=4, per_device_batch_size=2,
-            warmup_ratio=0.0, scheduler="constant", weight_decay=0.0, optimizer="adamw_torch",
+            lr=5e-3,
+            lora_lr=5e-3,
+            projector_lr=None,
+            epochs=3,
+            global_batch_size=4,
+            per_device_batch_size=2,
+            warmup_ratio=0.0,
+            scheduler="constant",
+            weight_decay=0.0,
+            optimizer="adamw_torch",
             lora_r=8,
         ),
         "finetune": StageHparams(
-            lr=2e-3, lora_lr=5e-3, projector_lr=2e-3, epochs=3, global_batch_size=4, per_device_batch_size=2,
-            warmup_ratio=0.0, scheduler="constant", weight_decay=0.0, optimizer="adamw_torch",
+            lr=2e-3,
+            lora_lr=5e-3,
+            projector_lr=2e-3,
+            epochs=3,
+            global_batch_size=4,
+            per_device_batch_size=2,
+            warmup_ratio=0.0,
+            scheduler="constant",
+            weight_decay=0.0,
+            optimizer="adamw_torch",
             lora_r=8,
         ),
     },
 }
 
 OVERRIDABLE = (
-    "lr", "projector_lr", "epochs", "global_batch_size", "per_device_batch_size", "warmup_ratio",
-    "scheduler", "weight_decay", "optimizer",
+    "lr",
+    "projector_lr",
+    "epochs",
+    "global_batch_size",
+    "per_device_batch_size",
+    "warmup_ratio",
+    "scheduler",
+    "weight_decay",
+    "optimizer",
 )
 
 

@@ -33,7 +33,6 @@ optimiser state; the frozen towers are rebuilt from the presets on resume.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import json
@@ -50,7 +49,6 @@ from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 from datasets_spec.parts import hash_parts, read_json, write_json
 from train.config import TrainConfig, deepspeed_config_path, projector_file
-from train.hparams import batch_layout
 
 PROJECTOR_FILE = "projector.safetensors"
 CONFIG_FILE = "config.json"
@@ -75,8 +73,14 @@ def run_subsets(ws: Workspace, subset_path: Path, config: TrainConfig, *, comman
 
 def run_training(ws: Workspace, subset_dir: Path, config: TrainConfig, *, command: str = "") -> Path:
     """Train ``config``'s stages on the subset in ``subset_dir``; return the finished run directory."""
+    from train.presets import resolve_llm, resolve_vision
+
     subset_dir = Path(subset_dir)
     table, subset_info = load_subset(ws, subset_dir)
+    # Names and offline availability are checked before anything is written.
+    resolve_llm(config.llm)
+    resolve_vision(config.vision)
+    _init_distributed(config)
     rank, world = _rank(), _world_size()
     if config.resume:
         partial, final = _resume_target(ws, config)
@@ -86,7 +90,9 @@ def run_training(ws: Workspace, subset_dir: Path, config: TrainConfig, *, comman
         if final.exists():
             raise UserError(f"{final}: run already exists; pass --run-name or remove it")
         if partial.exists():
-            raise UserError(f"{partial}: an unfinished run of this name exists; continue it with --resume {partial}")
+            raise UserError(
+                f"{partial}: an unfinished run of this name exists; continue it with --resume {partial}"
+            )
     record = _run_record(ws, subset_info, config, command, world)
     created = False
     try:
@@ -194,7 +200,9 @@ def subset_dataset_fingerprint(manifest: dict) -> str | None:
 # --- one stage --------------------------------------------------------------------------------------
 
 
-def _run_stage(ws: Workspace, table: pa.Table, config: TrainConfig, stage: str, run_dir: Path, rank: int) -> dict:
+def _run_stage(
+    ws: Workspace, table: pa.Table, config: TrainConfig, stage: str, run_dir: Path, rank: int
+) -> dict:
     stage_dir = run_dir / STAGE_DIRS[stage]
     done = stage_dir / "done.json"
     if done.exists():
@@ -255,7 +263,9 @@ def _resume_target(ws: Workspace, config: TrainConfig) -> tuple[Path, Path]:
                 f"{getattr(config, key)!r}; resume with the same --llm/--vision/--stage or start a new run"
             )
     if recorded.get("lora_r") != config.lora_r:
-        raise UserError(f"--resume {path}: that checkpoint has lora_r {recorded.get('lora_r')}, this run {config.lora_r}")
+        raise UserError(
+            f"--resume {path}: that checkpoint has lora_r {recorded.get('lora_r')}, this run {config.lora_r}"
+        )
     match = re.fullmatch(r"\.(.+)\.partial", run.name)
     if not match:
         raise UserError(f"--resume {path}: {run.name} is a finished run; nothing to resume")
@@ -304,7 +314,9 @@ def append_log(run_dir: Path, entry: dict) -> None:
 
 def read_log(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / LOG_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )
 
 
 def split_rows(table: pa.Table, split: str) -> pa.Table:
@@ -322,13 +334,24 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _init_distributed(config: TrainConfig) -> None:
+    """Join the launcher's process group (torchrun/deepspeed set WORLD_SIZE) before any file is written."""
+    import torch
+    import torch.distributed as dist
+
+    if _world_size() == 1 or (dist.is_available() and dist.is_initialized()):
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if config.deepspeed:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=backend)
+    else:
+        dist.init_process_group(backend=backend)
+
+
 def _barrier() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-@contextlib.contextmanager
-def _nothing():
-    yield

@@ -43,11 +43,13 @@ def freeze_for_stage(model: torch.nn.Module, stage: str) -> None:
 
 def lora_target_regex(model: torch.nn.Module) -> str:
     """A peft target regex for every Linear layer of the language model (LLaVA's LoRA targets all of them)."""
-    suffixes = sorted({
-        name.rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and f".{LANGUAGE_KEY}." in f".{name}"
-    })
+    suffixes = sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and f".{LANGUAGE_KEY}." in f".{name}"
+        }
+    )
     if not suffixes:
         raise UserError("the language model has no Linear layers for LoRA to adapt")
     return rf".*{LANGUAGE_KEY}\..*\.({'|'.join(suffixes)})"
@@ -88,8 +90,9 @@ class LlavaTrainer(Trainer):
     """HF Trainer with a projector learning rate, a modality/length-grouped sampler, and slim stage-1
     checkpoints (only the trainable weights)."""
 
-    def __init__(self, *args, projector_lr: float | None = None, sampler=None, trainable_only: bool = False,
-                 **kwargs):
+    def __init__(
+        self, *args, projector_lr: float | None = None, sampler=None, trainable_only: bool = False, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.projector_lr = projector_lr
         self.custom_sampler = sampler
@@ -124,7 +127,9 @@ class LlavaTrainer(Trainer):
             return super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        tensors = {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+        tensors = {
+            n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad
+        }
         save_file(tensors, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
@@ -139,7 +144,9 @@ class JsonlLog(TrainerCallback):
         from train.runner import append_log
 
         if state.is_world_process_zero and logs:
-            append_log(self.run_dir, {"stage": self.stage, "step": state.global_step, "epoch": state.epoch, **logs})
+            append_log(
+                self.run_dir, {"stage": self.stage, "step": state.global_step, "epoch": state.epoch, **logs}
+            )
 
 
 class ScienceQAAccuracy(TrainerCallback):
@@ -160,16 +167,23 @@ class ScienceQAAccuracy(TrainerCallback):
         bundle.model.eval()
         try:
             _, metrics = evaluate_bundle(
-                bundle, self.table, self.image_root, template=self.template, limit=self.config.eval_limit,
-                batch_size=max(1, args.per_device_eval_batch_size), max_new_tokens=self.config.eval_max_new_tokens,
+                bundle,
+                self.table,
+                self.image_root,
+                template=self.template,
+                limit=self.config.eval_limit,
+                batch_size=max(1, args.per_device_eval_batch_size),
+                max_new_tokens=self.config.eval_max_new_tokens,
             )
         finally:
             bundle.model.train(was_training)
-        self.trainer.log({
-            "eval_scienceqa_accuracy": metrics["accuracy"]["Avg"],
-            "eval_scienceqa_unparsed": metrics["unparsed"],
-            "eval_scienceqa_total": metrics["total"],
-        })
+        self.trainer.log(
+            {
+                "eval_scienceqa_accuracy": metrics["accuracy"]["Avg"],
+                "eval_scienceqa_unparsed": metrics["unparsed"],
+                "eval_scienceqa_total": metrics["total"],
+            }
+        )
 
 
 # --- one stage --------------------------------------------------------------------------------------
@@ -199,18 +213,24 @@ def train_stage(
         raise UserError("stage 1 trains the projector on image samples, but the subset has none")
     bundle = build_llava(config.llm, config.vision, projector_path=projector_path, seed=config.seed)
     template = "plain" if stage == "pretrain" else (config.template or bundle.template)
-    data_kwargs = dict(template=template, image_root=ws.image_root(), max_length=config.max_length,
-                       image_aspect=config.image_aspect)
-    train_ds, counts = prepare_dataset(rows, bundle, max_mismatch=config.max_mismatch,
-                                       drop_overlong=config.drop_overlong, **data_kwargs)
+    data_kwargs = dict(
+        template=template,
+        image_root=ws.image_root(),
+        max_length=config.max_length,
+        image_aspect=config.image_aspect,
+    )
+    train_ds, counts = prepare_dataset(
+        rows, bundle, max_mismatch=config.max_mismatch, drop_overlong=config.drop_overlong, **data_kwargs
+    )
     if len(train_ds) == 0:
         raise UserError(f"no training samples left after dropping overlong ones ({counts})")
     eval_table = _eval_table(ws, config, stage, split_rows)
     eval_ds = None
     if eval_table is not None:
         try:
-            eval_ds, _ = prepare_dataset(eval_table, bundle, max_mismatch=eval_table.num_rows,
-                                         drop_overlong=True, **data_kwargs)
+            eval_ds, _ = prepare_dataset(
+                eval_table, bundle, max_mismatch=eval_table.num_rows, drop_overlong=True, **data_kwargs
+            )
         except UserError:
             eval_ds = None  # every held-out sample unusable with this template/length: no eval loss
 
@@ -292,8 +312,9 @@ def _eval_table(ws: Workspace, config: TrainConfig, stage: str, split_rows) -> p
     return table.take(order[: config.eval_limit])
 
 
-def _training_args(config: TrainConfig, hp, stage_dir: Path, per_device: int, accum: int, world: int, *,
-                   has_eval: bool) -> TrainingArguments:
+def _training_args(
+    config: TrainConfig, hp, stage_dir: Path, per_device: int, accum: int, world: int, *, has_eval: bool
+) -> TrainingArguments:
     cuda = torch.cuda.is_available()
     bf16 = (cuda and torch.cuda.is_bf16_supported()) if config.bf16 == "auto" else bool(config.bf16)
     if bf16 and not cuda:
@@ -336,8 +357,9 @@ def _training_args(config: TrainConfig, hp, stage_dir: Path, per_device: int, ac
 def _sampler(dataset, per_device: int, accum: int, world: int, seed: int):
     from train.data import ModalityLengthGroupedSampler
 
-    return ModalityLengthGroupedSampler(dataset.lengths, dataset.has_image, batch_size=per_device,
-                                        world_size=world, seed=seed)
+    return ModalityLengthGroupedSampler(
+        dataset.lengths, dataset.has_image, batch_size=per_device, world_size=world, seed=seed
+    )
 
 
 def _zero3(config: TrainConfig) -> bool:
@@ -358,8 +380,9 @@ def gathered(model: torch.nn.Module, enabled: bool):
         yield
 
 
-def _save_stage(trainer: Trainer, bundle, config: TrainConfig, stage: str, stage_dir: Path, rank: int, *,
-                save_model: bool) -> None:
+def _save_stage(
+    trainer: Trainer, bundle, config: TrainConfig, stage: str, stage_dir: Path, rank: int, *, save_model: bool
+) -> None:
     """Projector (always), LoRA adapter and the merged standalone model (last stage); rank 0 writes."""
     from train.model import projector_state_dict, save_bundle
 
@@ -369,8 +392,11 @@ def _save_stage(trainer: Trainer, bundle, config: TrainConfig, stage: str, stage
             if stage == "finetune" and config.lora:
                 model.save_pretrained(str(stage_dir / "adapter"))
                 model = model.merge_and_unload()
-            save_file(_contiguous(projector_state_dict(model)), str(stage_dir / "projector.safetensors"),
-                      metadata={"format": "pt"})
+            save_file(
+                _contiguous(projector_state_dict(model)),
+                str(stage_dir / "projector.safetensors"),
+                metadata={"format": "pt"},
+            )
             if save_model:
                 save_bundle(dataclasses.replace(bundle, model=model), stage_dir / "model")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
