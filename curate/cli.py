@@ -206,18 +206,18 @@ def export(
 
 @app.command()
 def embed(
-    workspace: Optional[Path] = WorkspaceOption,
+    workspace: Path | None = WorkspaceOption,
     model: str = typer.Option("ViT-B-32", help="open_clip model name (tiny-clip: bundled tiny test config)."),
     pretrained: str = typer.Option(
         "laion2b_s34b_b79k", help="open_clip tag, a local checkpoint file, or `none` for random weights."
     ),
-    fuse: str = typer.Option("mean", help="How image and text vectors become one: mean, image, text, concat."),
+    fuse: str = typer.Option("mean", help="Image+text -> one vector: mean, image, text, concat."),
     batch_size: int = typer.Option(64, help="Samples per forward pass."),
     device: str = typer.Option("auto", help="auto (cuda when present, fp16 there), cpu, cuda, cuda:N."),
     num_workers: int = typer.Option(2, help="DataLoader workers decoding images."),
-    tag: Optional[str] = typer.Option(None, help="Name of the set under embeddings/ (default: <model>_<pretrained>)."),
+    tag: str | None = typer.Option(None, help="Set name under embeddings/ (default: <model>_<pretrained>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing set with the same tag."),
-    rows_per_part: int = typer.Option(4096, help="Rows per Parquet part (the unit of resume and of torchrun)."),
+    rows_per_part: int = typer.Option(4096, help="Rows per Parquet part (unit of resume and of torchrun)."),
     seed: int = typer.Option(0, help="Seed for random weights (--pretrained none)."),
 ) -> None:
     """Embed every sample (image + text, open_clip) into embeddings/<tag>/; resumable."""
@@ -233,16 +233,16 @@ def embed(
 
 @app.command()
 def select(
-    workspace: Optional[Path] = WorkspaceOption,
+    workspace: Path | None = WorkspaceOption,
     strategy: str = typer.Option(..., help="l2-maxdiverse, random or kmeans-balanced."),
-    k: Optional[int] = typer.Option(None, "--k", help="Subset size."),
-    fraction: Optional[float] = typer.Option(None, help="Subset size as a fraction of the pool."),
+    k: int | None = typer.Option(None, "--k", help="Subset size."),
+    fraction: float | None = typer.Option(None, help="Subset size as a fraction of the pool."),
     seed: int = typer.Option(0, help="Seed for every random choice."),
     split: str = typer.Option("train", help="Pool split (`all` for every split)."),
     require_image: bool = typer.Option(False, help="Pool only image-bearing samples."),
-    dedup_eps: Optional[float] = typer.Option(None, help="Drop near-duplicates (L2 below this) first."),
-    name: Optional[str] = typer.Option(None, help="Subset directory name (default: <strategy>-k<k>)."),
-    embeddings: Optional[str] = typer.Option(None, "--embeddings", help="Embedding set tag (default set)."),
+    dedup_eps: float | None = typer.Option(None, help="Drop near-duplicates (L2 below this) first."),
+    name: str | None = typer.Option(None, help="Subset directory name (default: <strategy>-k<k>)."),
+    embeddings: str | None = typer.Option(None, "--embeddings", help="Embedding set tag (default set)."),
     overwrite: bool = typer.Option(False, help="Replace an existing subset directory."),
 ) -> None:
     """Select a subset with a strategy and write shards/<strategy>-k<k>/."""
@@ -258,7 +258,7 @@ def select(
 
 @app.command()
 def rules(
-    workspace: Optional[Path] = WorkspaceOption,
+    workspace: Path | None = WorkspaceOption,
     k: int = typer.Option(..., "--k", help="Subset size."),
     min_per_subject: int = typer.Option(0, help="At least this many samples from every group in the pool."),
     group_by: str = typer.Option("subject", help="Group column: subject, topic, category or skill."),
@@ -266,7 +266,7 @@ def rules(
     require_image: bool = typer.Option(False, help="Image-bearing samples first."),
     seed: int = typer.Option(0, help="Seed for tie-breaking."),
     split: str = typer.Option("train", help="Pool split (`all` for every split)."),
-    name: Optional[str] = typer.Option(None, help="Subset directory name (default: rules-k<k>)."),
+    name: str | None = typer.Option(None, help="Subset directory name (default: rules-k<k>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing subset directory."),
 ) -> None:
     """Select a subset by the curator's rules and write shards/rules-k<k>/."""

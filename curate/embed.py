@@ -115,7 +115,9 @@ def load_model(model: str, pretrained: str | None, *, device: str = "cpu", seed:
         # open_clip logs its own messages (random init, failed download) on the root logger; the
         # outcome is reported here instead, as one line.
         with _quiet_logging():
-            net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=weights, device=device)
+            net, _, preprocess = open_clip.create_model_and_transforms(
+                model, pretrained=weights, device=device
+            )
     except Exception as exc:  # open_clip raises RuntimeError/OSError/hub errors for missing weights
         if weights is not None and not os.path.isfile(weights):
             raise UserError(
@@ -167,7 +169,8 @@ class _Samples:
 def _image_paths(ws: Workspace, table: pa.Table) -> list[Path | None]:
     root = ws.image_root()
     out: list[Path | None] = []
-    for sid, image in zip(table.column("sample_id").to_pylist(), table.column("image").to_pylist()):
+    ids, paths = table.column("sample_id").to_pylist(), table.column("image").to_pylist()
+    for sid, image in zip(ids, paths, strict=True):
         if image is None:
             out.append(None)
             continue
@@ -280,7 +283,8 @@ def _run_parts(net, loader, parts_rows: dict[int, tuple[int, int]], ids, out_dir
                 a, b = parts_rows[p]
                 if len(pending[p]) == b - a:
                     rows = pending.pop(p)
-                    _write_embedding_part(out_dir / part_name(p), ids[a:b], np.stack([rows[r] for r in range(a, b)]))
+                    vectors = np.stack([rows[r] for r in range(a, b)])
+                    _write_embedding_part(out_dir / part_name(p), ids[a:b], vectors)
 
 
 class _null:
@@ -336,7 +340,7 @@ def embed_workspace(
         if all(info.get(k) == v for k, v in params.items()) and info.get("complete"):
             _write_default(ws, tag)
             return final
-        raise UserError(f"{final}: already holds a different embedding set; pass --overwrite or another --tag")
+        raise UserError(f"{final}: holds a different embedding set; pass --overwrite or another --tag")
 
     rank, world, owns_group = _dist_setup()
     try:
@@ -353,6 +357,17 @@ def _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, s
            rank, world) -> Path:
     import torch
 
+    # Model and image paths are checked before anything is written, so a bad --pretrained or a missing
+    # image leaves no trace under embeddings/.
+    table = ws.read_dataset(columns=["sample_id", "image", "conversations"])
+    images = _image_paths(ws, table)
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    net, preprocess, tokenizer = load_model(
+        params["model"], params["pretrained"], device=dev, seed=params["seed"]
+    )
+    t_load = time.perf_counter() - t0
+
     partial = ws.embeddings_dir / f".{tag}.partial"
     if rank == 0:
         progress_path = partial / PROGRESS_NAME
@@ -362,7 +377,6 @@ def _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, s
         write_json(progress_path, params)
     _barrier(world)
 
-    table = ws.read_dataset(columns=["sample_id", "image", "conversations"])
     ids = table.column("sample_id").to_pylist()
     n_rows, rpp = len(ids), params["rows_per_part"]
     n_parts = -(-n_rows // rpp)
@@ -370,12 +384,6 @@ def _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, s
     todo = [p for p in range(n_parts) if p % world == rank and part_name(p) not in done]
     if max_parts is not None:
         todo = todo[:max_parts]
-
-    dev = resolve_device(device)
-    t0 = time.perf_counter()
-    net, preprocess, tokenizer = load_model(params["model"], params["pretrained"], device=dev, seed=params["seed"])
-    t_load = time.perf_counter() - t0
-    images = _image_paths(ws, table)
     texts = [sample_text(c) for c in table.column("conversations").to_pylist()]
     samples = _Samples(texts, images, preprocess, tokenizer, _image_size(preprocess))
     batches = _batches(todo, n_rows, rpp, batch_size)
@@ -506,8 +514,8 @@ def load_embeddings(ws: Workspace, tag: str | None = None) -> tuple[np.ndarray, 
     fingerprint = ws.dataset_fingerprint()
     if info.get("dataset_fingerprint") != fingerprint:
         raise UserError(
-            f"{d}: stale embeddings, computed for dataset {str(info.get('dataset_fingerprint'))[:12]} but the "
-            f"workspace dataset is {fingerprint[:12]}; run `curate embed --overwrite`"
+            f"{d}: stale embeddings, computed for dataset {str(info.get('dataset_fingerprint'))[:12]} "
+            f"but the workspace dataset is {fingerprint[:12]}; run `curate embed --overwrite`"
         )
     dim = int(info["dim"])
     ids: list[str] = []
@@ -522,7 +530,9 @@ def load_embeddings(ws: Workspace, tag: str | None = None) -> tuple[np.ndarray, 
         pos = {sid: i for i, sid in enumerate(ids)}
         missing = [s for s in dataset_ids if s not in pos]
         if missing or len(ids) != len(dataset_ids):
-            raise UserError(f"{d}: stale embeddings, sample {missing[:1]} has no vector; run `curate embed --overwrite`")
+            raise UserError(
+                f"{d}: stale embeddings, sample {missing[:1]} has no vector; run `curate embed --overwrite`"
+            )
         matrix = matrix[[pos[s] for s in dataset_ids]]
     bad = ~np.isfinite(matrix).all(axis=1)
     if bad.any():

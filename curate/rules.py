@@ -46,7 +46,9 @@ def rule_order(difficulty: np.ndarray, has_image: np.ndarray, *, prefer: str, im
     return np.lexsort((tiebreak, diff_key, image_key)).astype(np.int64)
 
 
-def pick_by_rules(order: np.ndarray, groups: list[str], k: int, min_per_group: int) -> tuple[np.ndarray, dict]:
+def pick_by_rules(
+    order: np.ndarray, groups: list[str], k: int, min_per_group: int
+) -> tuple[np.ndarray, dict]:
     """Minimums per group first, then the ordering; returns positions and a summary for the manifest."""
     names = sorted(set(groups))
     by_group: dict[str, list[int]] = {g: [] for g in names}

@@ -35,7 +35,8 @@ def build_pool(ws: Workspace, split: str, require_image: bool) -> tuple[pa.Table
         splits = sorted(set(table.column("split").to_pylist()))
         image_rule = " with an image" if require_image else ""
         raise UserError(
-            f"the pool is empty: no samples in split {split!r}{image_rule} (splits present: {', '.join(splits)})"
+            f"the pool is empty: no samples in split {split!r}{image_rule} "
+            f"(splits present: {', '.join(splits)})"
         )
     return table, pool
 

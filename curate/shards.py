@@ -91,7 +91,11 @@ def find_subsets(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise UserError(f"{path}: not a directory")
-    found = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file())
+    found = sorted(
+        p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+    )
     if not found:
-        raise UserError(f"{path}: no subset here (no manifest.json in it or its subdirectories); run `curate select`")
+        raise UserError(
+            f"{path}: no subset (no manifest.json here or in its subdirectories); run `curate select`"
+        )
     return found

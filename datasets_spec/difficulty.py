@@ -65,9 +65,17 @@ def scienceqa_difficulty(
 
 def conversation_difficulty(conversations: Iterable[Mapping[str, str]]) -> float:
     """Size of the conversation: characters (log scale) and number of human turns (see module doc)."""
-    convs = list(conversations)
-    chars = sum(len(t["value"].replace(IMAGE_TOKEN, "").strip()) for t in convs)
-    turns = max(1, sum(1 for t in convs if t["from"] == "human"))
+    chars = human_turns = 0
+    for turn in conversations:
+        chars += len(turn["value"].replace(IMAGE_TOKEN, "").strip())
+        human_turns += turn["from"] == "human"
+    return difficulty_from_counts(chars, human_turns)
+
+
+def difficulty_from_counts(chars: int, human_turns: int) -> float:
+    """:func:`conversation_difficulty` from its two inputs: stripped characters (image tokens removed)
+    and human turns, for readers that count them while validating."""
+    turns = max(1, human_turns)
     length = _clip01(math.log1p(chars) / math.log1p(CONVERSATION_CAP_CHARS))
     depth = _clip01((turns - 1) / (TURNS_CAP - 1))
     return round(0.5 * length + 0.5 * depth, 6)
@@ -81,4 +89,9 @@ def estimate_tokens(conversations: Iterable[Mapping[str, str]], *, image_tokens:
         value = turn["value"]
         images += value.count(IMAGE_TOKEN)
         chars += len(value.replace(IMAGE_TOKEN, ""))
+    return tokens_from_counts(chars, images, image_tokens=image_tokens)
+
+
+def tokens_from_counts(chars: int, images: int, *, image_tokens: int = IMAGE_TOKENS) -> int:
+    """:func:`estimate_tokens` from characters (image tokens removed) and the number of image tokens."""
     return -(-chars // CHARS_PER_TOKEN) + images * image_tokens

@@ -27,7 +27,12 @@ from pathlib import Path
 import ijson
 import pyarrow as pa
 
-from datasets_spec.difficulty import conversation_difficulty, estimate_tokens
+from datasets_spec.difficulty import (
+    conversation_difficulty,
+    difficulty_from_counts,
+    estimate_tokens,
+    tokens_from_counts,
+)
 from datasets_spec.errors import UserError
 from datasets_spec.schema import CANONICAL_SCHEMA, IMAGE_TOKEN, check_image_path
 
@@ -35,7 +40,7 @@ from datasets_spec.schema import CANONICAL_SCHEMA, IMAGE_TOKEN, check_image_path
 DEFAULT_BATCH_SIZE = 50_000
 DUPLICATE_ID_POLICIES = ("error", "suffix")
 SAMPLE_KEYS = ("id", "image", "conversations")
-FILLED_COLUMNS = ("sample_id", "source", "split", "image", "conversations", "difficulty", "n_tokens_est")
+FILLED_COLUMNS = ("sample_id", "image", "conversations", "difficulty", "n_tokens_est")
 
 
 class _TrackedFile:
@@ -135,13 +140,13 @@ class LlavaJsonReader:
                     break
                 except ijson.JSONError as exc:
                     raise UserError(f"{self.path}: {json_error_position(str(exc), tracked, size)}") from None
-                self._add(item, index, columns)
+                self._add_fast(item, index, columns)
                 index += 1
                 if len(columns["sample_id"]) >= self.batch_size:
-                    yield _columns_to_table(columns)
+                    yield self._table(columns)
                     columns = _empty_columns()
             if columns["sample_id"]:
-                yield _columns_to_table(columns)
+                yield self._table(columns)
 
     def _expect_list(self, fh) -> None:
         head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -150,6 +155,68 @@ class LlavaJsonReader:
             raise UserError(f"{self.path}: empty file, expected a JSON list of samples")
         if not head.startswith(b"["):
             raise UserError(f"{self.path}: expected a JSON list of samples at byte 0 (LLaVA format)")
+
+    def _add_fast(self, item: object, index: int, columns: dict[str, list]) -> None:
+        """:meth:`_add` for the common, valid item in one pass without building paths or new dicts.
+
+        Anything unusual (a wrong type, a repeated id, a suspicious image path, misplaced image tokens)
+        goes to :meth:`_add` before any state changes, so its checks and messages stay the only ones.
+        """
+        if type(item) is not dict:
+            return self._add(item, index, columns)
+        raw = item.get("id")
+        convs = item.get("conversations")
+        image = item.get("image")
+        if type(raw) is str:
+            sample_id = raw
+        elif type(raw) is int:
+            sample_id = str(raw)
+        else:
+            return self._add(item, index, columns)
+        if sample_id in self._seen or type(convs) is not list or not convs:
+            return self._add(item, index, columns)
+        # Only a path starting with a separator or holding ':' or '..' can be absolute or escape the root.
+        if image is not None and (
+            type(image) is not str or not image or image[0] in "/\\" or ":" in image or ".." in image
+        ):
+            return self._add(item, index, columns)
+        chars = stripped = humans = images = first_human_images = 0
+        first_human = True
+        for turn in convs:
+            if type(turn) is not dict:
+                return self._add(item, index, columns)
+            speaker, value = turn.get("from"), turn.get("value")
+            if type(speaker) is not str or type(value) is not str:
+                return self._add(item, index, columns)
+            if IMAGE_TOKEN in value:
+                found = value.count(IMAGE_TOKEN)
+                images += found
+                value = value.replace(IMAGE_TOKEN, "")
+            else:
+                found = 0
+            if speaker == "human":
+                humans += 1
+                if first_human:
+                    first_human, first_human_images = False, found
+            chars += len(value)
+            stripped += len(value.strip())
+        if images != (0 if image is None else 1) or (image is not None and first_human_images != 1):
+            return self._add(item, index, columns)
+        if len(item) != (2 if image is None else 3):
+            for key in item:
+                if key not in SAMPLE_KEYS:
+                    self.ignored_keys[key] += 1
+        if image is not None and self.image_root is not None:
+            if not self._image_ok(image, f"{self.path}: sample {sample_id!r}"):
+                self.skipped_images += 1
+                return None
+        self._remember_id(raw, sample_id)
+        columns["sample_id"].append(sample_id)
+        columns["image"].append(image)
+        columns["conversations"].append(convs)
+        columns["difficulty"].append(difficulty_from_counts(stripped, humans))
+        columns["n_tokens_est"].append(tokens_from_counts(chars, images))
+        return None
 
     def _add(self, item: object, index: int, columns: dict[str, list]) -> None:
         where = f"{self.path}: item #{index}"
@@ -177,8 +244,6 @@ class LlavaJsonReader:
         columns["conversations"].append(conversations)
         columns["difficulty"].append(conversation_difficulty(conversations))
         columns["n_tokens_est"].append(estimate_tokens(conversations))
-        columns["split"].append(self.split)
-        columns["source"].append(self.source)
 
     def _sample_id(self, item: dict, where: str) -> str:
         if "id" not in item:
@@ -220,6 +285,11 @@ class LlavaJsonReader:
         if self.skip_bad_images:
             return False
         raise UserError(f"{here}: {problem} (pass --skip-bad-images to skip and count such samples)")
+
+
+    def _table(self, columns: dict[str, list]) -> pa.Table:
+        n = len(columns["sample_id"])
+        return _columns_to_table({**columns, "split": [self.split] * n, "source": [self.source] * n})
 
 
 def image_decode_problem(path: Path) -> str | None:
@@ -265,7 +335,11 @@ def _empty_columns() -> dict[str, list]:
     return {name: [] for name in FILLED_COLUMNS}
 
 
+
+
 def _columns_to_table(columns: dict[str, list]) -> pa.Table:
+    """Canonical table from column lists (absent columns are null); turn dicts may carry extra keys,
+    which the struct conversion drops."""
     n = len(columns["sample_id"])
     arrays = [
         pa.array(columns[f.name], type=f.type) if f.name in columns else pa.nulls(n, type=f.type)

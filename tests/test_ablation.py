@@ -1,4 +1,4 @@
-"""Ablation grids: parsing and bad input, the planning of subsets and runs, resuming, and the report tables."""
+"""Ablation grids: parsing and bad input, planning subsets and runs, resuming, and the report tables."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 from datasets_spec.parts import write_json, write_parts
 from datasets_spec.schema import rows_to_table
-from train import ablation, report
+from train import ablation, cli, report
 from train.ablation import Backend, Budget, grid_from_dict, load_grid, plan_ablation, run_ablation
-from train import cli
 
 BASE_GRID = """
 name = "t"
@@ -44,14 +43,26 @@ def _rows(n_train: int = 12, n_test: int = 6) -> list[dict]:
     for i in range(n_train + n_test):
         split = "train" if i < n_train else "test"
         answer = i % 3
-        rows.append({
-            "sample_id": str(i), "source": "synthetic", "split": split, "image": None,
-            "conversations": [{"from": "human", "value": f"Question {i}? Options: (A) a (B) b (C) c"},
-                              {"from": "gpt", "value": f"The answer is {'ABC'[answer]}."}],
-            "question": f"Question {i}?", "context": "", "choices": ["a", "b", "c"], "answer": answer,
-            "subject": ["natural science", "social science", "language science"][i % 3], "grade": 1 + i % 12,
-            "difficulty": 0.5, "n_tokens_est": 20,
-        })
+        rows.append(
+            {
+                "sample_id": str(i),
+                "source": "synthetic",
+                "split": split,
+                "image": None,
+                "conversations": [
+                    {"from": "human", "value": f"Question {i}? Options: (A) a (B) b (C) c"},
+                    {"from": "gpt", "value": f"The answer is {'ABC'[answer]}."},
+                ],
+                "question": f"Question {i}?",
+                "context": "",
+                "choices": ["a", "b", "c"],
+                "answer": answer,
+                "subject": ["natural science", "social science", "language science"][i % 3],
+                "grade": 1 + i % 12,
+                "difficulty": 0.5,
+                "n_tokens_est": 20,
+            }
+        )
     return rows
 
 
@@ -68,7 +79,7 @@ def _grid_file(tmp_path: Path, text: str = BASE_GRID) -> Path:
     return path
 
 
-# --- parsing ----------------------------------------------------------------------------------------------
+# --- parsing -----
 
 
 def test_grid_parses_every_field(tmp_path):
@@ -99,30 +110,51 @@ def _plan(text: str, pool: int = 12):
 def test_plan_lists_subsets_and_runs():
     plan = _plan(BASE_GRID)
     assert sorted(s.name for s in plan.subsets) == ["full", "random-k4", "rules-k4"]
-    assert [c.run for c in plan.cells] == ["random-k4__tiny-llama__s0", "rules-k4__tiny-llama__s0",
-                                          "full__tiny-llama__s0"]
+    assert [c.run for c in plan.cells] == [
+        "random-k4__tiny-llama__s0",
+        "rules-k4__tiny-llama__s0",
+        "full__tiny-llama__s0",
+    ]
     assert {c.k for c in plan.cells if c.strategy == "full"} == {12}
 
 
-# --- bad input: one line, exit 2 ---------------------------------------------------------------------------
+# --- bad input: one line, exit 2 -----
 
 BAD_GRIDS = {
     "unknown top-level key": (BASE_GRID + "\nbugdets = [3]\n", "unknown key 'bugdets'"),
-    "unknown strategy": (BASE_GRID.replace("[strategies.rules]", "[strategies.rulez]"),
-                         "unknown strategy 'rulez'"),
-    "unknown strategy option": (BASE_GRID.replace("min_per_group = 1", "min_per_grup = 1"),
-                                "unknown key 'min_per_grup'"),
-    "unknown llm preset": (BASE_GRID.replace('llms = ["tiny-llama"]', 'llms = ["tiny-lama"]'),
-                           "unknown llm preset 'tiny-lama'"),
-    "unknown hparams preset": (BASE_GRID.replace('hparams = "tiny-cpu"', 'hparams = "tiny-gpu"'),
-                               "unknown hparams preset 'tiny-gpu'"),
+    "unknown strategy": (
+        BASE_GRID.replace("[strategies.rules]", "[strategies.rulez]"),
+        "unknown strategy 'rulez'",
+    ),
+    "unknown strategy option": (
+        BASE_GRID.replace("min_per_group = 1", "min_per_grup = 1"),
+        "unknown key 'min_per_grup'",
+    ),
+    "unknown llm preset": (
+        BASE_GRID.replace('llms = ["tiny-llama"]', 'llms = ["tiny-lama"]'),
+        "unknown llm preset 'tiny-lama'",
+    ),
+    "unknown hparams preset": (
+        BASE_GRID.replace('hparams = "tiny-cpu"', 'hparams = "tiny-gpu"'),
+        "unknown hparams preset 'tiny-gpu'",
+    ),
     "unknown override": (BASE_GRID.replace("epochs = 1", "epoch = 1"), "unknown override 'epoch'"),
-    "budget above pool": (BASE_GRID.replace("budgets = [4,", "budgets = [13,"), "larger than the training pool"),
+    "budget above pool": (
+        BASE_GRID.replace("budgets = [4,", "budgets = [13,"),
+        "larger than the training pool",
+    ),
     "fraction out of range": (BASE_GRID.replace("budgets = [4,", "budgets = [1.5,"), "fraction must be in"),
-    "colliding run names": (BASE_GRID.replace('seeds = [0]', 'seeds = [0, 1]').replace(
-        'name = "t"', 'name = "t"\nrun_name = "{subset}__{llm}"'), "collide on run name"),
+    "colliding run names": (
+        BASE_GRID.replace("seeds = [0]", "seeds = [0, 1]").replace(
+            'name = "t"', 'name = "t"\nrun_name = "{subset}__{llm}"'
+        ),
+        "collide on run name",
+    ),
     "duplicate budgets": (BASE_GRID.replace("budgets = [4,", "budgets = [4, 4,"), "collide on run name"),
-    "fraction equal to a k": (BASE_GRID.replace("budgets = [4,", "budgets = [4, 0.33,"), "collide on run name"),
+    "fraction equal to a k": (
+        BASE_GRID.replace("budgets = [4,", "budgets = [4, 0.33,"),
+        "collide on run name",
+    ),
     "malformed toml": (BASE_GRID + "\n[eval\n", "malformed TOML"),
 }
 
@@ -159,7 +191,7 @@ def test_missing_grid_file_exits_2(tmp_path, ws, monkeypatch, capsys):
     assert code == 2 and "grid file not found" in err
 
 
-# --- running with a fake trainer: resume ----------------------------------------------------------------------
+# --- running with a fake trainer: resume -----
 
 
 class FakeBackend(Backend):
@@ -172,17 +204,34 @@ class FakeBackend(Backend):
     @staticmethod
     def _config(grid, *, llm, stage, seed, run, projector_path):
         spec = grid.stage1 if stage == "pretrain" else grid.train
-        return {"llm": llm, "stage": stage, "seed": seed, "run_name": run, "preset": spec.hparams,
-                "projector_path": None if projector_path is None else str(projector_path), **spec.overrides}
+        return {
+            "llm": llm,
+            "stage": stage,
+            "seed": seed,
+            "run_name": run,
+            "preset": spec.hparams,
+            "projector_path": None if projector_path is None else str(projector_path),
+            **spec.overrides,
+        }
 
     def make_subset(self, ws, grid, plan, *, command=""):  # noqa: D102
         self.calls.append(("subset", plan.name))
         out = ws.shards_dir / plan.name
-        table = ws.read_dataset().filter(pl.Series(ws.read_dataset(columns=["split"])["split"].to_pylist())
-                                         .eq("train").to_arrow()).slice(0, plan.k)
+        table = (
+            ws.read_dataset()
+            .filter(pl.Series(ws.read_dataset(columns=["split"])["split"].to_pylist()).eq("train").to_arrow())
+            .slice(0, plan.k)
+        )
         write_parts(table, out)
-        write_json(out / "manifest.json", {"k": plan.k, "image_fraction": 0.5, "coverage_radius": 1.0 / plan.k,
-                                           "parts_hash": f"hash-{plan.name}"})
+        write_json(
+            out / "manifest.json",
+            {
+                "k": plan.k,
+                "image_fraction": 0.5,
+                "coverage_radius": 1.0 / plan.k,
+                "parts_hash": f"hash-{plan.name}",
+            },
+        )
         return out
 
     def run_training(self, ws, subset_dir, config, *, command=""):
@@ -207,8 +256,12 @@ def test_ablation_resumes_without_retraining_finished_cells(tmp_path, ws):
     fake = FakeBackend()
     md = run_ablation(ws, grid, backend=fake, log=lambda m: None, plots=False)
     trained = [name for kind, name in fake.calls if kind == "train"]
-    assert trained == ["stage1__tiny-llama", "random-k4__tiny-llama__s0", "rules-k4__tiny-llama__s0",
-                       "full__tiny-llama__s0"]
+    assert trained == [
+        "stage1__tiny-llama",
+        "random-k4__tiny-llama__s0",
+        "rules-k4__tiny-llama__s0",
+        "full__tiny-llama__s0",
+    ]
     assert md.exists() and (ws.reports_dir / "ablation.csv").exists()
 
     # Interruption: one cell never got evaluated, another never trained.
@@ -220,16 +273,22 @@ def test_ablation_resumes_without_retraining_finished_cells(tmp_path, ws):
     shutil.rmtree(ws.runs_dir / "full__tiny-llama__s0")
     fake.calls.clear()
     run_ablation(ws, grid, backend=fake, log=lambda m: None, plots=False)
-    assert fake.calls == [("eval", "rules-k4__tiny-llama__s0"), ("train", "full__tiny-llama__s0"),
-                          ("eval", "full__tiny-llama__s0")]
+    assert fake.calls == [
+        ("eval", "rules-k4__tiny-llama__s0"),
+        ("train", "full__tiny-llama__s0"),
+        ("eval", "full__tiny-llama__s0"),
+    ]
     assert finished.stat().st_mtime_ns == mtime
 
     # A changed training config invalidates every cell (and stage 1 stays: its config did not change).
     changed = load_grid(_grid_file(tmp_path, BASE_GRID.replace("epochs = 1", "epochs = 2")))
     fake.calls.clear()
     run_ablation(ws, changed, backend=fake, log=lambda m: None, plots=False)
-    assert [n for kind, n in fake.calls if kind == "train"] == ["random-k4__tiny-llama__s0",
-                                                                "rules-k4__tiny-llama__s0", "full__tiny-llama__s0"]
+    assert [n for kind, n in fake.calls if kind == "train"] == [
+        "random-k4__tiny-llama__s0",
+        "rules-k4__tiny-llama__s0",
+        "full__tiny-llama__s0",
+    ]
 
 
 def test_existing_subset_of_another_size_is_refused(tmp_path, ws):
@@ -240,22 +299,37 @@ def test_existing_subset_of_another_size_is_refused(tmp_path, ws):
         run_ablation(ws, grid, backend=FakeBackend(), log=lambda m: None, plots=False)
 
 
-# --- tables --------------------------------------------------------------------------------------------------
+# --- tables -----
 
 
 def _run(strategy, k, llm, seed, avg, budget=None):
-    return {"strategy": strategy, "budget": budget or f"k{k}", "k": k, "llm": llm, "seed": seed,
-            "run": f"{strategy}{k}{llm}{seed}", "subset": f"{strategy}-k{k}", "Avg": avg,
-            **{c: avg - 1 for c in report.CATEGORIES}, "image_fraction": 0.5, "coverage_radius": 0.1,
-            "manifest_hash": f"h-{strategy}-{k}"}
+    return {
+        "strategy": strategy,
+        "budget": budget or f"k{k}",
+        "k": k,
+        "llm": llm,
+        "seed": seed,
+        "run": f"{strategy}{k}{llm}{seed}",
+        "subset": f"{strategy}-k{k}",
+        "Avg": avg,
+        **{c: avg - 1 for c in report.CATEGORIES},
+        "image_fraction": 0.5,
+        "coverage_radius": 0.1,
+        "manifest_hash": f"h-{strategy}-{k}",
+    }
 
 
 def test_summary_mean_std_and_relative_to_full():
-    runs = report.runs_frame([
-        _run("random", 4, "a", 0, 40.0), _run("random", 4, "a", 1, 50.0),
-        _run("full", 12, "a", 0, 80.0, "full"), _run("full", 12, "a", 1, 80.0, "full"),
-        _run("random", 4, "b", 0, 30.0), _run("full", 12, "b", 0, 60.0, "full"),
-    ])
+    runs = report.runs_frame(
+        [
+            _run("random", 4, "a", 0, 40.0),
+            _run("random", 4, "a", 1, 50.0),
+            _run("full", 12, "a", 0, 80.0, "full"),
+            _run("full", 12, "a", 1, 80.0, "full"),
+            _run("random", 4, "b", 0, 30.0),
+            _run("full", 12, "b", 0, 60.0, "full"),
+        ]
+    )
     s = report.summarize(runs)
     row = s.filter((pl.col("strategy") == "random") & (pl.col("llm") == "a")).row(0, named=True)
     assert row["acc_mean"] == 45.0 and math.isclose(row["acc_std"], math.sqrt(50.0))
@@ -268,8 +342,14 @@ def test_summary_mean_std_and_relative_to_full():
 
 
 def test_markdown_and_plots(tmp_path):
-    runs = report.runs_frame([_run("random", 4, "a", 0, 40.0), _run("rules", 4, "a", 0, 45.0),
-                              _run("random", 8, "a", 0, 50.0), _run("full", 12, "a", 0, 80.0, "full")])
+    runs = report.runs_frame(
+        [
+            _run("random", 4, "a", 0, 40.0),
+            _run("rules", 4, "a", 0, 45.0),
+            _run("random", 8, "a", 0, 50.0),
+            _run("full", 12, "a", 0, 80.0, "full"),
+        ]
+    )
     summary = report.summarize(runs)
     md = report.markdown_table(summary, title="T", chance=30.0)
     assert "| random | k4 | 4 | a | 1 | 40.00 ± 0.00 | 50.00% |" in md
@@ -279,7 +359,7 @@ def test_markdown_and_plots(tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-# --- the real pipeline: a 2-cell tiny grid, interrupted and resumed ---------------------------------------------
+# --- the real pipeline: a 2-cell tiny grid, interrupted and resumed -----
 
 TINY_GRID = """
 name = "tiny"
@@ -330,8 +410,9 @@ def test_real_tiny_ablation_resumes_after_interruption(tmp_path, monkeypatch):
     assert "metrics.json" in stamps and "predictions.jsonl" in stamps
 
     trained.clear()
-    monkeypatch.setattr(runner, "run_training", lambda *a, **k: (trained.append(a[2].run_name),
-                                                                 real_train(*a, **k))[1])
+    monkeypatch.setattr(
+        runner, "run_training", lambda *a, **k: (trained.append(a[2].run_name), real_train(*a, **k))[1]
+    )
     md = run_ablation(ws, grid, log=lambda m: None, plots=False)
     assert trained == ["full__tiny-llama__s0"]
     assert {p.name: p.stat().st_mtime_ns for p in done.rglob("*") if p.is_file()} == stamps

@@ -250,3 +250,73 @@ def test_existing_different_dataset_refused_unless_overwrite(tmp_path):
     assert (ws / "dataset" / "dataset.json").read_text() == before
     assert cli(["ingest", "llava", str(second), "-w", str(ws), "--overwrite"])[0] == 0
     assert json.loads((ws / "dataset" / "dataset.json").read_text())["rows"] == 2
+
+
+def varied_samples() -> list[dict]:
+    """Valid samples exercising the per-item fast path and its hand-offs to the checked path."""
+    data = many_samples(300)
+    data[5]["id"] = 5  # integer id
+    data[6]["model"] = "gpt-4"  # ignored key
+    data[0] = {**data[0], "image": None}  # explicit null image = text-only
+    data[8]["conversations"][0]["extra"] = 1  # extra turn key, dropped
+    data[9]["conversations"][1]["value"] = 'quote " back \\ tab \t ctrl \x01 é 漢 😀 \u2028'
+    data[10]["conversations"][0]["value"] = "  <image>\n  padded  "
+    data[11]["image"] = "dir/a:b.jpg"  # ':' takes the checked path but is a valid relative path
+    data[12]["conversations"] = [{"from": "gpt", "value": "no human"}] + data[12]["conversations"]
+    data.append({**data[3]})  # repeated id, kept as <id>#2
+    return data
+
+
+def test_fast_path_matches_checked_path(tmp_path, monkeypatch):
+    from datasets_spec.parts import hash_parts
+
+    src = write_json(tmp_path / "v.json", varied_samples())
+    fast = ingest_llava(Workspace(tmp_path / "fast"), src, duplicate_ids="suffix")
+    monkeypatch.setattr(LlavaJsonReader, "_add_fast", LlavaJsonReader._add)
+    slow = ingest_llava(Workspace(tmp_path / "slow"), src, duplicate_ids="suffix")
+    for info in (fast, slow):
+        info.pop("created_at")
+    assert fast == slow and fast["ignored_keys"] == {"model": 1} and fast["rows"] == 301
+    assert hash_parts(tmp_path / "fast" / "dataset") == hash_parts(tmp_path / "slow" / "dataset")
+    side = [(tmp_path / d / "dataset" / "original_ids.parquet").read_bytes() for d in ("fast", "slow")]
+    assert side[0] == side[1]
+    # The whole file as one table, fingerprinted at once, agrees with the streamed fingerprint.
+    whole = pa.concat_tables(list(LlavaJsonReader(src, duplicate_ids="suffix").batches()))
+    assert table_fingerprint(whole) == fast["fingerprint"]
+
+
+def test_row_digests_match_json_dumps_reference():
+    from datasets_spec.fingerprint import row_digests, row_digests_reference
+    from datasets_spec.schema import rows_to_table
+
+    turns = [{"from": "human", "value": 'a "b" \\ \n\r\t\b\f \x00 \x1f é 😀'}, {"from": "gpt", "value": ""}]
+    rows = [
+        {"sample_id": "q\"1", "source": "sqa", "split": "train", "conversations": turns, "difficulty": 0.1,
+         "n_tokens_est": 3, "choices": ["x", "", 'y"'], "answer": 2, "grade": 12, "context": "c\\"},
+        {"sample_id": "2", "source": "s", "split": "val", "conversations": turns[1:], "difficulty": 1.0,
+         "n_tokens_est": 0, "choices": [], "image": "i.png"},
+        {"sample_id": "3", "source": "s", "split": "val", "conversations": turns, "difficulty": 0.0,
+         "n_tokens_est": 7},
+    ]
+    table = rows_to_table(rows)
+    for sliced in (table, table.slice(1), pa.concat_tables([table.slice(0, 1), table.slice(1)])):
+        ids, digests = row_digests(sliced)
+        ref_ids, ref_digests = row_digests_reference(sliced)
+        assert ids.equals(ref_ids) and digests.equals(ref_digests)
+
+
+def test_streaming_writer_reports_invalid_rows_like_validate_table(tmp_path):
+    from curate import dataset_store
+    from datasets_spec.schema import rows_to_table, validate_table
+
+    bad = rows_to_table(
+        [{"sample_id": "a", "source": "s", "split": "train", "image": "x.jpg", "difficulty": 0.5,
+          "n_tokens_est": 1, "conversations": [{"from": "human", "value": "no token"}]}]
+    )
+    with pytest.raises(UserError) as expected:
+        validate_table(bad, where="w")
+    with pytest.raises(UserError) as got:
+        dataset_store.write_dataset_batches(
+            Workspace(tmp_path / "ws"), [bad], source="s", source_paths={}, image_root=None, where="w"
+        )
+    assert str(got.value) == str(expected.value)

@@ -58,11 +58,18 @@ def test_notebook_runs_top_to_bottom(ablation_workspace, monkeypatch):
     monkeypatch.setenv("ABLATION_WORKSPACE", str(ablation_workspace.root))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-                   env=dict(os.environ)).execute()
+    NotebookClient(
+        nb,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+        env=dict(os.environ),
+    ).execute()
     outputs = "\n".join(
         o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
-        for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
     )
     assert "notebook test" in outputs
     assert "A = full__tiny-llama__s0" in outputs and "B = random-k12__tiny-llama__s0" in outputs

@@ -115,16 +115,19 @@ def test_boundary_crossing_token_is_a_mismatch():
 
 
 def test_overlong_is_flagged_and_never_truncated(tok):
-    full = tokenize_conversation(CONV, tok, "vicuna_v1", num_image_tokens=N_IMG, max_length=10_000)
-    short = tokenize_conversation(CONV, tok, "vicuna_v1", num_image_tokens=N_IMG, max_length=len(full.input_ids) - 1)
-    exact = tokenize_conversation(CONV, tok, "vicuna_v1", num_image_tokens=N_IMG, max_length=len(full.input_ids))
+    def run(max_length):
+        return tokenize_conversation(CONV, tok, "vicuna_v1", num_image_tokens=N_IMG, max_length=max_length)
+
+    full = run(10_000)
+    short, exact = run(len(full.input_ids) - 1), run(len(full.input_ids))
     assert short.overlong and not exact.overlong and not full.overlong
     assert short.input_ids == full.input_ids  # the image tokens and answers stay whole
 
 
 def test_broken_turn_order_raises(tok):
     with pytest.raises(ValueError):
-        tokenize_conversation([{"from": "gpt", "value": "x"}], tok, "vicuna_v1", num_image_tokens=1, max_length=50)
+        tokenize_conversation([{"from": "gpt", "value": "x"}], tok, "vicuna_v1", num_image_tokens=1,
+                              max_length=50)
 
 
 def test_unknown_template_lists_the_valid_ones():

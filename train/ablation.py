@@ -61,12 +61,31 @@ CELL_FILE = "ablation_cell.json"
 DEFAULT_RUN_NAME = "{subset}__{llm}__s{seed}"
 RUN_NAME_FIELDS = ("subset", "strategy", "budget", "k", "llm", "seed", "vision")
 
-TOP_KEYS = ("name", "llms", "vision", "seeds", "budgets", "run_name", "pool", "strategies", "stage1", "train",
-            "eval")
+TOP_KEYS = (
+    "name",
+    "llms",
+    "vision",
+    "seeds",
+    "budgets",
+    "run_name",
+    "pool",
+    "strategies",
+    "stage1",
+    "train",
+    "eval",
+)
 POOL_KEYS = ("split", "require_image", "dedup_eps")
 # Options a strategy entry may carry; everything else is a typo the user must hear about.
 SELECT_OPTION_KEYS = ("strategy", "seed", "require_image", "dedup_eps", "embeddings_tag")
-RULES_OPTION_KEYS = ("strategy", "seed", "require_image", "min_per_group", "group_by", "prefer", "embeddings_tag")
+RULES_OPTION_KEYS = (
+    "strategy",
+    "seed",
+    "require_image",
+    "min_per_group",
+    "group_by",
+    "prefer",
+    "embeddings_tag",
+)
 STAGE_KEYS = ("hparams", "overrides", "subset", "skip")
 EVAL_KEYS = ("split", "limit", "batch_size", "max_new_tokens")
 
@@ -103,7 +122,7 @@ class Budget:
 
     def __post_init__(self) -> None:
         if sum([self.k is not None, self.fraction is not None, self.full]) != 1:
-            raise UserError("a budget is exactly one of: an integer k, a fraction in (0, 1], or \"full\"")
+            raise UserError('a budget is exactly one of: an integer k, a fraction in (0, 1], or "full"')
         if self.k is not None and self.k <= 0:
             raise UserError(f"budgets: k must be positive, got {self.k}")
         if self.fraction is not None and not 0 < self.fraction <= 1:
@@ -112,14 +131,14 @@ class Budget:
     @classmethod
     def parse(cls, value: Any) -> Budget:
         if isinstance(value, bool):
-            raise UserError(f"budgets: {value!r} is not a budget (use an integer k, a fraction, or \"full\")")
+            raise UserError(f'budgets: {value!r} is not a budget (use an integer k, a fraction, or "full")')
         if isinstance(value, int):
             return cls(k=value)
         if isinstance(value, float):
             return cls(fraction=value)
         if isinstance(value, str) and value.strip().lower() == FULL:
             return cls(full=True)
-        raise UserError(f"budgets: {value!r} is not a budget (use an integer k, a fraction, or \"full\")")
+        raise UserError(f'budgets: {value!r} is not a budget (use an integer k, a fraction, or "full")')
 
     def resolve(self, pool_size: int) -> int:
         """Number of samples for a pool of ``pool_size``; a budget above the pool is a UserError."""
@@ -203,14 +222,15 @@ class AblationGrid:
             if not values:
                 raise UserError(f"grid: {name} is empty")
         if not self.strategies and not any(b.full for b in self.budgets):
-            raise UserError("grid: no strategies and no \"full\" budget: nothing to train")
+            raise UserError('grid: no strategies and no "full" budget: nothing to train')
         if not self.strategies and not all(b.full for b in self.budgets):
-            raise UserError("grid: budgets other than \"full\" need at least one entry under [strategies]")
+            raise UserError('grid: budgets other than "full" need at least one entry under [strategies]')
         try:
             self.run_name.format(**{f: "x" for f in RUN_NAME_FIELDS})
         except (KeyError, IndexError, ValueError) as exc:
             raise UserError(
-                f"grid: run_name {self.run_name!r} uses an unknown field {exc}; valid: {', '.join(RUN_NAME_FIELDS)}"
+                f"grid: run_name {self.run_name!r} uses an unknown field {exc}; "
+                f"valid: {', '.join(RUN_NAME_FIELDS)}"
             ) from None
 
 
@@ -261,12 +281,16 @@ def grid_from_dict(raw: Mapping, *, where: str = "grid") -> AblationGrid:
     strategies = []
     for label, options in strategies_raw.items():
         options = dict(_typed(options, dict, f"{where} [strategies.{label}]"))
-        strategies.append(StrategySpec(label=label, strategy=str(options.get("strategy", label)), options=options))
+        strategies.append(
+            StrategySpec(label=label, strategy=str(options.get("strategy", label)), options=options)
+        )
     pool = _typed(raw.get("pool", {}), dict, f"{where} [pool]")
     _check_keys(pool, POOL_KEYS, f"{where} [pool]")
     ev = _typed(raw.get("eval", {}), dict, f"{where} [eval]")
     _check_keys(ev, EVAL_KEYS, f"{where} [eval]")
-    seeds = tuple(_typed(s, int, f"{where} seeds") for s in _typed(raw.get("seeds", [0]), list, f"{where} seeds"))
+    seeds = tuple(
+        _typed(s, int, f"{where} seeds") for s in _typed(raw.get("seeds", [0]), list, f"{where} seeds")
+    )
     dedup = pool.get("dedup_eps")
     return AblationGrid(
         strategies=tuple(strategies),
@@ -283,7 +307,9 @@ def grid_from_dict(raw: Mapping, *, where: str = "grid") -> AblationGrid:
         train=_stage(raw.get("train", {}), f"{where} [train]"),
         eval=EvalSpec(
             split=_typed(ev.get("split", "test"), str, f"{where} [eval] split"),
-            limit=ev.get("limit") if ev.get("limit") is None else _typed(ev["limit"], int, f"{where} [eval] limit"),
+            limit=ev.get("limit")
+            if ev.get("limit") is None
+            else _typed(ev["limit"], int, f"{where} [eval] limit"),
             batch_size=_typed(ev.get("batch_size", 16), int, f"{where} [eval] batch_size"),
             max_new_tokens=_typed(ev.get("max_new_tokens", 64), int, f"{where} [eval] max_new_tokens"),
         ),
@@ -330,9 +356,14 @@ def strategy_option_keys(strategy: str) -> tuple[str, ...]:
     from curate.strategies import STRATEGIES
 
     fn = STRATEGIES.get(strategy)
-    own = () if fn is None else tuple(
-        name for name, p in inspect.signature(fn).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in SELECT_OPTION_KEYS
+    own = (
+        ()
+        if fn is None
+        else tuple(
+            name
+            for name, p in inspect.signature(fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in SELECT_OPTION_KEYS
+        )
     )
     return SELECT_OPTION_KEYS + own
 
@@ -359,7 +390,8 @@ def check_names(grid: AblationGrid, *, where: str = "grid") -> None:
     for spec in grid.strategies:
         if spec.strategy not in valid:
             raise UserError(
-                f"{where}: unknown strategy {spec.strategy!r} in [strategies.{spec.label}]; valid: {', '.join(valid)}"
+                f"{where}: unknown strategy {spec.strategy!r} in [strategies.{spec.label}]; "
+                f"valid: {', '.join(valid)}"
             )
         _check_keys(spec.options, strategy_option_keys(spec.strategy), f"{where} [strategies.{spec.label}]")
     checks = [("llm", name, "llms") for name in grid.llms] + [("vision", grid.vision, "vision")]
@@ -370,8 +402,10 @@ def check_names(grid: AblationGrid, *, where: str = "grid") -> None:
     for key, spec in (("[train]", grid.train), ("[stage1]", grid.stage1)):
         unknown = sorted(set(spec.overrides) - set(valid_overrides))
         if unknown:
-            raise UserError(f"{where}: unknown override {unknown[0]!r} in {key} overrides; "
-                            f"valid: {', '.join(valid_overrides)}")
+            raise UserError(
+                f"{where}: unknown override {unknown[0]!r} in {key} overrides; "
+                f"valid: {', '.join(valid_overrides)}"
+            )
     for kind, name, key in checks:
         names = _preset_names(kind)
         if name not in names and (kind == "hparams" or not _is_model_path(name)):
@@ -456,8 +490,15 @@ def plan_ablation(grid: AblationGrid, pool_size: Callable[[bool], int]) -> Plan:
         add_subset(subset, f"{label} at budget {budget_label(budget)}")
         for llm in grid.llms:
             for seed in grid.seeds:
-                fields = {"subset": subset.name, "strategy": label, "budget": budget_label(budget), "k": subset.k,
-                          "llm": llm, "seed": seed, "vision": grid.vision}
+                fields = {
+                    "subset": subset.name,
+                    "strategy": label,
+                    "budget": budget_label(budget),
+                    "k": subset.k,
+                    "llm": llm,
+                    "seed": seed,
+                    "vision": grid.vision,
+                }
                 run = grid.run_name.format(**fields)
                 origin = f"({label}, {budget_label(budget)}, {llm}, seed {seed})"
                 if run in origins:
@@ -496,12 +537,23 @@ def workspace_pool_size(ws: Workspace, split: str, require_image: bool) -> int:
 
 
 def make_subset(ws: Workspace, grid: AblationGrid, plan: SubsetPlan, *, command: str = "") -> Path:
-    """Create ``shards/<plan.name>`` through the curate functions (the whole pool is ``random`` with k = pool)."""
+    """Create ``shards/<plan.name>`` through the curate functions.
+
+    The whole pool is ``random`` with k = pool size, so it has a manifest like every other subset.
+    """
     if plan.strategy is None:
         from curate.select import select_subset
 
-        return select_subset(ws, "random", k=plan.k, seed=0, split=grid.split, require_image=grid.require_image,
-                             name=plan.name, command=command)
+        return select_subset(
+            ws,
+            "random",
+            k=plan.k,
+            seed=0,
+            split=grid.split,
+            require_image=grid.require_image,
+            name=plan.name,
+            command=command,
+        )
     opts = dict(plan.strategy.options)
     opts.pop("strategy", None)
     opts.setdefault("require_image", grid.require_image)
@@ -513,8 +565,9 @@ def make_subset(ws: Workspace, grid: AblationGrid, plan: SubsetPlan, *, command:
 
     if grid.dedup_eps is not None:
         opts.setdefault("dedup_eps", grid.dedup_eps)
-    return select_subset(ws, plan.strategy.strategy, k=plan.k, split=grid.split, name=plan.name,
-                         command=command, **opts)
+    return select_subset(
+        ws, plan.strategy.strategy, k=plan.k, split=grid.split, name=plan.name, command=command, **opts
+    )
 
 
 # Fields the grid itself decides for every run; the rest of TrainConfig may be overridden per stage.
@@ -528,8 +581,9 @@ def override_keys() -> list[str]:
     return sorted(f.name for f in dataclasses.fields(TrainConfig) if f.name not in GRID_OWNED_FIELDS)
 
 
-def build_config(grid: AblationGrid, *, llm: str, stage: str, seed: int, run: str,
-                 projector_path: Path | None) -> Any:
+def build_config(
+    grid: AblationGrid, *, llm: str, stage: str, seed: int, run: str, projector_path: Path | None
+) -> Any:
     """The TrainConfig of one run: the stage's preset and overrides plus the grid's shared settings.
 
     Between-epoch evaluation is off unless the overrides ask for it: the ablation scores every run once,
@@ -539,9 +593,16 @@ def build_config(grid: AblationGrid, *, llm: str, stage: str, seed: int, run: st
 
     spec = grid.stage1 if stage == "pretrain" else grid.train
     kwargs = {"eval_split": None, **spec.overrides}
-    return TrainConfig(llm=llm, vision=grid.vision, stage=stage, preset=spec.hparams, seed=seed,
-                       projector_path=None if projector_path is None else str(projector_path), run_name=run,
-                       **kwargs)
+    return TrainConfig(
+        llm=llm,
+        vision=grid.vision,
+        stage=stage,
+        preset=spec.hparams,
+        seed=seed,
+        projector_path=None if projector_path is None else str(projector_path),
+        run_name=run,
+        **kwargs,
+    )
 
 
 def config_dict(config: Any) -> dict:
@@ -573,8 +634,12 @@ class Backend:
         return run_training(ws, subset_dir, config, command=command)
 
     def evaluate_run(self, ws: Workspace, run_dir: Path, spec: EvalSpec) -> dict:
-        kwargs = {"split": spec.split, "limit": spec.limit, "batch_size": spec.batch_size,
-                  "max_new_tokens": spec.max_new_tokens}
+        kwargs = {
+            "split": spec.split,
+            "limit": spec.limit,
+            "batch_size": spec.batch_size,
+            "max_new_tokens": spec.max_new_tokens,
+        }
         if self.evaluate is not None:
             return self.evaluate(ws, run_dir, **kwargs)
         from train.evaluate import evaluate_run
@@ -693,8 +758,14 @@ def run_ablation(
         projectors[llm], stage1_keys[llm] = _ensure_stage1(ws, grid, llm, manifests, backend, command, log)
     total = len(plan.cells)
     for i, cell in enumerate(plan.cells, 1):
-        config = backend.build_config(grid, llm=cell.llm, stage="finetune", seed=cell.seed, run=cell.run,
-                                      projector_path=projectors[cell.llm])
+        config = backend.build_config(
+            grid,
+            llm=cell.llm,
+            stage="finetune",
+            seed=cell.seed,
+            run=cell.run,
+            projector_path=projectors[cell.llm],
+        )
         key = {
             "subset": cell.subset,
             "subset_hash": subset_hash(manifests[cell.subset]),
@@ -708,15 +779,22 @@ def run_ablation(
     return write_reports(ws, grid, plan, manifests, plots=plots, log=log)
 
 
-def _ensure_subset(ws: Workspace, grid: AblationGrid, subset: SubsetPlan, backend: Backend, command: str,
-                   log: Callable[[str], None]) -> dict:
+def _ensure_subset(
+    ws: Workspace,
+    grid: AblationGrid,
+    subset: SubsetPlan,
+    backend: Backend,
+    command: str,
+    log: Callable[[str], None],
+) -> dict:
     path = ws.shards_dir / subset.name
     if (path / "manifest.json").exists():
         manifest = read_manifest(path)
         k = manifest_value(manifest, "k", "counts.total", "rows")
         if k is not None and int(k) != subset.k:
             raise UserError(
-                f"{path}: existing subset has k={k}, the grid needs k={subset.k}; remove it or rename the strategy"
+                f"{path}: existing subset has k={k}, the grid needs k={subset.k}; "
+                "remove it or rename the strategy"
             )
         return manifest
     how = "whole pool" if subset.strategy is None else subset.strategy.strategy
@@ -731,7 +809,9 @@ def _ensure_stage1(ws, grid, llm, manifests, backend, command, log) -> tuple[Pat
     run = stage1_run_name(llm)
     subset_dir = ws.shards_dir / grid.stage1.subset
     manifest = manifests.get(grid.stage1.subset) or read_manifest(subset_dir)
-    config = backend.build_config(grid, llm=llm, stage="pretrain", seed=grid.seeds[0], run=run, projector_path=None)
+    config = backend.build_config(
+        grid, llm=llm, stage="pretrain", seed=grid.seeds[0], run=run, projector_path=None
+    )
     key = {"subset": grid.stage1.subset, "subset_hash": subset_hash(manifest), "config": config_dict(config)}
     run_dir = ws.runs_dir / run
     projector = _projector_file(run_dir)
@@ -767,7 +847,10 @@ def _run_cell(ws, grid, cell: Cell, config, key, backend, command, log, progress
         log(f"{label}: training ({cell.strategy}, {cell.k} samples, {cell.llm}, seed {cell.seed}){resumed}")
         run_dir = Path(backend.run_training(ws, ws.shards_dir / cell.subset, resumable, command=command))
         _mark(run_dir, key, kind="cell", cell=dataclasses.asdict(cell))
-    log(f"{label}: evaluating on {grid.eval.split}" + (f" (first {grid.eval.limit})" if grid.eval.limit else ""))
+    log(
+        f"{label}: evaluating on {grid.eval.split}"
+        + (f" (first {grid.eval.limit})" if grid.eval.limit else "")
+    )
     metrics = backend.evaluate_run(ws, run_dir, grid.eval)
     if not (run_dir / "metrics.json").exists():
         write_json(run_dir / "metrics.json", metrics)
@@ -793,9 +876,11 @@ def describe_plan(ws: Workspace, grid: AblationGrid, *, backend: Backend | None 
     backend = backend or Backend()
     check_names(grid)
     plan = plan_ablation(grid, lambda require_image: backend.pool_size(ws, grid.split, require_image))
-    lines = [f"grid {grid.name!r}: pool {plan.pool_sizes['pool']} samples ({grid.split}), "
-             f"{len(plan.subsets)} subsets, {len(plan.cells)} runs + {0 if grid.stage1.skip else len(grid.llms)} "
-             f"stage-1 runs"]
+    lines = [
+        f"grid {grid.name!r}: pool {plan.pool_sizes['pool']} samples ({grid.split}), "
+        f"{len(plan.subsets)} subsets, {len(plan.cells)} runs + {0 if grid.stage1.skip else len(grid.llms)} "
+        f"stage-1 runs"
+    ]
     for subset in plan.subsets:
         state = "exists" if (ws.shards_dir / subset.name / "manifest.json").exists() else "to select"
         lines.append(f"  subset {subset.name} (k={subset.k}): {state}")

@@ -33,38 +33,38 @@ def _workspace(path: Optional[Path]) -> Workspace:
 # --- run / merge / dry-run ----------------------------------------------------------------------------
 @app.command("run")
 def run_command(
-    subset: Path = typer.Option(..., "--subset", help="A subset directory, or a directory of them (shards/)."),
+    subset: Path = typer.Option(..., "--subset", help="A subset dir, or a dir of them."),
     llm: str = typer.Option("tiny-llama", "--llm", help="LLM preset, hub id or local directory."),
     vision: str = typer.Option("tiny-clip", "--vision", help="Vision preset, hub id or local directory."),
     stage: str = typer.Option("finetune", "--stage", help="pretrain | finetune | both."),
-    preset: str = typer.Option("llava-1.5", "--preset", help="Hyper-parameters: llava-1.5 | scienceqa | tiny-cpu."),
-    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (stage 2); omit for full tuning."),
-    lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 x rank)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate override."),
-    projector_lr: Optional[float] = typer.Option(None, "--projector-lr", help="Stage-2 projector lr."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Epochs override."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size override."),
-    per_device_batch_size: Optional[int] = typer.Option(None, "--per-device-batch-size"),
+    preset: str = typer.Option("llava-1.5", "--preset", help="llava-1.5 | scienceqa | tiny-cpu."),
+    lora_r: int | None = typer.Option(None, "--lora-r", help="LoRA rank (stage 2); omit for full tuning."),
+    lora_alpha: int | None = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 x rank)."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate override."),
+    projector_lr: float | None = typer.Option(None, "--projector-lr", help="Stage-2 projector lr."),
+    epochs: float | None = typer.Option(None, "--epochs", help="Epochs override."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size override."),
+    per_device_batch_size: int | None = typer.Option(None, "--per-device-batch-size"),
     max_length: int = typer.Option(2048, "--max-length", help="Token limit per sample."),
     max_mismatch: int = typer.Option(0, "--max-mismatch", help="Tolerated tokenization mismatches."),
     drop_overlong: bool = typer.Option(False, "--drop-overlong", help="Drop samples over --max-length."),
     image_aspect: str = typer.Option("pad", "--image-aspect", help="pad | resize | crop."),
-    template: Optional[str] = typer.Option(None, "--template", help="Stage-2 template (default: the LLM's)."),
-    deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="zero2 | zero3 | zero3-offload | PATH."),
+    template: str | None = typer.Option(None, "--template", help="Stage-2 template (default: the LLM's)."),
+    deepspeed: str | None = typer.Option(None, "--deepspeed", help="zero2|zero3|zero3-offload|PATH."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
-    resume: Optional[str] = typer.Option(None, "--resume", help="Unfinished run (runs/.X.partial) to continue."),
+    resume: str | None = typer.Option(None, "--resume", help="Unfinished run to continue."),
     eval_split: str = typer.Option("val", "--eval-split", help="Split evaluated between epochs ('' = none)."),
     eval_limit: int = typer.Option(64, "--eval-limit", help="Problems evaluated between epochs (0 = none)."),
-    projector: Optional[str] = typer.Option(None, "--projector", help="Stage-1 projector file or run dir."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print parameters, steps, tokens, memory; train nothing."),
+    projector: str | None = typer.Option(None, "--projector", help="Stage-1 projector file or run dir."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Estimate only; train nothing."),
     seed: int = typer.Option(0, "--seed"),
-    run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name (one subset only)."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPU count for --dry-run estimates."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop each stage after N steps."),
-    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N steps."),
-    workspace: Optional[Path] = WorkspaceOption,
+    run_name: str | None = typer.Option(None, "--run-name", help="Run directory name (one subset only)."),
+    gpus: int | None = typer.Option(None, "--gpus", help="GPU count for --dry-run estimates."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop each stage after N steps."),
+    save_steps: int | None = typer.Option(None, "--save-steps", help="Checkpoint every N steps."),
+    workspace: Path | None = WorkspaceOption,
 ) -> None:
-    """Train one run per subset (stage 1, stage 2 or both); `torchrun ... -m train.cli run` for several GPUs."""
+    """Train one run per subset (stage 1, 2 or both); several GPUs: `torchrun ... -m train.cli run`."""
     from train.config import TrainConfig
     from train.runner import run_subsets
 
@@ -160,7 +160,7 @@ def eval_command(
     limit: int | None = typer.Option(None, "--limit", min=1, help="First N problems (sample_id order)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts generated together."),
     max_new_tokens: int = typer.Option(
-        64, "--max-new-tokens", min=1, help="Generation length cap; `The answer is X.` needs about 6."
+        64, "--max-new-tokens", min=1, help="Generation length cap; raise it for lecture-first (LEA) models."
     ),
     prompt_suffix: str | None = typer.Option(
         None, "--prompt-suffix", help="Text appended to each question, e.g. LLaVA-1.5's answer-directly line."
@@ -189,9 +189,9 @@ def eval_command(
 @app.command("ablate")
 def ablate_command(
     grid: Path = typer.Option(..., "--grid", help="Ablation grid TOML (see train/grids/)."),
-    plan_only: bool = typer.Option(False, "--plan", help="List the subsets and runs the grid needs, train nothing."),
+    plan_only: bool = typer.Option(False, "--plan", help="List the needed subsets and runs only."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Write the tables only."),
-    workspace: Optional[Path] = WorkspaceOption,
+    workspace: Path | None = WorkspaceOption,
 ) -> None:
     """Train and evaluate every (strategy, budget, LLM, seed) cell of a grid; finished cells are skipped."""
     from train.ablation import describe_plan, load_grid, run_ablation

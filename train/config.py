@@ -189,7 +189,8 @@ def deepspeed_config_path(name_or_path: str) -> Path:
     if path.is_file():
         return path.resolve()
     raise UserError(
-        f"--deepspeed {name_or_path!r}: neither a shipped config ({', '.join(DEEPSPEED_NAMES)}) nor a JSON file"
+        f"--deepspeed {name_or_path!r}: neither a shipped config ({', '.join(DEEPSPEED_NAMES)}) "
+        "nor a JSON file"
     )
 
 

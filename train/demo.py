@@ -28,8 +28,15 @@ PROMPT_FORMAT = "QCM-A"
 EMBED_MODEL = "tiny-clip"
 
 
-def run_demo(workspace: Path, *, grid_path: Path | None = None, seed: int = 0, n_train: int = N_TRAIN,
-             n_val: int = N_VAL, n_test: int = N_TEST) -> dict:
+def run_demo(
+    workspace: Path,
+    *,
+    grid_path: Path | None = None,
+    seed: int = 0,
+    n_train: int = N_TRAIN,
+    n_val: int = N_VAL,
+    n_test: int = N_TEST,
+) -> dict:
     """Run every step of the demo in ``workspace``; return paths, the summary table and the wall time."""
     from curate.embed import embed_workspace
     from curate.ingest import ingest_synthetic
@@ -39,8 +46,10 @@ def run_demo(workspace: Path, *, grid_path: Path | None = None, seed: int = 0, n
     ws = resolve_workspace(workspace)
     ws.root.mkdir(parents=True, exist_ok=True)
     grid = load_grid(grid_path or packaged_grid("demo"))
-    _step("1/4 ingest: synthetic ScienceQA-format problems "
-          f"({n_train} train / {n_val} val / {n_test} test, {PROMPT_FORMAT})")
+    _step(
+        "1/4 ingest: synthetic ScienceQA-format problems "
+        f"({n_train} train / {n_val} val / {n_test} test, {PROMPT_FORMAT})"
+    )
     ingest_synthetic(ws, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, prompt_format=PROMPT_FORMAT)
     _step(f"2/4 embed: every sample with a random {EMBED_MODEL} (open_clip), image and text fused")
     embed_workspace(ws, model=EMBED_MODEL, pretrained="none", batch_size=64, show_progress=False)
@@ -66,7 +75,9 @@ def _signal_check(report_dir: Path) -> str:
     full = summary.filter(pl.col("strategy") == "full")
     if chance is None or full.height == 0:
         return "signal check: no full-data row or no chance estimate"
-    parts = [f"{r['llm']} {r['acc_mean']:.2f}% ({r['acc_mean'] / chance:.2f}x)" for r in full.iter_rows(named=True)]
+    parts = [
+        f"{r['llm']} {r['acc_mean']:.2f}% ({r['acc_mean'] / chance:.2f}x)" for r in full.iter_rows(named=True)
+    ]
     ok = all(r["acc_mean"] >= 2 * chance for r in full.iter_rows(named=True))
     verdict = "clears" if ok else "does NOT clear"
     return f"signal check: full data {', '.join(parts)} vs chance {chance:.2f}%: {verdict} twice chance"
@@ -75,7 +86,9 @@ def _signal_check(report_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", "-w", type=Path, default=Path("demo-workspace"))
-    parser.add_argument("--grid", type=Path, default=None, help="Grid TOML (default: the packaged demo grid).")
+    parser.add_argument(
+        "--grid", type=Path, default=None, help="Grid TOML (default: the packaged demo grid)."
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the synthetic data.")
     parser.add_argument("--n-train", type=int, default=N_TRAIN)
     parser.add_argument("--n-val", type=int, default=N_VAL)
@@ -84,15 +97,23 @@ def main(argv: list[str] | None = None) -> None:
     # The demo never downloads anything: tiny models are built from configs.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = run_demo(args.workspace, grid_path=args.grid, seed=args.seed, n_train=args.n_train,
-                      n_val=args.n_val, n_test=args.n_test)
+    result = run_demo(
+        args.workspace,
+        grid_path=args.grid,
+        seed=args.seed,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+    )
     reports = result["report"].parent
     print(result["report"].read_text())
     print(_signal_check(reports))
     print(f"\ntable:     {result['report']}\n           {reports / 'ablation.csv'}")
     for png in sorted(reports.glob("*.png")):
         print(f"plot:      {png}")
-    print(f"runs:      {result['workspace'] / 'runs'}  (config, checkpoints, metrics.json, predictions.jsonl)")
+    print(
+        f"runs:      {result['workspace'] / 'runs'}  (config, checkpoints, metrics.json, predictions.jsonl)"
+    )
     print(f"subsets:   {result['workspace'] / 'shards'}  (Parquet parts + manifest.json)")
     print(f"notebook:  ABLATION_WORKSPACE={result['workspace']} jupyter notebook notebooks/ablation.ipynb")
     print(f"wall time: {result['elapsed'] / 60:.1f} min")

@@ -190,7 +190,7 @@ def _stage_estimate(config, stage, table, model, text, n_image_tokens, gpus, zer
 def _lengths(rows, n_image_tokens: int) -> list[int]:
     n = rows.column("n_tokens_est").to_pylist()
     img = pc.is_valid(rows.column("image")).to_pylist()
-    return [int(a) + (n_image_tokens if b else 0) for a, b in zip(n, img)]
+    return [int(a) + (n_image_tokens if b else 0) for a, b in zip(n, img, strict=True)]
 
 
 def memory_per_gpu(
@@ -348,11 +348,13 @@ def format_dry_run(report: dict) -> str:
         lines += [
             f"[{stage}] trainable {s['trainable']:,} of {s['parameters']:,} parameters "
             f"({100 * s['trainable'] / max(1, s['parameters']):.2f}%)",
-            f"[{stage}] {s['samples']} samples x {s['epochs']} epoch(s), global batch {s['global_batch_size']} "
+            f"[{stage}] {s['samples']} samples x {s['epochs']} epoch(s), "
+            f"global batch {s['global_batch_size']} "
             f"= {s['per_device_batch_size']} per device x {s['gradient_accumulation_steps']} accumulation: "
             f"{s['steps']} steps, ~{s['tokens']:,} tokens, lr {s['lr']:g}",
             f"[{stage}] memory per GPU ~{mem['total']:.1f} GiB (weights {mem['weights']:.1f}, gradients "
-            f"{mem['gradients']:.1f}, optimizer {mem['optimizer']:.1f}, activations {mem['activations']:.1f}, "
+            f"{mem['gradients']:.1f}, optimizer {mem['optimizer']:.1f}, "
+            f"activations {mem['activations']:.1f}, "
             f"logits {mem['logits']:.1f}, overhead {mem['overhead']:.1f})",
         ]
     return "\n".join(lines)

@@ -6,9 +6,9 @@ format and ``metrics.json`` (ScienceQA's categories, see :mod:`train.scoring`) i
 
 Speed on a CPU comes from: inference mode, the KV cache, batches of same-modality prompts (image and
 text-only problems are batched apart so that every batch either has one image per prompt or none), and
-stopping as soon as every sequence has produced an end token. ``max_new_tokens`` defaults to 64: enough
-for the ``A`` output format (``The answer is X.`` is under ten tokens for any tokenizer) and the short
-lecture-free formats; raise it for ``LEA``/``LEPA`` models, whose lecture and solution come first.
+stopping as soon as every sequence has produced an end token. ``max_new_tokens`` defaults to 64: ample
+for the ``A`` output format (``The answer is X.`` is about six subword tokens, sixteen for the tests'
+character tokenizer); raise it for ``LEA``/``LEPA`` models, whose lecture and solution come first.
 """
 
 from __future__ import annotations

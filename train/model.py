@@ -143,8 +143,10 @@ def load_vision_tower(preset: VisionPreset, *, dtype: torch.dtype = torch.float3
         processor = AutoImageProcessor.from_pretrained(where, use_fast=False)
     except (OSError, ValueError) as exc:
         raise _load_failure("vision tower", where, exc) from None
+    # A tower without a CLS token (SigLIP) must keep every token: "default" would drop a real patch.
+    strategy = preset.select_strategy if has_cls_token(model.config) else "full"
     preset = dataclasses.replace(preset, image_size=model.config.image_size,
-                                 patch_size=model.config.patch_size)
+                                 patch_size=model.config.patch_size, select_strategy=strategy)
     return model, processor, preset
 
 

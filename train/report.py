@@ -41,14 +41,22 @@ def run_rows(ws: Workspace, plan: Any, manifests: Mapping[str, Mapping]) -> list
             continue
         metrics = json.loads(path.read_text())
         manifest = manifests.get(cell.subset, {})
-        row = {"strategy": cell.strategy, "budget": cell.budget, "k": cell.k, "llm": cell.llm, "seed": cell.seed,
-               "run": cell.run, "subset": cell.subset}
+        row = {
+            "strategy": cell.strategy,
+            "budget": cell.budget,
+            "k": cell.k,
+            "llm": cell.llm,
+            "seed": cell.seed,
+            "run": cell.run,
+            "subset": cell.subset,
+        }
         for name in (*CATEGORIES, ACCURACY):
             value = metrics_value(metrics, name)
             row[name] = None if value is None else float(value)
         row["image_fraction"] = _float(manifest_value(manifest, "image_fraction", "counts.image_fraction"))
-        row["coverage_radius"] = _float(manifest_value(manifest, "coverage_radius", "coverage.radius",
-                                                       "coverage.coverage_radius"))
+        row["coverage_radius"] = _float(
+            manifest_value(manifest, "coverage_radius", "coverage.radius", "coverage.coverage_radius")
+        )
         row["manifest_hash"] = subset_hash(manifest)
         rows.append(row)
     return rows
@@ -59,9 +67,17 @@ def _float(value: Any) -> float | None:
 
 
 RUN_SCHEMA = {
-    "strategy": pl.String, "budget": pl.String, "k": pl.Int64, "llm": pl.String, "seed": pl.Int64,
-    "run": pl.String, "subset": pl.String, **{c: pl.Float64 for c in (*CATEGORIES, ACCURACY)},
-    "image_fraction": pl.Float64, "coverage_radius": pl.Float64, "manifest_hash": pl.String,
+    "strategy": pl.String,
+    "budget": pl.String,
+    "k": pl.Int64,
+    "llm": pl.String,
+    "seed": pl.Int64,
+    "run": pl.String,
+    "subset": pl.String,
+    **{c: pl.Float64 for c in (*CATEGORIES, ACCURACY)},
+    "image_fraction": pl.Float64,
+    "coverage_radius": pl.Float64,
+    "manifest_hash": pl.String,
 }
 
 
@@ -86,7 +102,9 @@ def summarize(runs: pl.DataFrame) -> pl.DataFrame:
     full = summary.filter(pl.col("strategy") == FULL).select("llm", pl.col("acc_mean").alias("_full"))
     summary = summary.join(full, on="llm", how="left")
     summary = summary.with_columns(
-        pl.when(pl.col("_full") > 0).then(100.0 * pl.col("acc_mean") / pl.col("_full")).otherwise(None)
+        pl.when(pl.col("_full") > 0)
+        .then(100.0 * pl.col("acc_mean") / pl.col("_full"))
+        .otherwise(None)
         .alias("rel_full")
     ).drop("_full")
     order = pl.col("strategy") == FULL
@@ -95,18 +113,35 @@ def summarize(runs: pl.DataFrame) -> pl.DataFrame:
 
 def markdown_table(summary: pl.DataFrame, *, title: str, chance: float | None = None) -> str:
     """The ablation table as GitHub markdown (percentages with two decimals)."""
-    head = ["strategy", "budget", "k", "LLM", "seeds", "Avg (mean ± std)", "rel. full", *CATEGORIES,
-            "img frac", "coverage radius", "manifest"]
+    head = [
+        "strategy",
+        "budget",
+        "k",
+        "LLM",
+        "seeds",
+        "Avg (mean ± std)",
+        "rel. full",
+        *CATEGORIES,
+        "img frac",
+        "coverage radius",
+        "manifest",
+    ]
     lines = [f"# {title}", ""]
     if chance is not None:
         lines += [f"Chance accuracy on the evaluated problems: {chance:.2f}%.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in summary.iter_rows(named=True):
         cells = [
-            r["strategy"], r["budget"], str(r["k"]), r["llm"], str(r["n_seeds"]),
-            f"{_fmt(r['acc_mean'])} ± {_fmt(r['acc_std'])}", _fmt(r["rel_full"], suffix="%"),
+            r["strategy"],
+            r["budget"],
+            str(r["k"]),
+            r["llm"],
+            str(r["n_seeds"]),
+            f"{_fmt(r['acc_mean'])} ± {_fmt(r['acc_std'])}",
+            _fmt(r["rel_full"], suffix="%"),
             *[_fmt(r[c]) for c in CATEGORIES],
-            _fmt(r["image_fraction"], digits=3), _fmt(r["coverage_radius"], digits=3),
+            _fmt(r["image_fraction"], digits=3),
+            _fmt(r["coverage_radius"], digits=3),
             (r["manifest_hash"] or "-")[:12],
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -119,8 +154,9 @@ def _fmt(value: Any, *, digits: int = 2, suffix: str = "") -> str:
     return f"{value:.{digits}f}{suffix}"
 
 
-def write_tables(reports_dir: Path, runs: pl.DataFrame, summary: pl.DataFrame, *, title: str,
-                 chance: float | None = None) -> Path:
+def write_tables(
+    reports_dir: Path, runs: pl.DataFrame, summary: pl.DataFrame, *, title: str, chance: float | None = None
+) -> Path:
     reports_dir.mkdir(parents=True, exist_ok=True)
     runs.write_csv(reports_dir / RUNS_CSV_NAME, float_precision=4)
     summary.write_csv(reports_dir / CSV_NAME, float_precision=4)
@@ -135,21 +171,33 @@ def chance_accuracy(ws: Workspace, split: str, limit: int | None) -> float | Non
         table = ws.read_dataset(columns=["split", "choices"])
     except Exception:  # noqa: BLE001 - the report must not fail on a workspace without the dataset
         return None
-    choices = [c for s, c in zip(table.column("split").to_pylist(), table.column("choices").to_pylist())
-               if s == split and c]
+    choices = [
+        c
+        for s, c in zip(table.column("split").to_pylist(), table.column("choices").to_pylist(), strict=True)
+        if s == split and c
+    ]
     choices = choices[:limit] if limit else choices
     return 100.0 * sum(1.0 / len(c) for c in choices) / len(choices) if choices else None
 
 
-def write_reports(ws: Workspace, grid: Any, plan: Any, manifests: Mapping[str, Mapping], *, plots: bool = True,
-                  log: Callable[[str], None] = print) -> Path:
+def write_reports(
+    ws: Workspace,
+    grid: Any,
+    plan: Any,
+    manifests: Mapping[str, Mapping],
+    *,
+    plots: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Tables (and plots) for an ablation; returns ``reports/ablation.md``."""
     runs = runs_frame(run_rows(ws, plan, manifests))
     summary = summarize(runs)
     chance = chance_accuracy(ws, grid.eval.split, grid.eval.limit)
     md = write_tables(ws.reports_dir, runs, summary, title=f"Ablation: {grid.name}", chance=chance)
-    write_json(ws.reports_dir / "ablation.json", {"name": grid.name, "chance": chance,
-                                                  "eval_split": grid.eval.split, "eval_limit": grid.eval.limit})
+    write_json(
+        ws.reports_dir / "ablation.json",
+        {"name": grid.name, "chance": chance, "eval_split": grid.eval.split, "eval_limit": grid.eval.limit},
+    )
     if plots and runs.height:
         plot_curves(runs, ws.reports_dir / CURVE_PNG, chance=chance)
         plot_categories(summary, ws.reports_dir / CATEGORY_PNG)
@@ -175,17 +223,23 @@ def plot_curves(runs: pl.DataFrame, path: Path, *, chance: float | None = None) 
     plt = _pyplot()
     llms = runs["llm"].unique(maintain_order=True).to_list()
     fig, axes = plt.subplots(1, len(llms), figsize=(5.5 * len(llms), 4), squeeze=False, sharey=True)
-    for ax, llm in zip(axes[0], llms):
+    for ax, llm in zip(axes[0], llms, strict=True):
         sub = runs.filter(pl.col("llm") == llm)
-        stats = sub.group_by(["strategy", "k"]).agg(
-            pl.col(ACCURACY).mean().alias("mean"), pl.col(ACCURACY).min().alias("lo"),
-            pl.col(ACCURACY).max().alias("hi"),
-        ).sort(["strategy", "k"])
+        stats = (
+            sub.group_by(["strategy", "k"])
+            .agg(
+                pl.col(ACCURACY).mean().alias("mean"),
+                pl.col(ACCURACY).min().alias("lo"),
+                pl.col(ACCURACY).max().alias("hi"),
+            )
+            .sort(["strategy", "k"])
+        )
         for strategy in stats.filter(pl.col("strategy") != FULL)["strategy"].unique(maintain_order=True):
             s = stats.filter(pl.col("strategy") == strategy)
             line = ax.plot(s["k"].to_list(), s["mean"].to_list(), marker="o", label=strategy)[0]
-            ax.fill_between(s["k"].to_list(), s["lo"].to_list(), s["hi"].to_list(), color=line.get_color(),
-                            alpha=0.2)
+            ax.fill_between(
+                s["k"].to_list(), s["lo"].to_list(), s["hi"].to_list(), color=line.get_color(), alpha=0.2
+            )
         full = stats.filter(pl.col("strategy") == FULL)
         if full.height:
             ax.axhline(full["mean"][0], color="black", linestyle="--", label=f"full (k={full['k'][0]})")
@@ -211,7 +265,7 @@ def plot_categories(summary: pl.DataFrame, path: Path) -> Path:
     cols = min(3, n)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.6 * rows), squeeze=False, sharey=True)
-    for ax, panel in zip(axes.flat, panels.iter_rows(named=True)):
+    for ax, panel in zip(axes.flat, panels.iter_rows(named=True), strict=False):
         sub = summary.filter((pl.col("llm") == panel["llm"]) & (pl.col("budget") == panel["budget"]))
         width = 0.8 / max(1, sub.height)
         for j, r in enumerate(sub.iter_rows(named=True)):

@@ -18,7 +18,7 @@ runs/<run>/
   adapter/                    LoRA runs: the stage-2 adapter in peft format (adapter_config.json,
                               adapter_model.safetensors; includes the trained projector copy)
   stage1/projector.safetensors, stage1/done.json, stage2/done.json
-                              per-stage outputs; done.json holds the stage's summary (resume skips done stages)
+                              per-stage outputs; done.json = the stage's summary (resume skips done stages)
   trainer_log.jsonl           one JSON object per log event: {"stage", "step", "epoch", and "loss",
                               "learning_rate", "grad_norm" | "eval_loss" | "eval_scienceqa_accuracy",
                               "eval_scienceqa_unparsed" | the end-of-stage "train_runtime" ...}
@@ -27,8 +27,8 @@ runs/<run>/
 ```
 
 Trainer checkpoints live in ``stage<N>/checkpoints/checkpoint-<step>/`` of the partial directory and are
-deleted when the run completes. Stage 1 checkpoints store only the trainable (projector) weights plus
-optimiser state; the frozen towers are rebuilt from the presets on resume.
+deleted when the run completes. They store only the trainable weights (the projector in stage 1; projector
++ LLM, or the LoRA adapter, in stage 2) plus optimiser state; frozen parts are rebuilt from the presets.
 """
 
 from __future__ import annotations
@@ -122,7 +122,6 @@ def merge_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
     ``AutoProcessor.from_pretrained(out_dir)`` alone. LoRA runs are merged from ``adapter/`` onto the
     base model the run records; full fine-tuning runs re-save ``model/``.
     """
-    from datasets_spec.parts import atomic_directory
     from train.model import load_bundle, save_bundle
 
     run_dir = Path(run_dir)
@@ -135,8 +134,10 @@ def merge_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
     model = bundle.model
     if hasattr(model, "merge_and_unload"):
         bundle.model = model.merge_and_unload()
-    with atomic_directory(Path(out_dir), overwrite=overwrite) as tmp:
-        save_bundle(bundle, tmp)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise UserError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+    save_bundle(bundle, out_dir, overwrite=overwrite)  # itself atomic: temporary name, then rename
     return Path(out_dir)
 
 
@@ -173,8 +174,8 @@ def load_subset(ws: Workspace, subset_dir: Path) -> tuple[pa.Table, dict]:
     current = ws.dataset_fingerprint()
     if recorded != current:
         raise UserError(
-            f"{subset_dir}: built from dataset {str(recorded)[:12]}, but the workspace dataset is {current[:12]}; "
-            "select the subset again in this workspace"
+            f"{subset_dir}: built from dataset {str(recorded)[:12]}, but the workspace dataset is "
+            f"{current[:12]}; select the subset again in this workspace"
         )
     info = {
         "path": str(subset_dir.resolve()),

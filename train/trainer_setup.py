@@ -91,12 +91,11 @@ class LlavaTrainer(Trainer):
     checkpoints (only the trainable weights)."""
 
     def __init__(
-        self, *args, projector_lr: float | None = None, sampler=None, trainable_only: bool = False, **kwargs
+        self, *args, projector_lr: float | None = None, sampler=None, **kwargs
     ):
         super().__init__(*args, **kwargs)
         self.projector_lr = projector_lr
         self.custom_sampler = sampler
-        self.trainable_only = trainable_only
 
     def _get_train_sampler(self, train_dataset=None):
         if self.custom_sampler is not None:
@@ -123,7 +122,10 @@ class LlavaTrainer(Trainer):
         return self.optimizer
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        if not self.trainable_only or self.is_deepspeed_enabled:
+        # Checkpoints hold the trainable weights under their in-memory names. (LlavaForConditionalGeneration's
+        # save_pretrained writes legacy key names that Trainer's resume does not map back, and the frozen
+        # towers are rebuilt from the presets anyway.) peft and DeepSpeed save their own way.
+        if self.is_deepspeed_enabled or hasattr(self.model, "peft_config"):
             return super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
@@ -254,7 +256,6 @@ def train_stage(
         eval_dataset=eval_ds,
         projector_lr=hp.projector_lr if stage == "finetune" else None,
         sampler=_sampler(train_ds, per_device, accum, world, config.seed),
-        trainable_only=stage == "pretrain",
         callbacks=[JsonlLog(run_dir, stage)],
     )
     if eval_ds is not None and stage == "finetune" and not _zero3(config):
@@ -342,6 +343,8 @@ def _training_args(
         gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         deepspeed=str(deepspeed_config_path(config.deepspeed)) if config.deepspeed else None,
         ddp_backend=None if cuda or world == 1 else "gloo",
+        # Without a GPU, accelerate only counts the torchrun/deepspeed processes when told it runs on CPU.
+        use_cpu=not cuda,
         seed=config.seed,
         data_seed=config.seed,
         remove_unused_columns=False,

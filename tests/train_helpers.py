@@ -1,0 +1,63 @@
+"""Shared pieces of the trainer tests: a private workspace with subsets, CLI runner, logits of a model."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+
+from curate.shards import write_subset
+from curate.workspace import Workspace
+from datasets_spec.errors import exit_on_user_error
+from datasets_spec.parts import read_json, write_json
+
+TINY = dict(llm="tiny-llama", vision="tiny-clip", preset="tiny-cpu", max_length=512, eval_limit=0)
+
+
+def private_workspace(source: Workspace, dest: Path) -> Workspace:
+    """A copy of the shared synthetic workspace with subsets: k12, k4, empty, foreign (other dataset)."""
+    shutil.copytree(source.root, dest)
+    ws = Workspace(dest)
+    dataset = ws.read_dataset()
+    train = np.flatnonzero(pc.equal(dataset.column("split"), "train").to_numpy(zero_copy_only=False))
+    for name, rows in (("k12", train[:12]), ("k4", train[:4]), ("empty", train[:0]), ("foreign", train[:4])):
+        write_subset(ws, name, dataset, rows, {"strategy": "first", "k": len(rows), "seed": 0})
+    manifest = read_json(ws.shards_dir / "foreign" / "manifest.json")
+    write_json(ws.shards_dir / "foreign" / "manifest.json", dict(manifest, dataset_fingerprint="0" * 64))
+    return ws
+
+
+def cli(args: list[str]) -> tuple[int, str]:
+    """Run `train ARGS` the way the console script does; (exit code, stderr)."""
+    from train.cli import app
+
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err):
+        try:
+            exit_on_user_error(lambda: app(args, standalone_mode=False))()
+        except SystemExit as exc:
+            code = exc.code
+    return code, err.getvalue()
+
+
+def sample_batch(bundle, ws: Workspace, n: int = 4) -> dict:
+    """A right-padded training batch of the first ``n`` image samples of the dataset."""
+    from train.data import LlavaCollator, prepare_dataset
+
+    table = ws.read_dataset()
+    table = table.filter(pc.is_valid(table.column("image"))).slice(0, n)
+    dataset, _ = prepare_dataset(table, bundle, image_root=ws.image_root(), max_length=512)
+    return LlavaCollator(bundle.tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])
+
+
+@torch.no_grad()
+def logits(model, batch: dict) -> torch.Tensor:
+    model.eval()
+    keys = ("input_ids", "attention_mask", "pixel_values")
+    return model(**{k: batch[k] for k in keys}).logits
