@@ -24,14 +24,49 @@ def ws(synthetic_workspace, tmp_path_factory):
 
 
 def _torchrun(ws, zero: str, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(29500 + os.getpid() % 1000 + (7 if zero == "zero3" else 0)),
-           "-m", "train.cli", "run", "-w", str(ws.root), "--subset", str(ws.shards_dir / "k12"),
-           "--llm", "tiny-llama", "--vision", "tiny-clip", "--preset", "tiny-cpu", "--stage", "finetune",
-           "--max-steps", "2", "--eval-limit", "0", "--max-length", "512", "--deepspeed", zero,
-           "--run-name", zero, *extra]
+    env = dict(
+        os.environ,
+        DS_ACCELERATOR="cpu",
+        CUDA_VISIBLE_DEVICES="",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(29500 + os.getpid() % 1000 + (7 if zero == "zero3" else 0)),
+        "-m",
+        "train.cli",
+        "run",
+        "-w",
+        str(ws.root),
+        "--subset",
+        str(ws.shards_dir / "k12"),
+        "--llm",
+        "tiny-llama",
+        "--vision",
+        "tiny-clip",
+        "--preset",
+        "tiny-cpu",
+        "--stage",
+        "finetune",
+        "--max-steps",
+        "2",
+        "--eval-limit",
+        "0",
+        "--max-length",
+        "512",
+        "--deepspeed",
+        zero,
+        "--run-name",
+        zero,
+        *extra,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=os.getcwd())
 
 

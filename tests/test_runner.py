@@ -35,8 +35,14 @@ def stage1_run(ws):
 
 @pytest.fixture(scope="module")
 def lora_run(ws, stage1_run):
-    config = TrainConfig(stage="finetune", lora_r=4, projector_path=str(stage1_run), max_steps=3,
-                         run_name="s2-lora", **dict(TINY, eval_limit=4))
+    config = TrainConfig(
+        stage="finetune",
+        lora_r=4,
+        projector_path=str(stage1_run),
+        max_steps=3,
+        run_name="s2-lora",
+        **dict(TINY, eval_limit=4),
+    )
     return run_training(ws, ws.shards_dir / "k12", config, command="test stage 2")
 
 
@@ -86,7 +92,9 @@ def test_stage2_lora_trains_adapters_and_projector_only(lora_run, stage1_run):
             assert not torch.equal(base[name], merged[name]), name
         elif a_key is not None:
             b = adapter[a_key.replace("lora_A", "lora_B")]
-            torch.testing.assert_close(merged[name], base[name] + scale * b @ adapter[a_key], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                merged[name], base[name] + scale * b @ adapter[a_key], rtol=1e-5, atol=1e-6
+            )
         else:
             assert torch.equal(base[name], merged[name]), name
     evals = [e for e in read_log(lora_run) if "eval_scienceqa_accuracy" in e]
@@ -102,8 +110,9 @@ def test_save_reload_and_merge_give_the_same_logits(ws, lora_run, stage1_run, tm
     bundle = load_bundle(lora_run / "model")
     batch = sample_batch(bundle, ws)
     reloaded = logits(bundle.model, batch)
-    rebuilt = PeftModel.from_pretrained(_base_model(stage1_run / "projector.safetensors").model,
-                                        lora_run / "adapter")
+    rebuilt = PeftModel.from_pretrained(
+        _base_model(stage1_run / "projector.safetensors").model, lora_run / "adapter"
+    )
     torch.testing.assert_close(logits(rebuilt, batch), reloaded, rtol=1e-4, atol=1e-5)
     out = merge_run(lora_run, tmp_path / "merged")
     standalone = LlavaForConditionalGeneration.from_pretrained(out)
@@ -113,8 +122,15 @@ def test_save_reload_and_merge_give_the_same_logits(ws, lora_run, stage1_run, tm
 
 
 def test_tiny_model_overfits_a_handful_of_samples(ws):
-    config = TrainConfig(stage="finetune", lr=5e-3, epochs=50, global_batch_size=4, per_device_batch_size=4,
-                         run_name="overfit", **TINY)
+    config = TrainConfig(
+        stage="finetune",
+        lr=5e-3,
+        epochs=50,
+        global_batch_size=4,
+        per_device_batch_size=4,
+        run_name="overfit",
+        **TINY,
+    )
     run = run_training(ws, ws.shards_dir / "k4", config)
     losses = [e["loss"] for e in read_log(run) if "loss" in e]
     assert len(losses) == 50
@@ -139,7 +155,9 @@ def test_resume_continues_an_interrupted_run(ws, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_training(ws, ws.shards_dir / "k12", TrainConfig(run_name="cut", **config))
     partial = ws.runs_dir / ".cut.partial"
-    assert (partial / "stage2" / "checkpoints" / "checkpoint-2").is_dir() and not (ws.runs_dir / "cut").exists()
+    assert (partial / "stage2" / "checkpoints" / "checkpoint-2").is_dir() and not (
+        ws.runs_dir / "cut"
+    ).exists()
     resumed = run_training(ws, ws.shards_dir / "k12", TrainConfig(resume=str(partial), **config))
     assert resumed == ws.runs_dir / "cut" and not partial.exists()
     steps = [e["step"] for e in read_log(resumed) if "loss" in e]
@@ -151,9 +169,26 @@ def test_resume_continues_an_interrupted_run(ws, monkeypatch):
 
 
 def test_dry_run_prints_estimates(ws, capsys):
-    code, err = cli(["run", "-w", str(ws.root), "--subset", str(ws.shards_dir / "k12"), "--llm", "mistral-7b",
-                     "--vision", "clip-vit-l-336", "--lora-r", "128", "--deepspeed", "zero3", "--gpus", "8",
-                     "--dry-run"])
+    code, err = cli(
+        [
+            "run",
+            "-w",
+            str(ws.root),
+            "--subset",
+            str(ws.shards_dir / "k12"),
+            "--llm",
+            "mistral-7b",
+            "--vision",
+            "clip-vit-l-336",
+            "--lora-r",
+            "128",
+            "--deepspeed",
+            "zero3",
+            "--gpus",
+            "8",
+            "--dry-run",
+        ]
+    )
     assert code == 0, err
     out = capsys.readouterr().out
     assert "8 GPU(s)" in out and "ZeRO-3" in out and "memory per GPU" in out
@@ -163,8 +198,15 @@ def test_memory_formula_against_hand_computation():
     from train.dryrun import GIB, memory_per_gpu
 
     p, t, n = 7_000_000_000, 7_000_000_000, 8
-    args = dict(micro_batch=1, seq=1000, hidden=4096, layers=32, vocab=32000, checkpointing=True,
-                largest_layer=200_000_000)
+    args = dict(
+        micro_batch=1,
+        seq=1000,
+        hidden=4096,
+        layers=32,
+        vocab=32000,
+        checkpointing=True,
+        largest_layer=200_000_000,
+    )
     z2 = memory_per_gpu(p, t, gpus=n, zero=2, offload=False, **args)
     z3 = memory_per_gpu(p, t, gpus=n, zero=3, offload=False, **args)
     assert z2["weights"] == 2 * p and z3["weights"] == 2 * p / n
@@ -179,8 +221,24 @@ def test_memory_formula_against_hand_computation():
 
 def _bad(ws, *args: str) -> str:
     before = sorted(p.name for p in ws.runs_dir.iterdir()) if ws.runs_dir.exists() else []
-    code, err = cli(["run", "-w", str(ws.root), "--llm", "tiny-llama", "--vision", "tiny-clip",
-                     "--preset", "tiny-cpu", "--eval-limit", "0", "--max-steps", "1", *args])
+    code, err = cli(
+        [
+            "run",
+            "-w",
+            str(ws.root),
+            "--llm",
+            "tiny-llama",
+            "--vision",
+            "tiny-clip",
+            "--preset",
+            "tiny-cpu",
+            "--eval-limit",
+            "0",
+            "--max-steps",
+            "1",
+            *args,
+        ]
+    )
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
     after = sorted(p.name for p in ws.runs_dir.iterdir()) if ws.runs_dir.exists() else []
@@ -220,10 +278,56 @@ def test_max_length_too_short_for_image_tokens(ws):
 
 
 def test_lora_in_stage_1(ws):
-    assert "stage 2" in _bad(ws, "--subset", str(ws.shards_dir / "k4"), "--stage", "pretrain", "--lora-r", "8")
+    assert "stage 2" in _bad(
+        ws, "--subset", str(ws.shards_dir / "k4"), "--stage", "pretrain", "--lora-r", "8"
+    )
 
 
 def test_resume_from_another_models_checkpoint(ws, stage1_run):
-    msg = _bad(ws, "--subset", str(ws.shards_dir / "k4"), "--stage", "pretrain", "--llm", "tiny-mistral",
-               "--resume", str(stage1_run))
+    msg = _bad(
+        ws,
+        "--subset",
+        str(ws.shards_dir / "k4"),
+        "--stage",
+        "pretrain",
+        "--llm",
+        "tiny-mistral",
+        "--resume",
+        str(stage1_run),
+    )
     assert "tiny-llama" in msg and "tiny-mistral" in msg
+
+
+def test_one_run_per_subset_of_a_directory(ws, tmp_path):
+    import shutil
+
+    from train.runner import run_subsets
+
+    shards = tmp_path / "shards"
+    for name in ("a", "b"):
+        shutil.copytree(ws.shards_dir / "k4", shards / name)
+    runs = run_subsets(ws, shards, TrainConfig(stage="pretrain", max_steps=1, **TINY))
+    assert [r.name for r in runs] == ["a-tiny-llama-pretrain", "b-tiny-llama-pretrain"]
+    assert all((r / "projector.safetensors").is_file() for r in runs)
+
+
+def test_presets_resolve_with_overrides_and_exact_batches():
+    from datasets_spec.errors import UserError
+    from train.hparams import batch_layout
+
+    lora = TrainConfig(llm="x/y", vision="tiny-clip", preset="llava-1.5", lora_r=128)
+    hp = lora.stage_hparams("finetune")
+    assert (hp.lr, hp.projector_lr, hp.global_batch_size, lora.resolved_lora_alpha()) == (
+        2e-4,
+        2e-5,
+        128,
+        256,
+    )
+    full = TrainConfig(llm="x/y", vision="tiny-clip", preset="scienceqa", lr=1e-5)
+    hp = full.stage_hparams("finetune")
+    assert (hp.lr, hp.epochs, hp.global_batch_size, hp.weight_decay) == (1e-5, 15, 32, 0.0)
+    assert batch_layout(hp, 1) == (4, 8) and batch_layout(hp, 8) == (4, 1) and batch_layout(hp, 16) == (2, 1)
+    with pytest.raises(UserError, match="not a multiple"):
+        batch_layout(hp, 3)
+    with pytest.raises(UserError, match="llava-1.5"):
+        TrainConfig(llm="x/y", vision="tiny-clip", preset="nope")

@@ -94,6 +94,7 @@ def run_training(ws: Workspace, subset_dir: Path, config: TrainConfig, *, comman
                 f"{partial}: an unfinished run of this name exists; continue it with --resume {partial}"
             )
     record = _run_record(ws, subset_info, config, command, world)
+    _barrier()  # every rank has checked the run directories before rank 0 creates one
     created = False
     try:
         if rank == 0 and not partial.exists():

@@ -90,9 +90,7 @@ class LlavaTrainer(Trainer):
     """HF Trainer with a projector learning rate, a modality/length-grouped sampler, and slim stage-1
     checkpoints (only the trainable weights)."""
 
-    def __init__(
-        self, *args, projector_lr: float | None = None, sampler=None, **kwargs
-    ):
+    def __init__(self, *args, projector_lr: float | None = None, sampler=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.projector_lr = projector_lr
         self.custom_sampler = sampler
@@ -207,6 +205,8 @@ def train_stage(
     from train.model import build_llava
     from train.runner import latest_checkpoint, split_rows
 
+    if config.qlora:
+        raise UserError("--qlora: the model assembly cannot load the LLM in 4 bit; use --lora-r alone")
     hp = config.stage_hparams(stage)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_device, accum = batch_layout(hp, world)
