@@ -219,6 +219,7 @@ def embed(
     overwrite: bool = typer.Option(False, help="Replace an existing set with the same tag."),
     rows_per_part: int = typer.Option(4096, help="Rows per Parquet part (unit of resume and of torchrun)."),
     seed: int = typer.Option(0, help="Seed for random weights (--pretrained none)."),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
 ) -> None:
     """Embed every sample (image + text, open_clip) into embeddings/<tag>/; resumable."""
     from curate.embed import embed_workspace
@@ -226,7 +227,7 @@ def embed(
     out = embed_workspace(
         _workspace(workspace), model=model, pretrained=pretrained, fuse=fuse, batch_size=batch_size,
         device=device, num_workers=num_workers, tag=tag, overwrite=overwrite, rows_per_part=rows_per_part,
-        seed=seed,
+        seed=seed, threads=threads,
     )
     typer.echo(str(out))
 

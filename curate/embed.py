@@ -311,11 +311,14 @@ def embed_workspace(
     max_parts: int | None = None,
     show_progress: bool = True,
     stats: dict | None = None,
+    threads: int | None = None,
 ) -> Path:
     """Embed every dataset sample; return ``embeddings/<tag>/``.
 
     ``max_parts`` stops after that many new parts (the run resumes later; returns the partial directory).
     ``stats`` (optional dict) receives timings: ``seconds_model_load``, ``seconds_loop``, ``rows``.
+    ``threads``: torch intra-op threads on CPU (None: torch's default). One thread is much faster for
+    tiny models on a busy machine, where multi-threaded kernels wait on descheduled threads.
     """
     if fuse not in FUSE_RULES:
         raise UserError(f"unknown --fuse {fuse!r}; valid: {', '.join(FUSE_RULES)}")
@@ -342,11 +345,19 @@ def embed_workspace(
             return final
         raise UserError(f"{final}: holds a different embedding set; pass --overwrite or another --tag")
 
+    import torch
+
+    if threads is not None and threads <= 0:
+        raise UserError(f"--threads must be positive (got {threads})")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     rank, world, owns_group = _dist_setup()
     try:
         return _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, show_progress,
                       stats, rank, world)
     finally:
+        torch.set_num_threads(previous_threads)  # the caller's process keeps its own setting
         if owns_group:
             import torch.distributed as dist
 

@@ -38,5 +38,5 @@ def embedded_workspace(synthetic_workspace, tmp_path_factory):
     ws = Workspace(tmp_path_factory.mktemp("embedded-ws") / "ws")
     shutil.copytree(synthetic_workspace.root, ws.root)
     embed_workspace(ws, model="tiny-clip", pretrained="none", num_workers=0, rows_per_part=64,
-                    show_progress=False)
+                    show_progress=False, threads=1)
     return ws

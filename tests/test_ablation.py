@@ -419,3 +419,11 @@ def test_real_tiny_ablation_resumes_after_interruption(tmp_path, monkeypatch):
     runs = pl.read_csv(ws.reports_dir / "ablation_runs.csv")
     assert runs["run"].to_list() == ["random-k10__tiny-llama__s0", "full__tiny-llama__s0"]
     assert runs["manifest_hash"].null_count() == 0 and "| full | full | 30 | tiny-llama |" in md.read_text()
+
+
+def test_existing_subset_of_another_strategy_is_refused(tmp_path, ws):
+    grid = load_grid(_grid_file(tmp_path))
+    (ws.shards_dir / "random-k4").mkdir(parents=True)
+    write_json(ws.shards_dir / "random-k4" / "manifest.json", {"k": 4, "strategy": "l2-maxdiverse"})
+    with pytest.raises(UserError, match="made by 'l2-maxdiverse'"):
+        run_ablation(ws, grid, backend=FakeBackend(), log=lambda m: None, plots=False)

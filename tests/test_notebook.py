@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -63,7 +62,6 @@ def test_notebook_runs_top_to_bottom(ablation_workspace, monkeypatch):
         timeout=120,
         kernel_name="python3",
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-        env=dict(os.environ),
     ).execute()
     outputs = "\n".join(
         o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))

@@ -796,6 +796,13 @@ def _ensure_subset(
                 f"{path}: existing subset has k={k}, the grid needs k={subset.k}; "
                 "remove it or rename the strategy"
             )
+        made_by = manifest.get("strategy")
+        wanted = "random" if subset.strategy is None else subset.strategy.strategy
+        if made_by is not None and made_by != wanted:
+            raise UserError(
+                f"{path}: existing subset was made by {made_by!r}, the grid needs {wanted!r}; "
+                "remove it or rename the strategy"
+            )
         return manifest
     how = "whole pool" if subset.strategy is None else subset.strategy.strategy
     log(f"subset {subset.name}: selecting {subset.k} samples ({how})")
