@@ -6,28 +6,23 @@ cause arrive as UserError and leave as one line on stderr with exit code 2 (see 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from curate.cli_common import WorkspaceOption, invoked_command
 from curate.workspace import Workspace, resolve_workspace
 from datasets_spec.errors import exit_on_user_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
-WorkspaceOption = typer.Option(
-    None, "--workspace", "-w", envvar="CURATE_WORKSPACE", help="Workspace directory (default: current directory)."
-)
 
 
 def command_line() -> str:
-    """The exact command line, recorded in manifests."""
-    return " ".join(["curate", *sys.argv[1:]])
+    return invoked_command("curate")
 
 
-def _workspace(path: Optional[Path]) -> Workspace:
+def _workspace(path: Path | None) -> Workspace:
     return resolve_workspace(path)
 
 
@@ -63,7 +58,8 @@ def ingest(
         False, "--decode-images", help="llava/vqa: decode every image, not only check it exists (slow)."
     ),
     duplicate_ids: str = typer.Option(
-        "error", "--duplicate-ids", help="llava: `error` refuses repeated ids; `suffix` renames them id#2, id#3."
+        "error", "--duplicate-ids",
+        help="llava: `error` refuses repeated ids; `suffix` renames them id#2, id#3.",
     ),
     image_pattern: str | None = typer.Option(
         None, "--image-pattern", help="vqa: image file name pattern, e.g. COCO_val2014_{image_id:012d}.jpg"

@@ -84,7 +84,8 @@ def read_json(path: Path) -> dict:
     except FileNotFoundError:
         raise UserError(f"{path}: not found") from None
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise UserError(f"{path}: malformed JSON at {where}: {exc.msg}") from None
 
 
 @contextlib.contextmanager

@@ -72,7 +72,9 @@ def _check_columns(table: pa.Table, where: str) -> None:
     if table.schema.names != list(COLUMNS):
         missing = [c for c in COLUMNS if c not in table.schema.names]
         extra = [c for c in table.schema.names if c not in COLUMNS]
-        raise UserError(f"{where}: columns differ from schema v{SCHEMA_VERSION} (missing {missing}, extra {extra})")
+        raise UserError(
+            f"{where}: columns differ from schema v{SCHEMA_VERSION} (missing {missing}, extra {extra})"
+        )
     for field in CANONICAL_SCHEMA:
         got = table.schema.field(field.name).type
         if not got.equals(field.type):
@@ -115,6 +117,8 @@ def _check_row(row: dict, where: str) -> None:
         check_image_path(row["image"], where=here)
         first_human = next((t for t in convs if t["from"] == "human"), None)
         if first_human is None or first_human["value"].count(IMAGE_TOKEN) != 1 or n_tokens != 1:
-            raise UserError(f"{here}: an image sample needs {IMAGE_TOKEN} exactly once, in its first human turn")
+            raise UserError(
+                f"{here}: an image sample needs {IMAGE_TOKEN} exactly once, in its first human turn"
+            )
     elif n_tokens:
         raise UserError(f"{here}: text-only sample contains {IMAGE_TOKEN}")

@@ -5,27 +5,23 @@ Errors a user can cause arrive as UserError and leave as one line on stderr with
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from curate.cli_common import WorkspaceOption, invoked_command
 from curate.workspace import Workspace, resolve_workspace
 from datasets_spec.errors import exit_on_user_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
-WorkspaceOption = typer.Option(
-    None, "--workspace", "-w", envvar="CURATE_WORKSPACE", help="Workspace directory (default: current directory)."
-)
 
 
 def command_line() -> str:
-    return " ".join(["train", *sys.argv[1:]])
+    return invoked_command("train")
 
 
-def _workspace(path: Optional[Path]) -> Workspace:
+def _workspace(path: Path | None) -> Workspace:
     return resolve_workspace(path)
 
 
