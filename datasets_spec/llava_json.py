@@ -272,24 +272,31 @@ class LlavaJsonReader:
             self.original_ids[sample_id] = json.dumps(raw, ensure_ascii=False)
 
     def _image_ok(self, image: str, here: str) -> bool:
-        """True if the image is usable; False to skip it; UserError unless skipping bad images."""
-        path = self.image_root / image
-        problem = None
-        if not os.path.isfile(path):
-            problem = f"image {image!r} not found under {self.image_root}"
-        elif self.decode_images:
-            problem = image_decode_problem(path)
-            problem = f"image {image!r} does not decode ({problem})" if problem else None
-        if problem is None:
-            return True
-        if self.skip_bad_images:
-            return False
-        raise UserError(f"{here}: {problem} (pass --skip-bad-images to skip and count such samples)")
+        return image_usable(
+            self.image_root, image, here, decode=self.decode_images, skip=self.skip_bad_images
+        )
 
 
     def _table(self, columns: dict[str, list]) -> pa.Table:
         n = len(columns["sample_id"])
         return _columns_to_table({**columns, "split": [self.split] * n, "source": [self.source] * n})
+
+
+def image_usable(image_root: Path, image: str, here: str, *, decode: bool, skip: bool) -> bool:
+    """True if ``image`` exists under ``image_root`` (and decodes, when ``decode``); False to skip it when
+    ``skip``; otherwise a UserError naming the sample (``here``) and the file."""
+    path = image_root / image
+    problem = None
+    if not os.path.isfile(path):
+        problem = f"image {image!r} not found under {image_root}"
+    elif decode:
+        reason = image_decode_problem(path)
+        problem = f"image {image!r} does not decode ({reason})" if reason else None
+    if problem is None:
+        return True
+    if skip:
+        return False
+    raise UserError(f"{here}: {problem} (pass --skip-bad-images to skip and count such samples)")
 
 
 def image_decode_problem(path: Path) -> str | None:

@@ -16,7 +16,6 @@ Image names follow COCO: ``COCO_{data_subtype}_{image_id:012d}.jpg`` with ``data
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from datasets_spec.llava_json import (
     DEFAULT_BATCH_SIZE,
     _columns_to_table,
     _TrackedFile,
-    image_decode_problem,
+    image_usable,
     json_error_position,
 )
 from datasets_spec.schema import IMAGE_TOKEN, check_image_path
@@ -193,15 +192,6 @@ class VqaReader:
             yield _columns_to_table(columns)
 
     def _image_ok(self, image: str, here: str) -> bool:
-        path = self.image_root / image
-        problem = None
-        if not os.path.isfile(path):
-            problem = f"image {image!r} not found under {self.image_root}"
-        elif self.decode_images:
-            reason = image_decode_problem(path)
-            problem = f"image {image!r} does not decode ({reason})" if reason else None
-        if problem is None:
-            return True
-        if self.skip_bad_images:
-            return False
-        raise UserError(f"{here}: {problem} (pass --skip-bad-images to skip and count such samples)")
+        return image_usable(
+            self.image_root, image, here, decode=self.decode_images, skip=self.skip_bad_images
+        )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets_spec.errors import UserError
-from train.hparams import StageHparams, hparam_preset, resolve_stage
+from train.hparams import OVERRIDABLE, StageHparams, hparam_preset, resolve_stage
 
 RUN_STAGES = ("pretrain", "finetune", "both")
 DEEPSPEED_DIR = Path(__file__).parent / "deepspeed_configs"
@@ -149,20 +149,7 @@ class TrainConfig:
 
     def stage_hparams(self, stage: str) -> StageHparams:
         """Resolved hyper-parameters of ``stage`` (the preset with this config's overrides)."""
-        overrides = {
-            k: getattr(self, k)
-            for k in (
-                "lr",
-                "projector_lr",
-                "epochs",
-                "global_batch_size",
-                "per_device_batch_size",
-                "warmup_ratio",
-                "scheduler",
-                "weight_decay",
-                "optimizer",
-            )
-        }
+        overrides = {k: getattr(self, k) for k in OVERRIDABLE}
         return resolve_stage(self.preset, stage, lora=self.lora and stage == "finetune", overrides=overrides)
 
     def resolved_lora_alpha(self) -> int | None:

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     # The demo never downloads anything: tiny models are built from configs.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if "OMP_NUM_THREADS" not in os.environ:
+    if not os.environ.get("OMP_NUM_THREADS"):  # unset or empty: choose for the user
         import torch
 
         # One intra-op thread: the tiny models are too small to gain from two, and on a 2-core machine a

@@ -61,16 +61,6 @@ HUB_ARCHITECTURES: dict[str, dict] = {
         vocab_size=32000,
         tie_word_embeddings=False,
     ),
-    "vicuna-7b": dict(
-        model_type="llama",
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32000,
-        tie_word_embeddings=False,
-    ),
     "phi-2": dict(
         model_type="phi",
         hidden_size=2560,
@@ -92,6 +82,8 @@ HUB_ARCHITECTURES: dict[str, dict] = {
         tie_word_embeddings=True,
     ),
 }
+# Vicuna v1.5 is LLaMA-2-7B fine-tuned: the same shapes.
+HUB_ARCHITECTURES["vicuna-7b"] = dict(HUB_ARCHITECTURES["llama2-7b"])
 VISION_ARCHITECTURES: dict[str, dict] = {
     "clip-vit-l-336": dict(
         model_type="clip_vision_model",
