@@ -427,3 +427,26 @@ def test_existing_subset_of_another_strategy_is_refused(tmp_path, ws):
     write_json(ws.shards_dir / "random-k4" / "manifest.json", {"k": 4, "strategy": "l2-maxdiverse"})
     with pytest.raises(UserError, match="made by 'l2-maxdiverse'"):
         run_ablation(ws, grid, backend=FakeBackend(), log=lambda m: None, plots=False)
+
+
+def test_parallel_cells_give_the_same_results_as_sequential(tmp_path):
+    from curate.ingest import ingest_synthetic
+
+    grid = load_grid(_grid_file(tmp_path, TINY_GRID))
+    predictions = {}
+    for jobs in (1, 2):
+        ws = Workspace(tmp_path / f"jobs{jobs}")
+        ingest_synthetic(ws, seed=0, n_train=30, n_val=2, n_test=6, prompt_format="QCM-A")
+        run_ablation(ws, grid, log=print, plots=False, jobs=jobs)
+        predictions[jobs] = {
+            p.parent.name: [json.loads(line)["text"] for line in p.read_text().splitlines()]
+            for p in sorted(ws.runs_dir.glob("*/predictions.jsonl"))
+        }
+    assert set(predictions[1]) == {"random-k10__tiny-llama__s0", "full__tiny-llama__s0"}
+    assert predictions[2] == predictions[1]
+
+
+def test_jobs_must_be_positive(tmp_path, ws):
+    grid = load_grid(_grid_file(tmp_path))
+    with pytest.raises(UserError, match="--jobs must be at least 1"):
+        run_ablation(ws, grid, backend=FakeBackend(), log=lambda m: None, plots=False, jobs=0)

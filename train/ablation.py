@@ -738,12 +738,17 @@ def run_ablation(
     backend: Backend | None = None,
     log: Callable[[str], None] = _log,
     plots: bool = True,
+    jobs: int = 1,
 ) -> Path:
     """Create missing subsets, train stage 1 once per LLM, train + evaluate every cell, write reports.
 
     Finished cells (metrics.json present and the recorded cell key equal to the current one) are
-    skipped; a run trained but not evaluated is only evaluated. Returns ``reports/ablation.md``.
+    skipped; a run trained but not evaluated is only evaluated. ``jobs`` > 1 trains that many cells at
+    once in separate processes (each with an equal share of the CPU threads); cells are independent, so
+    results do not depend on it. Returns ``reports/ablation.md``.
     """
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
     backend = backend or Backend()
     check_names(grid)
     plan = plan_ablation(grid, lambda require_image: backend.pool_size(ws, grid.split, require_image))
@@ -757,6 +762,7 @@ def run_ablation(
     for llm in grid.llms:
         projectors[llm], stage1_keys[llm] = _ensure_stage1(ws, grid, llm, manifests, backend, command, log)
     total = len(plan.cells)
+    jobs_args = []
     for i, cell in enumerate(plan.cells, 1):
         config = backend.build_config(
             grid,
@@ -773,7 +779,8 @@ def run_ablation(
             "stage1": stage1_keys[cell.llm],
             "eval": dataclasses.asdict(grid.eval),
         }
-        _run_cell(ws, grid, cell, config, key, backend, command, log, f"[{i}/{total}]")
+        jobs_args.append((ws, grid, cell, config, key, backend, command, log, f"[{i}/{total}]"))
+    _run_cells(jobs_args, jobs)
     from train.report import write_reports
 
     return write_reports(ws, grid, plan, manifests, plots=plots, log=log)
@@ -840,6 +847,33 @@ def _projector_file(run_dir: Path) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+def _run_cells(jobs_args: list[tuple], jobs: int) -> None:
+    """Run every cell: in this process when ``jobs`` is 1, else in a pool of ``jobs`` spawned processes.
+
+    Spawned (not forked) workers: a forked child of a process that already ran OpenMP work can hang.
+    """
+    if jobs == 1 or len(jobs_args) <= 1:
+        for args in jobs_args:
+            _run_cell(*args)
+        return
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or jobs) // jobs)
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_limit_threads, initargs=(threads,))
+    with pool:
+        for future in [pool.submit(_run_cell, *args) for args in jobs_args]:
+            future.result()  # re-raises a worker's error (a UserError stays one line)
+
+
+def _limit_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _run_cell(ws, grid, cell: Cell, config, key, backend, command, log, progress: str) -> None:

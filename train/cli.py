@@ -187,6 +187,7 @@ def ablate_command(
     grid: Path = typer.Option(..., "--grid", help="Ablation grid TOML (see train/grids/)."),
     plan_only: bool = typer.Option(False, "--plan", help="List the needed subsets and runs only."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Write the tables only."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Cells trained at once, in separate processes."),
     workspace: Path | None = WorkspaceOption,
 ) -> None:
     """Train and evaluate every (strategy, budget, LLM, seed) cell of a grid; finished cells are skipped."""
@@ -197,10 +198,8 @@ def ablate_command(
     if plan_only:
         typer.echo(describe_plan(ws, spec))
         return
-    report = run_ablation(ws, spec, command=command_line(), plots=not no_plots)
+    report = run_ablation(ws, spec, command=command_line(), plots=not no_plots, jobs=jobs)
     typer.echo(report.read_text())
-
-
 
 
 def main() -> None:

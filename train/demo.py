@@ -55,7 +55,9 @@ def run_demo(
     _step(f"2/4 embed: every sample with a random {EMBED_MODEL} (open_clip), image and text fused")
     embed_workspace(ws, model=EMBED_MODEL, pretrained="none", batch_size=64, show_progress=False)
     _step("3/4 ablation: subsets -> stage 1 -> stage 2 -> ScienceQA evaluation, per backbone")
-    report = run_ablation(ws, grid, command=" ".join(["python -m train.demo", *sys.argv[1:]]))
+    # One cell per core: the tiny models use one thread each, so two cores train two cells at once.
+    jobs = max(1, min(2, os.cpu_count() or 1))
+    report = run_ablation(ws, grid, command=" ".join(["python -m train.demo", *sys.argv[1:]]), jobs=jobs)
     _step("4/4 results")
     return {"workspace": ws.root, "report": report, "elapsed": time.perf_counter() - started}
 
