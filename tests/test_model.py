@@ -50,8 +50,9 @@ def test_tiny_llava_is_transformers_llava_with_expected_modules(bundle):
     assert m.config.image_token_index == bundle.tokenizer.convert_tokens_to_ids("<image>")
     assert m.config.vision_feature_layer == -2 and m.config.vision_feature_select_strategy == "default"
     proj = m.model.multi_modal_projector
-    assert (proj.linear_1.in_features, proj.linear_1.out_features) == (64, 64)
-    assert proj.linear_2.in_features == proj.linear_2.out_features == 64
+    # vision hidden 64 -> LLM hidden 128, then 128 -> 128 (LLaVA's Linear-GELU-Linear)
+    assert (proj.linear_1.in_features, proj.linear_1.out_features) == (64, 128)
+    assert proj.linear_2.in_features == proj.linear_2.out_features == 128
     assert bundle.tokenizer.pad_token_id is not None
 
 
@@ -107,7 +108,9 @@ def test_projector_round_trip_gives_same_logits(tmp_path, bundle):
 
 def test_projector_from_another_model_is_refused(tmp_path, bundle):
     path = tmp_path / "projector.safetensors"
-    save_projector(build_llava("tiny-mistral", "tiny-clip").model, path)  # hidden 128, not 64
+    narrow_tower = dict(VISION_PRESETS["tiny-clip"].tiny_config, hidden_size=32, intermediate_size=64)
+    other = build_llava("tiny-llama", "tiny-clip", vision_overrides={"tiny_config": narrow_tower})
+    save_projector(other.model, path)  # its projector takes 32-wide vision features, not 64
     with pytest.raises(UserError, match="shape"):
         load_projector(bundle.model, path)
     with pytest.raises(UserError, match="does not exist"):
