@@ -12,9 +12,10 @@ from PIL import Image
 from curate.cli import app
 from curate.ingest_llava import ingest_llava
 from curate.workspace import Workspace
-from datasets_spec.errors import UserError, exit_on_user_error
+from datasets_spec.errors import UserError
 from datasets_spec.fingerprint import table_fingerprint
 from datasets_spec.llava_json import LlavaJsonReader
+from tests.cli_helpers import run_app
 
 SAMPLES = [
     {
@@ -76,18 +77,8 @@ def many_samples(n: int) -> list[dict]:
 
 
 def cli(args: list[str]) -> tuple[int, str]:
-    """Run `curate ARGS` as the console script does; return (exit code, stderr+stdout)."""
-    import contextlib
-    import io
-
-    err = io.StringIO()
-    code = 0
-    with contextlib.redirect_stderr(err):
-        try:
-            exit_on_user_error(lambda: app(args, standalone_mode=False))()
-        except SystemExit as exc:
-            code = exc.code
-    return code, err.getvalue()
+    """Run `curate ARGS` as the console script does; return (exit code, stderr)."""
+    return run_app(app, args)
 
 
 def test_streaming_batches_match_single_read(tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 from pathlib import Path
 
@@ -13,8 +11,8 @@ import torch
 
 from curate.shards import write_subset
 from curate.workspace import Workspace
-from datasets_spec.errors import exit_on_user_error
 from datasets_spec.parts import read_json, write_json
+from tests.cli_helpers import run_app
 
 TINY = dict(llm="tiny-llama", vision="tiny-clip", preset="tiny-cpu", max_length=512, eval_limit=0)
 
@@ -36,14 +34,7 @@ def cli(args: list[str]) -> tuple[int, str]:
     """Run `train ARGS` the way the console script does; (exit code, stderr)."""
     from train.cli import app
 
-    err = io.StringIO()
-    code = 0
-    with contextlib.redirect_stderr(err):
-        try:
-            exit_on_user_error(lambda: app(args, standalone_mode=False))()
-        except SystemExit as exc:
-            code = exc.code
-    return code, err.getvalue()
+    return run_app(app, args)
 
 
 def sample_batch(bundle, ws: Workspace, n: int = 4) -> dict:
