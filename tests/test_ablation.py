@@ -118,6 +118,23 @@ def test_plan_lists_subsets_and_runs():
     assert {c.k for c in plan.cells if c.strategy == "full"} == {12}
 
 
+def test_demo_cells_cost_their_planned_steps():
+    # The parallel scheduler starts the longest cells first; its estimate is the stage-2 step count.
+    grid = load_grid(ablation.packaged_grid("demo"))
+    plan = plan_ablation(grid, lambda require_image: 1200)
+
+    def config(c):
+        return ablation.build_config(
+            grid, llm=c.llm, stage="finetune", seed=c.seed, run=c.run, projector_path=None
+        )
+
+    steps = {c.run: ablation.estimated_steps(c, config(c)) for c in plan.cells}
+    assert steps["full__tiny-llama__s0"] == 3000  # 1,200 problems x 10 epochs / batch 4
+    assert steps["random-k300__tiny-mistral__s0"] == 750  # 300 x 10 / 4
+    assert steps["random-k100__tiny-llama__s0"] == 750  # 250 raised to min_steps
+    assert max(steps, key=steps.get).startswith("full__")
+
+
 # --- bad input: one line, exit 2 -----
 
 BAD_GRIDS = {
@@ -313,6 +330,7 @@ def _run(strategy, k, llm, seed, avg, budget=None):
         "subset": f"{strategy}-k{k}",
         "Avg": avg,
         **{c: avg - 1 for c in report.CATEGORIES},
+        "steps": 10 * k,
         "image_fraction": 0.5,
         "coverage_radius": 0.1,
         "manifest_hash": f"h-{strategy}-{k}",
@@ -352,7 +370,7 @@ def test_markdown_and_plots(tmp_path):
     )
     summary = report.summarize(runs)
     md = report.markdown_table(summary, title="T", chance=30.0)
-    assert "| random | k4 | 4 | a | 1 | 40.00 ± 0.00 | 50.00% |" in md
+    assert "| random | k4 | 4 | 40 | a | 1 | 40.00 ± 0.00 | 50.00% |" in md
     assert "h-random-4"[:12] in md and "Chance accuracy on the evaluated problems: 30.00%" in md
     for fn, name in ((report.plot_curves, "c.png"), (report.plot_categories, "b.png")):
         path = fn(runs if fn is report.plot_curves else summary, tmp_path / name)
@@ -418,7 +436,9 @@ def test_real_tiny_ablation_resumes_after_interruption(tmp_path, monkeypatch):
     assert {p.name: p.stat().st_mtime_ns for p in done.rglob("*") if p.is_file()} == stamps
     runs = pl.read_csv(ws.reports_dir / "ablation_runs.csv")
     assert runs["run"].to_list() == ["random-k10__tiny-llama__s0", "full__tiny-llama__s0"]
-    assert runs["manifest_hash"].null_count() == 0 and "| full | full | 30 | tiny-llama |" in md.read_text()
+    assert runs["steps"].to_list() == [2, 2]  # stage 2's optimiser steps, from train_metrics.json
+    assert runs["manifest_hash"].null_count() == 0
+    assert "| full | full | 30 | 2 | tiny-llama |" in md.read_text()
 
 
 def test_existing_subset_of_another_strategy_is_refused(tmp_path, ws):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -135,6 +137,36 @@ def test_tiny_model_overfits_a_handful_of_samples(ws):
     losses = [e["loss"] for e in read_log(run) if "loss" in e]
     assert len(losses) == 50
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def test_min_steps_adds_epochs_to_a_small_subset(ws):
+    config = TrainConfig(
+        stage="finetune",
+        epochs=1,
+        min_steps=5,
+        global_batch_size=4,
+        per_device_batch_size=4,
+        scheduler="cosine",
+        run_name="min-steps",
+        **TINY,
+    )
+    run = run_training(ws, ws.shards_dir / "k4", config)
+    stage2 = json.loads((run / "train_metrics.json").read_text())["finetune"]
+    # 4 samples at batch 4 are one step per epoch: five steps are five epochs, on one cosine schedule.
+    assert (stage2["steps"], stage2["epochs"]) == (5, 5.0)
+    rates = [e["learning_rate"] for e in read_log(run) if "loss" in e]
+    assert len(rates) == 5 and rates == sorted(rates, reverse=True) and rates[-1] < rates[0] / 5
+
+
+def test_planned_steps_raise_epochs_to_min_steps_and_cap_at_max_steps():
+    def steps(**kw) -> int:
+        return TrainConfig(stage="finetune", **dict(TINY, epochs=10, **kw)).planned_steps("finetune", 25)
+
+    assert steps() == 250
+    assert steps(min_steps=750) == 750
+    assert steps(min_steps=100) == 250  # enough epochs already: min_steps changes nothing
+    assert steps(max_steps=100) == 100
+    assert steps(min_steps=750, max_steps=800) == 750
 
 
 def test_resume_continues_an_interrupted_run(ws, monkeypatch):
@@ -275,6 +307,14 @@ def test_offline_hub_id_says_how_to_pass_a_local_path(ws, monkeypatch):
 
 def test_max_length_too_short_for_image_tokens(ws):
     assert "--max-length" in _bad(ws, "--subset", str(ws.shards_dir / "k4"), "--max-length", "16")
+
+
+def test_min_steps_above_max_steps(ws):
+    # _bad passes --max-steps 1.
+    assert "--min-steps 3 is larger than --max-steps 1" in _bad(
+        ws, "--subset", str(ws.shards_dir / "k4"), "--min-steps", "3"
+    )
+    assert "--min-steps must be >= 1" in _bad(ws, "--subset", str(ws.shards_dir / "k4"), "--min-steps", "0")
 
 
 def test_lora_in_stage_1(ws):

@@ -864,10 +864,22 @@ def _run_cells(jobs_args: list[tuple], jobs: int) -> None:
 
     threads = max(1, (os.cpu_count() or jobs) // jobs)
     context = multiprocessing.get_context("spawn")
+    # Longest cells first: queued in plan order, the whole-pool cells come last and train alone while the
+    # other workers idle (measured in the demo: 2 of 12 minutes with one of two cores idle).
+    ordered = sorted(jobs_args, key=lambda args: -estimated_steps(args[2], args[3]))
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_limit_threads, initargs=(threads,))
     with pool:
-        for future in [pool.submit(_run_cell, *args) for args in jobs_args]:
+        for future in [pool.submit(_run_cell, *args) for args in ordered]:
             future.result()  # re-raises a worker's error (a UserError stays one line)
+
+
+def estimated_steps(cell: Cell, config: Any) -> float:
+    """Stage-2 optimiser steps ``cell`` will take under ``config`` (for scheduling only)."""
+    hp = config.stage_hparams("finetune")
+    steps = cell.k * hp.epochs / hp.global_batch_size
+    if config.max_steps:
+        steps = min(steps, config.max_steps)
+    return max(steps, config.min_steps or 0)
 
 
 def _limit_threads(threads: int) -> None:

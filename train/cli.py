@@ -57,6 +57,9 @@ def run_command(
     run_name: str | None = typer.Option(None, "--run-name", help="Run directory name (one subset only)."),
     gpus: int | None = typer.Option(None, "--gpus", help="GPU count for --dry-run estimates."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Stop each stage after N steps."),
+    min_steps: int | None = typer.Option(
+        None, "--min-steps", help="Train each stage at least N steps (more epochs for small subsets)."
+    ),
     save_steps: int | None = typer.Option(None, "--save-steps", help="Checkpoint every N steps."),
     workspace: Path | None = WorkspaceOption,
 ) -> None:
@@ -71,7 +74,7 @@ def run_command(
         drop_overlong=drop_overlong, image_aspect=image_aspect, template=template, deepspeed=deepspeed,
         gradient_checkpointing=gradient_checkpointing, resume=resume, eval_split=eval_split or None,
         eval_limit=eval_limit, projector_path=projector, seed=seed, run_name=run_name, gpus=gpus,
-        max_steps=max_steps, save_steps=save_steps,
+        max_steps=max_steps, min_steps=min_steps, save_steps=save_steps,
     )
     if dry_run:
         from curate.shards import find_subsets

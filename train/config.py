@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,10 @@ class TrainConfig:
     """Log the training loss every N optimiser steps."""
     max_steps: int | None = None
     """Stop each stage after N optimiser steps (for smoke runs); None = the epochs decide."""
+    min_steps: int | None = None
+    """Train each stage for at least N optimiser steps, adding epochs to small subsets, so that subsets of
+    different sizes are compared at a minimum compute rather than at equal epochs (where a 100-sample subset
+    gets a twelfth of the steps of a 1,200-sample pool); None = the epochs decide."""
     extra: dict = field(default_factory=dict)
     """Free-form notes recorded with the config."""
 
@@ -130,6 +135,10 @@ class TrainConfig:
                     "--projector starts stage 2 from a stage-1 projector; with --stage both stage 1 makes it"
                 )
             projector_file(self.projector_path)
+        if self.min_steps is not None and self.min_steps < 1:
+            raise UserError(f"--min-steps must be >= 1, got {self.min_steps}")
+        if self.min_steps and self.max_steps and self.min_steps > self.max_steps:
+            raise UserError(f"--min-steps {self.min_steps} is larger than --max-steps {self.max_steps}")
         if self.gpus is not None and self.gpus < 1:
             raise UserError(f"--gpus must be >= 1, got {self.gpus}")
         if self.run_name is not None and (
@@ -151,6 +160,15 @@ class TrainConfig:
         """Resolved hyper-parameters of ``stage`` (the preset with this config's overrides)."""
         overrides = {k: getattr(self, k) for k in OVERRIDABLE}
         return resolve_stage(self.preset, stage, lora=self.lora and stage == "finetune", overrides=overrides)
+
+    def planned_steps(self, stage: str, steps_per_epoch: int) -> int:
+        """Optimiser steps of ``stage``: its epochs' steps, raised to min_steps and capped by max_steps."""
+        steps = math.ceil(steps_per_epoch * self.stage_hparams(stage).epochs)
+        if self.min_steps:
+            steps = max(steps, self.min_steps)
+        if self.max_steps:
+            steps = min(steps, self.max_steps)
+        return steps
 
     def resolved_lora_alpha(self) -> int | None:
         if self.lora_r is None:

@@ -146,7 +146,7 @@ def _stage_estimate(config, stage, table, model, text, n_image_tokens, gpus, zer
     lengths = _lengths(rows, n_image_tokens)
     total, trainable = _parameter_counts(model, config, stage)
     steps_per_epoch = math.ceil(len(lengths) / hp.global_batch_size) if lengths else 0
-    steps = config.max_steps or math.ceil(steps_per_epoch * hp.epochs)
+    steps = config.planned_steps(stage, steps_per_epoch)
     seq = min(config.max_length, max(lengths, default=0))
     memory = memory_per_gpu(
         total,

@@ -53,6 +53,7 @@ def run_rows(ws: Workspace, plan: Any, manifests: Mapping[str, Mapping]) -> list
         for name in (*CATEGORIES, ACCURACY):
             value = metrics_value(metrics, name)
             row[name] = None if value is None else float(value)
+        row["steps"] = _stage2_steps(ws.runs_dir / cell.run)
         row["image_fraction"] = _float(manifest_value(manifest, "image_fraction", "counts.image_fraction"))
         row["coverage_radius"] = _float(
             manifest_value(manifest, "coverage_radius", "coverage.radius", "coverage.coverage_radius")
@@ -60,6 +61,15 @@ def run_rows(ws: Workspace, plan: Any, manifests: Mapping[str, Mapping]) -> list
         row["manifest_hash"] = subset_hash(manifest)
         rows.append(row)
     return rows
+
+
+def _stage2_steps(run_dir: Path) -> int | None:
+    """Optimiser steps of the run's stage 2 (what the cell paid for), from train_metrics.json."""
+    path = run_dir / "train_metrics.json"
+    if not path.exists():
+        return None
+    steps = json.loads(path.read_text()).get("finetune", {}).get("steps")
+    return None if steps is None else int(steps)
 
 
 def _float(value: Any) -> float | None:
@@ -75,6 +85,7 @@ RUN_SCHEMA = {
     "run": pl.String,
     "subset": pl.String,
     **{c: pl.Float64 for c in (*CATEGORIES, ACCURACY)},
+    "steps": pl.Int64,
     "image_fraction": pl.Float64,
     "coverage_radius": pl.Float64,
     "manifest_hash": pl.String,
@@ -93,6 +104,7 @@ def summarize(runs: pl.DataFrame) -> pl.DataFrame:
         pl.col(ACCURACY).mean().alias("acc_mean"),
         pl.col(ACCURACY).std(ddof=1).fill_null(0.0).fill_nan(0.0).alias("acc_std"),
         *[pl.col(c).mean().alias(c) for c in CATEGORIES],
+        pl.col("steps").max(),
         pl.col("image_fraction").first(),
         pl.col("coverage_radius").first(),
         pl.col("manifest_hash").first(),
@@ -117,6 +129,7 @@ def markdown_table(summary: pl.DataFrame, *, title: str, chance: float | None = 
         "strategy",
         "budget",
         "k",
+        "steps",
         "LLM",
         "seeds",
         "Avg (mean ± std)",
@@ -135,6 +148,7 @@ def markdown_table(summary: pl.DataFrame, *, title: str, chance: float | None = 
             r["strategy"],
             r["budget"],
             str(r["k"]),
+            "-" if r["steps"] is None else str(r["steps"]),
             r["llm"],
             str(r["n_seeds"]),
             f"{_fmt(r['acc_mean'])} ± {_fmt(r['acc_std'])}",

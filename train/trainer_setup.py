@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
 from pathlib import Path
@@ -245,7 +246,10 @@ def train_stage(
     bundle = dataclasses.replace(bundle, model=model)
     params = count_parameters(model)
 
-    args = _training_args(config, hp, stage_dir, per_device, accum, world, has_eval=eval_ds is not None)
+    max_steps = _max_steps(config, stage, len(train_ds), per_device * world, accum)
+    args = _training_args(
+        config, hp, stage_dir, per_device, accum, world, max_steps=max_steps, has_eval=eval_ds is not None
+    )
     from train.data import LlavaCollator
 
     trainer = LlavaTrainer(
@@ -313,8 +317,25 @@ def _eval_table(ws: Workspace, config: TrainConfig, stage: str, split_rows) -> p
     return table.take(order[: config.eval_limit])
 
 
+def _max_steps(config: TrainConfig, stage: str, n_samples: int, per_step: int, accum: int) -> int:
+    """The Trainer's max_steps: -1 lets the epochs decide; otherwise min/max_steps applied to them."""
+    if not (config.min_steps or config.max_steps):
+        return -1
+    # As the Trainer counts: batches per device per epoch, then optimiser steps after accumulation.
+    steps_per_epoch = max(1, math.ceil(n_samples / per_step) // accum)
+    return config.planned_steps(stage, steps_per_epoch)
+
+
 def _training_args(
-    config: TrainConfig, hp, stage_dir: Path, per_device: int, accum: int, world: int, *, has_eval: bool
+    config: TrainConfig,
+    hp,
+    stage_dir: Path,
+    per_device: int,
+    accum: int,
+    world: int,
+    *,
+    max_steps: int,
+    has_eval: bool,
 ) -> TrainingArguments:
     cuda = torch.cuda.is_available()
     bf16 = (cuda and torch.cuda.is_bf16_supported()) if config.bf16 == "auto" else bool(config.bf16)
@@ -327,7 +348,7 @@ def _training_args(
         gradient_accumulation_steps=accum,
         learning_rate=hp.lr,
         num_train_epochs=hp.epochs,
-        max_steps=config.max_steps or -1,
+        max_steps=max_steps,
         lr_scheduler_type=hp.scheduler,
         warmup_ratio=hp.warmup_ratio,
         weight_decay=hp.weight_decay,
