@@ -20,6 +20,7 @@ from train.data import (
     random_batches,
 )
 from train.model import build_llava
+from train.presets import TINY_SYSTEM_PROMPT
 from train.templates import IGNORE_INDEX
 from train.tokenizers import char_tokenizer
 
@@ -60,6 +61,9 @@ def test_prepare_checks_and_counts_every_sample(bundle, rows_and_root):
     assert ds[3]["pixel_values"] is None
     assert ds.modality_lengths[0] > 0 and ds.modality_lengths[3] < 0
     assert counts["tokens"] == sum(ds.lengths)
+    # tiny-llama's preset replaces Vicuna's long system prompt (one token per character here).
+    text = bundle.tokenizer.decode(ds.examples[3].input_ids)
+    assert text.startswith(f"<s>{TINY_SYSTEM_PROMPT} USER: Which word is a noun?")
 
 
 def test_mismatch_over_the_limit_names_the_first_sample(bundle, rows_and_root):

@@ -88,13 +88,27 @@ def test_full_text_is_the_llava_vicuna_prompt(tok):
     assert tok.decode(sample.input_ids) == expected
 
 
+@pytest.mark.parametrize("system", [None, "Be brief."])
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
-def test_generation_prompt_is_the_training_prefix(tok, name):
+def test_generation_prompt_is_the_training_prefix(tok, name, system):
     conv = CONV[:2]
-    sample = tokenize_conversation(conv, tok, name, num_image_tokens=N_IMG, max_length=1000)
+    sample = tokenize_conversation(conv, tok, name, num_image_tokens=N_IMG, max_length=1000, system=system)
     first_target = next(i for i, lab in enumerate(sample.labels) if lab != IGNORE_INDEX)
-    prompt = generation_prompt(conv[0]["value"], tok, name, num_image_tokens=N_IMG)
+    prompt = generation_prompt(conv[0]["value"], tok, name, num_image_tokens=N_IMG, system=system)
     assert prompt == sample.input_ids[:first_target]
+
+
+def test_system_prompt_replaces_the_default_unless_the_conversation_has_one(tok):
+    def text(conv, system):
+        sample = tokenize_conversation(
+            conv, tok, "vicuna_v1", num_image_tokens=1, max_length=1000, system=system
+        )
+        return tok.decode(sample.input_ids)
+
+    assert text(CONV[:2], "Be brief.").startswith("<s>Be brief. USER: What colour")
+    own = [{"from": "system", "value": "Own words."}, *CONV[:2]]
+    assert text(own, "Be brief.").startswith("<s>Own words. USER:")
+    assert text(CONV[:2], None).startswith("<s>A chat between a curious user")
 
 
 def test_text_only_sample_has_no_image_tokens(tok):

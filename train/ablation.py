@@ -616,6 +616,17 @@ def config_dict(config: Any) -> dict:
     return json.loads(json.dumps(payload, sort_keys=True, default=str))
 
 
+def preset_key(llm: str, vision: str) -> dict:
+    """What a named preset stands for (shapes, template, system prompt), so that a cell trained before a
+    preset changed is trained again; hub ids and directories stand for themselves."""
+    from train.presets import LLM_PRESETS, VISION_PRESETS, preset_to_dict
+
+    return config_dict({
+        "llm": preset_to_dict(LLM_PRESETS[llm]) if llm in LLM_PRESETS else llm,
+        "vision": preset_to_dict(VISION_PRESETS[vision]) if vision in VISION_PRESETS else vision,
+    })
+
+
 @dataclass
 class Backend:
     """The functions an ablation calls; tests swap them for fakes."""
@@ -778,6 +789,7 @@ def run_ablation(
             "config": config_dict(config),
             "stage1": stage1_keys[cell.llm],
             "eval": dataclasses.asdict(grid.eval),
+            "presets": preset_key(cell.llm, grid.vision),
         }
         jobs_args.append((ws, grid, cell, config, key, backend, command, log, f"[{i}/{total}]"))
     _run_cells(jobs_args, jobs)
@@ -826,7 +838,12 @@ def _ensure_stage1(ws, grid, llm, manifests, backend, command, log) -> tuple[Pat
     config = backend.build_config(
         grid, llm=llm, stage="pretrain", seed=grid.seeds[0], run=run, projector_path=None
     )
-    key = {"subset": grid.stage1.subset, "subset_hash": subset_hash(manifest), "config": config_dict(config)}
+    key = {
+        "subset": grid.stage1.subset,
+        "subset_hash": subset_hash(manifest),
+        "config": config_dict(config),
+        "presets": preset_key(llm, grid.vision),
+    }
     run_dir = ws.runs_dir / run
     projector = _projector_file(run_dir)
     if _trained(run_dir, key) and projector is not None:

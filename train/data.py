@@ -105,7 +105,8 @@ def prepare_dataset(
         sid = row["sample_id"]
         try:
             sample = tokenize_conversation(row["conversations"], bundle.tokenizer, tmpl,
-                                           num_image_tokens=n_img, max_length=max_length)
+                                           num_image_tokens=n_img, max_length=max_length,
+                                           system=bundle.llm_preset.system_prompt)
         except ValueError as exc:
             raise UserError(f"sample {sid!r}: {exc}") from None
         if sample.mismatch:

@@ -205,6 +205,7 @@ def generate_answers(
                         bundle.tokenizer,
                         template,
                         num_image_tokens=bundle.num_image_tokens,
+                        system=bundle.llm_preset.system_prompt,
                     )
                     for r in batch
                 ]

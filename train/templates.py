@@ -269,9 +269,14 @@ def tokenize_conversation(
     *,
     num_image_tokens: int,
     max_length: int,
+    system: str | None = None,
 ) -> TokenizedSample:
-    """Token ids and labels (-100 except assistant replies and their end-of-turn token) for one sample."""
+    """Token ids and labels (-100 except assistant replies and their end-of-turn token) for one sample.
+
+    ``system`` is the system message for a conversation that has none (None = the template's default).
+    """
     tmpl = get_template(template) if isinstance(template, str) else template
+    conversations = with_system(conversations, system)
     segments = [s for s in tmpl.segments(conversations, tokenizer) if s.text]
     prefixes, text = [], ""
     for seg in segments:
@@ -297,6 +302,14 @@ def tokenize_conversation(
     if all(lab == IGNORE_INDEX for lab in labels):
         mismatch = True
     return TokenizedSample(ids, labels, mismatch, len(ids) > max_length)
+
+
+def with_system(conversations: Sequence[Mapping[str, str]], system: str | None) -> list[Mapping[str, str]]:
+    """The conversation with ``system`` as its first turn, unless it has a system turn already."""
+    turns = list(conversations)
+    if system is None or (turns and turns[0]["from"] == "system"):
+        return turns
+    return [{"from": "system", "value": system}, *turns]
 
 
 def generation_prompt(
