@@ -38,6 +38,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import math
 import shutil
 import sys
 from collections.abc import Callable, Mapping
@@ -890,13 +891,10 @@ def _run_cells(jobs_args: list[tuple], jobs: int) -> None:
             future.result()  # re-raises a worker's error (a UserError stays one line)
 
 
-def estimated_steps(cell: Cell, config: Any) -> float:
+def estimated_steps(cell: Cell, config: Any) -> int:
     """Stage-2 optimiser steps ``cell`` will take under ``config`` (for scheduling only)."""
-    hp = config.stage_hparams("finetune")
-    steps = cell.k * hp.epochs / hp.global_batch_size
-    if config.max_steps:
-        steps = min(steps, config.max_steps)
-    return max(steps, config.min_steps or 0)
+    batch = config.stage_hparams("finetune").global_batch_size
+    return config.planned_steps("finetune", math.ceil(cell.k / batch))
 
 
 def _limit_threads(threads: int) -> None:
