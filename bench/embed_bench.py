@@ -19,8 +19,8 @@ from PIL import Image
 
 from curate.dataset_store import write_dataset
 from curate.embed import _image_size, embed_workspace, load_model, sample_text
-from curate.workspace import Workspace
 from datasets_spec.schema import rows_to_table
+from datasets_spec.workspace import Workspace
 
 
 def make_workspace(root: Path, n: int, size: int) -> Workspace:

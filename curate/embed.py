@@ -33,11 +33,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.dataset_store import now_utc, tool_version
-from curate.workspace import Workspace
+from datasets_spec.distributed import barrier, init_distributed, world_size
+from datasets_spec.distributed import rank as dist_rank
 from datasets_spec.errors import UserError
-from datasets_spec.parts import hash_parts, list_parts, part_name, read_json, write_json, write_part
+from datasets_spec.parts import (
+    atomic_file,
+    hash_parts,
+    list_parts,
+    part_name,
+    read_json,
+    write_json,
+    write_part,
+)
 from datasets_spec.schema import IMAGE_TOKEN, check_image_path
+from datasets_spec.workspace import Workspace, now_utc, tool_version
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 DEFAULT_POINTER = "DEFAULT"
@@ -198,27 +207,6 @@ def _image_size(preprocess) -> int:
 # --- distributed -----------------------------------------------------------------------------------
 
 
-def _dist_setup() -> tuple[int, int, bool]:
-    """(rank, world_size, initialised_here); gloo on CPU, nccl on GPU, from torchrun's environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, False
-    import torch
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), True
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 # --- embedding -------------------------------------------------------------------------------------
 
 
@@ -257,9 +245,8 @@ def _write_embedding_part(path: Path, ids: list[str], vectors: np.ndarray) -> No
     table = pa.table(
         {"sample_id": pa.array(ids, pa.string()), "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)}
     )
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write_part(table, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        write_part(table, tmp)
 
 
 def _run_parts(net, loader, parts_rows: dict[int, tuple[int, int]], ids, out_dir, fuse, device, progress):
@@ -269,7 +256,7 @@ def _run_parts(net, loader, parts_rows: dict[int, tuple[int, int]], ids, out_dir
     row_part = {}
     for p, (a, b) in parts_rows.items():
         row_part.update({r: p for r in range(a, b)})
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device == "cuda" else _null()
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device == "cuda" else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         for idx, pixels, has_image, tokens in loader:
             has_image = has_image.bool()
@@ -285,14 +272,6 @@ def _run_parts(net, loader, parts_rows: dict[int, tuple[int, int]], ids, out_dir
                     rows = pending.pop(p)
                     vectors = np.stack([rows[r] for r in range(a, b)])
                     _write_embedding_part(out_dir / part_name(p), ids[a:b], vectors)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def embed_workspace(
@@ -352,7 +331,8 @@ def embed_workspace(
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    rank, world, owns_group = _dist_setup()
+    owns_group = init_distributed()
+    rank, world = dist_rank(), world_size()
     try:
         return _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, show_progress,
                       stats, rank, world)
@@ -386,7 +366,7 @@ def _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, s
             shutil.rmtree(partial)
         partial.mkdir(parents=True, exist_ok=True)
         write_json(progress_path, params)
-    _barrier(world)
+    barrier()
 
     ids = table.column("sample_id").to_pylist()
     n_rows, rpp = len(ids), params["rows_per_part"]
@@ -409,11 +389,11 @@ def _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, s
     if stats is not None:
         stats.update(seconds_model_load=t_load, seconds_loop=time.perf_counter() - t1,
                      rows=sum(b - a for a, b in parts_rows.values()))
-    _barrier(world)
+    barrier()
     complete = len(list_parts(partial)) == n_parts
     if rank == 0 and complete:
         _finalise(ws, partial, final, tag, params, n_rows, n_parts, world)
-    _barrier(world)
+    barrier()
     return final if complete else partial
 
 
@@ -447,9 +427,8 @@ def _finalise(ws, partial, final, tag, params, n_rows, n_parts, world) -> None:
 
 def _write_default(ws: Workspace, tag: str) -> None:
     path = ws.embeddings_dir / DEFAULT_POINTER
-    tmp = path.with_name(f".{DEFAULT_POINTER}.tmp-{os.getpid()}")
-    tmp.write_text(tag + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(tag + "\n")
 
 
 class _progress:

@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 from curate.embed import load_embeddings
 from curate.shards import write_subset
 from curate.strategies import NEEDS_EMBEDDINGS, check_k, coverage_report, dedup_pool, get_strategy
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
+from datasets_spec.workspace import Workspace
 
 ALL_SPLITS = "all"
 

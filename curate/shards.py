@@ -14,11 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.dataset_store import now_utc, tool_version
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 from datasets_spec.parts import atomic_directory, hash_parts, read_json, read_parts, write_json, write_parts
 from datasets_spec.schema import COLUMNS
+from datasets_spec.workspace import Workspace, now_utc, tool_version
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1

@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 
 from curate.dataset_store import write_dataset
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 from datasets_spec.parts import write_json, write_parts
 from datasets_spec.schema import rows_to_table
+from datasets_spec.workspace import Workspace
 from train import ablation, cli, report
 from train.ablation import Backend, Budget, grid_from_dict, load_grid, plan_ablation, run_ablation
 

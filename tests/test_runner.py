@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from tests.train_helpers import TINY, cli, logits, private_workspace, sample_batch
 from train.config import TrainConfig
-from train.runner import merge_run, read_log, run_training
+from train.rundir import read_log
+from train.runner import merge_run, run_training
 
 # 2 CPU cores: runs stay at a handful of steps of the 2-layer models.
 
@@ -170,7 +171,7 @@ def test_planned_steps_raise_epochs_to_min_steps_and_cap_at_max_steps():
 
 
 def test_resume_continues_an_interrupted_run(ws, monkeypatch):
-    from train.trainer_setup import LlavaTrainer
+    from train.trainer import LlavaTrainer
 
     config = dict(stage="finetune", max_steps=4, save_steps=2, **TINY)
     done = run_training(ws, ws.shards_dir / "k12", TrainConfig(run_name="whole", **config))

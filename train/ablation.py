@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 from datasets_spec.parts import read_json, write_json
+from datasets_spec.workspace import Workspace
 
 if sys.version_info >= (3, 11):
     import tomllib

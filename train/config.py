@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from datasets_spec.errors import UserError
 from train.hparams import OVERRIDABLE, StageHparams, hparam_preset, resolve_stage
+from train.rundir import projector_file
 
 RUN_STAGES = ("pretrain", "finetune", "both")
 DEEPSPEED_DIR = Path(__file__).parent / "deepspeed_configs"
@@ -97,8 +98,6 @@ class TrainConfig:
     """Train each stage for at least N optimiser steps, adding epochs to small subsets, so that subsets of
     different sizes are compared at a minimum compute rather than at equal epochs (where a 100-sample subset
     gets a twelfth of the steps of a 1,200-sample pool); None = the epochs decide."""
-    extra: dict = field(default_factory=dict)
-    """Free-form notes recorded with the config."""
 
     def __post_init__(self) -> None:
         if self.stage not in RUN_STAGES:
@@ -197,18 +196,6 @@ def deepspeed_config_path(name_or_path: str) -> Path:
         f"--deepspeed {name_or_path!r}: neither a shipped config ({', '.join(DEEPSPEED_NAMES)}) "
         "nor a JSON file"
     )
-
-
-def projector_file(path: str | Path) -> Path:
-    """``path`` itself, or ``path/projector.safetensors`` for a run directory; it must exist."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "projector.safetensors"
-    if not path.is_file():
-        raise UserError(
-            f"--projector {path}: not found (give a projector.safetensors or a stage-1 run directory)"
-        )
-    return path
 
 
 def _check_qlora(config: TrainConfig) -> None:

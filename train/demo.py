@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from curate.workspace import resolve_workspace
 from datasets_spec.errors import exit_on_user_error
+from datasets_spec.workspace import resolve_workspace
 
 # Sizes of the synthetic dataset: large enough that `full` clearly beats the 100- and 300-sample subsets,
 # small enough that the whole demo (20 trainings + 18 evaluations) stays within 15 minutes on 2 CPU cores.

@@ -13,8 +13,8 @@ from typing import Any
 
 import polars as pl
 
-from curate.workspace import Workspace
 from datasets_spec.parts import write_json
+from datasets_spec.workspace import Workspace
 
 CATEGORIES = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
 ACCURACY = "Avg"
