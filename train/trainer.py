@@ -34,6 +34,7 @@ from train.rundir import (
     latest_checkpoint,
     split_rows,
 )
+from train.scoring import ACCURACY
 
 PROJECTOR_KEY = "multi_modal_projector"
 VISION_KEY = "vision_tower"
@@ -188,7 +189,7 @@ class ScienceQAAccuracy(TrainerCallback):
             bundle.model.train(was_training)
         self.trainer.log(
             {
-                "eval_scienceqa_accuracy": metrics["accuracy"]["Avg"],
+                "eval_scienceqa_accuracy": metrics["accuracy"][ACCURACY],
                 "eval_scienceqa_unparsed": metrics["unparsed"],
                 "eval_scienceqa_total": metrics["total"],
             }
