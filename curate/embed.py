@@ -21,7 +21,6 @@ parts hash, ``complete: true``).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import shutil
@@ -33,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.clip_model import load_model, resolve_device
 from datasets_spec.distributed import barrier, init_distributed, world_size
 from datasets_spec.distributed import rank as dist_rank
 from datasets_spec.errors import UserError
@@ -48,7 +48,6 @@ from datasets_spec.parts import (
 from datasets_spec.schema import IMAGE_TOKEN, check_image_path
 from datasets_spec.workspace import Workspace, now_utc, tool_version
 
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 DEFAULT_POINTER = "DEFAULT"
 INFO_NAME = "embeddings.json"
 PROGRESS_NAME = "progress.json"
@@ -62,14 +61,6 @@ FUSE_RULES = {
 # 665k-row dataset is ~160 files.
 DEFAULT_ROWS_PER_PART = 4096
 TEXT_RULE = "human turns joined by a blank line, <image> removed, truncated to the model's context length"
-
-
-def register_model_configs() -> None:
-    """Make the bundled configs (``tiny-clip``) known to open_clip; idempotent."""
-    import open_clip
-
-    if "tiny-clip" not in open_clip.list_models():
-        open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
 def default_tag(model: str, pretrained: str | None) -> str:
@@ -89,64 +80,6 @@ def sample_text(conversations: list[dict]) -> str:
     """What the human turns say, without ``<image>``, whitespace collapsed."""
     human = [t["value"].replace(IMAGE_TOKEN, " ") for t in conversations if t["from"] == "human"]
     return "\n\n".join(" ".join(v.split()) for v in human).strip()
-
-
-# --- model -----------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def load_model(model: str, pretrained: str | None, *, device: str = "cpu", seed: int = 0):
-    """Return ``(model, preprocess, tokenizer)``; weights problems become one-line UserErrors."""
-    import open_clip
-    import torch
-
-    register_model_configs()
-    if model not in open_clip.list_models():
-        raise UserError(f"unknown open_clip model {model!r} (e.g. ViT-B-32, ViT-L-14, tiny-clip)")
-    weights = None if not pretrained or pretrained.lower() == "none" else pretrained
-    if weights is not None and not os.path.isfile(weights):
-        tags = open_clip.list_pretrained_tags_by_model(model)
-        if weights not in tags:
-            raise UserError(
-                f"--pretrained {weights!r}: not a file and not a known tag for {model} "
-                f"(known: {', '.join(tags) or 'none'}); pass a checkpoint path or `none`"
-            )
-    # Random weights must be reproducible: a resumed `--pretrained none` run has to match the first.
-    torch.manual_seed(seed)
-    try:
-        # open_clip logs its own messages (random init, failed download) on the root logger; the
-        # outcome is reported here instead, as one line.
-        with _quiet_logging():
-            net, _, preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=weights, device=device
-            )
-    except Exception as exc:  # open_clip raises RuntimeError/OSError/hub errors for missing weights
-        if weights is not None and not os.path.isfile(weights):
-            raise UserError(
-                f"weights {model}/{weights} are not available offline (not in the open_clip/Hugging Face "
-                f"cache); download them once, or pass a local checkpoint file with --pretrained PATH"
-            ) from None
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"--pretrained {weights}: cannot load checkpoint into {model}: {first}") from None
-    net.eval()
-    return net, preprocess, open_clip.get_tokenizer(model)
-
-
-@contextlib.contextmanager
-def _quiet_logging() -> Iterator[None]:
-    previous = logging.root.manager.disable
-    logging.disable(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
 
 
 # --- data ------------------------------------------------------------------------------------------

@@ -13,13 +13,22 @@ import torch
 from safetensors.torch import save_file
 
 from curate.dataset_store import write_dataset
-from curate.shards import write_subset
+from curate.select import pool_rows
+from curate.shards import read_manifest, write_subset
 from datasets_spec.errors import UserError
 from datasets_spec.parts import write_json
 from datasets_spec.schema import rows_to_table
 from datasets_spec.workspace import Workspace
 from train import ablation, cli, report
-from train.ablation import Backend, Budget, grid_from_dict, load_grid, plan_ablation, run_ablation
+from train.ablation import (
+    Backend,
+    Budget,
+    describe_plan,
+    grid_from_dict,
+    load_grid,
+    plan_ablation,
+    run_ablation,
+)
 from train.config import TrainConfig
 from train.evaluate import select_problems
 from train.scoring import CATEGORIES, problems_from_rows, score_predictions
@@ -230,7 +239,7 @@ class FakeBackend:
     def make_subset(self, ws, grid, plan, *, command=""):
         self.calls.append(("subset", plan.name))
         table = ws.read_dataset()
-        rows = np.flatnonzero(np.array(table.column("split").to_pylist()) == grid.split)[: plan.k]
+        rows = pool_rows(table, grid.split, grid.require_image)[: plan.k]
         strategy = "random" if plan.strategy is None else plan.strategy.strategy
         manifest = {"kind": "select", "strategy": strategy, "k": plan.k, "coverage": {"radius": 1.0 / plan.k}}
         return write_subset(ws, plan.name, table, rows, manifest)
@@ -448,6 +457,19 @@ def test_parallel_cells_give_the_same_results_as_sequential(tmp_path):
         }
     assert set(predictions[1]) == {"random-k10__tiny-llama__s0", "full__tiny-llama__s0"}
     assert predictions[2] == predictions[1]
+
+
+def test_pool_split_all_draws_from_every_split(tmp_path, ws):
+    # 12 train + 6 test rows: `[pool] split = "all"` is the whole dataset, as for `curate select --split all`.
+    text = BASE_GRID.replace("[strategies.random]", '[pool]\nsplit = "all"\n\n[strategies.random]')
+    grid = load_grid(_grid_file(tmp_path, text))
+    assert describe_plan(ws, grid).startswith("grid 't': pool 18 samples (all), 3 subsets")
+    plan = plan_ablation(grid, lambda require_image: Backend().pool_size(ws, grid.split, require_image))
+    assert {c.k for c in plan.cells if c.strategy == "full"} == {18}
+    full = next(s for s in plan.subsets if s.name == "full")
+    made = Backend().make_subset(ws, grid, full)  # the real curate selection of the whole pool
+    assert read_manifest(made)["rows"] == 18
+    assert sorted(read_manifest(made)["counts"]["split"].items()) == [("test", 6), ("train", 12)]
 
 
 def test_jobs_must_be_positive(tmp_path, ws):

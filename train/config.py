@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
+import inspect
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +25,10 @@ IMAGE_ASPECTS = ("pad", "resize", "crop")
 class TrainConfig:
     """Everything that decides what a training run does; recorded in the run's config.json."""
 
-    llm: str
+    # The tiny presets by default: built from configs, they need no download and train on a CPU.
+    llm: str = "tiny-llama"
     """LLM preset (tiny-llama, smollm2-135m, mistral-7b, ...), hub id, or local directory."""
-    vision: str
+    vision: str = "tiny-clip"
     """Vision tower preset (tiny-clip, clip-vit-l-336, siglip-so400m), hub id, or local directory."""
     stage: str = "finetune"
     """pretrain (stage 1: projector only), finetune (stage 2: projector + LLM), or both in sequence."""
@@ -183,6 +187,22 @@ class TrainConfig:
     def from_dict(cls, payload: dict) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in payload.items() if k in names})
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each dataclass field's docstring (the string literal under it in the class body), by field name."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
 
 
 def deepspeed_config_path(name_or_path: str) -> Path:
