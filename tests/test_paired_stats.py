@@ -192,3 +192,21 @@ def test_format_p():
         "0.0123",
         "< 0.0001",
     ]
+
+
+def test_mcnemar_matches_a_brute_force_binomial_sum():
+    for b, c in [(0, 1), (5, 17), (40, 61), (300, 260), (1000, 1100)]:
+        n = b + c
+        brute = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n)
+        assert math.isclose(mcnemar_exact(b, c), brute, rel_tol=1e-12)
+
+
+def test_question_ids_written_as_numbers_still_load(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "predictions.jsonl").write_text(
+        '{"question_id": 2, "metadata": {"correct": true}}\n{"question_id": 1, "metadata": {"correct": false}}\n'
+    )
+    answers = load_run_answers(run)
+    assert answers.question_ids == ("1", "2") and answers.correct.tolist() == [[False, True]]
+    assert answers.split is None

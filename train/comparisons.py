@@ -109,8 +109,20 @@ def grid_comparisons(
     Returns (one row per cell: group keys + STAT_COLUMNS, [(cell key, reference name, Comparison)]).
     Runs evaluated on different questions are refused (UserError naming both).
     """
-    group_keys = list(group_keys)
-    answers = cell_answers(runs, runs_dir, group_keys)
+    answers = cell_answers(runs, runs_dir, list(group_keys))
+    schema = {k: runs.schema[k] for k in group_keys} | STAT_COLUMNS
+    return compare_cells(answers, list(group_keys), schema, n_resamples=n_resamples, seed=seed)
+
+
+def compare_cells(
+    answers: Mapping[tuple, Answers],
+    group_keys: Sequence[str],
+    schema: Mapping,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> tuple[pl.DataFrame, list[tuple[dict, str, Comparison]]]:
+    """:func:`grid_comparisons` on answers already loaded."""
     rows, comparisons = [], []
     for key_values, cell in answers.items():
         key = _as_dict(group_keys, key_values)
@@ -127,8 +139,9 @@ def grid_comparisons(
             row[f"vs_{ref}_high"] = None if result is None else result.ci_high
             row[f"vs_{ref}_p"] = None if result is None else result.p_value
         rows.append(row)
-    schema = {k: runs.schema[k] for k in group_keys} | STAT_COLUMNS
-    frame = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+    frame = (
+        pl.DataFrame(rows, schema=dict(schema), orient="row") if rows else pl.DataFrame(schema=dict(schema))
+    )
     return frame, comparisons
 
 
