@@ -205,7 +205,8 @@ def test_question_ids_written_as_numbers_still_load(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     (run / "predictions.jsonl").write_text(
-        '{"question_id": 2, "metadata": {"correct": true}}\n{"question_id": 1, "metadata": {"correct": false}}\n'
+        '{"question_id": 2, "metadata": {"correct": true}}\n'
+        '{"question_id": 1, "metadata": {"correct": false}}\n'
     )
     answers = load_run_answers(run)
     assert answers.question_ids == ("1", "2") and answers.correct.tolist() == [[False, True]]

@@ -158,26 +158,28 @@ def verdict_lines(comparisons: Sequence[tuple[dict, str, Comparison]]) -> list[s
             for key, _, result in (item for item in items if item[1] == ref):
                 where = ", ".join(_where(key))
                 lines.append(f"  - {result.verdict(key['strategy'], ref, where)}")
-    n_sig = sum(result.significant for _, _, result in comparisons)
-    sig_random = sum(result.significant for _, ref, result in comparisons if ref == "random")
-    n_random = sum(1 for _, ref, _ in comparisons if ref == "random")
-    if not comparisons:
-        lines.append("No comparisons: the grid has no full-pool or random cell to compare against.")
-    elif n_sig == 0:
-        lines.append(f"None of the {len(comparisons)} comparisons is significant at p < {SIGNIFICANCE}.")
-    else:
-        lines.append(
-            f"{n_sig} of {len(comparisons)} comparisons are significant at p < {SIGNIFICANCE} "
-            f"({sig_random} of {n_random} against random"
-            + (
-                "; none of the strategies differs significantly from random"
-                if n_random and not sig_random
-                else ""
-            )
-            + "). The p-values are not corrected for the number of comparisons: at p < 0.05 about one in "
-            "twenty true null differences is flagged by chance."
-        )
+    lines += ["", summary_line(comparisons)]
     return lines
+
+
+def summary_line(comparisons: Sequence[tuple[dict, str, Comparison]]) -> str:
+    """How many comparisons are significant, against random and against full; says plainly when none is."""
+    if not comparisons:
+        return "No comparisons: the grid has no full-pool or random cell to compare against."
+    n_sig = sum(result.significant for _, _, result in comparisons)
+    if n_sig == 0:
+        return f"None of the {len(comparisons)} comparisons is significant at p < {SIGNIFICANCE}."
+    parts = []
+    for ref in ("random", "full"):
+        results = [result for _, r, result in comparisons if r == ref]
+        if results:
+            n_ref = sum(result.significant for result in results)
+            parts.append(f"{'none' if n_ref == 0 else n_ref} of {len(results)} against {ref}")
+    return (
+        f"Significant at p < {SIGNIFICANCE}: {'; '.join(parts)}. The p-values are not corrected for the "
+        "number of comparisons: about one in twenty comparisons without a true difference is flagged by "
+        "chance."
+    )
 
 
 def _where(key: Mapping) -> list[str]:
