@@ -622,12 +622,10 @@ def preset_key(llm: str, vision: str) -> dict:
     preset changed is trained again; hub ids and directories stand for themselves."""
     from train.presets import LLM_PRESETS, VISION_PRESETS, preset_to_dict
 
-    return config_dict(
-        {
-            "llm": preset_to_dict(LLM_PRESETS[llm]) if llm in LLM_PRESETS else llm,
-            "vision": preset_to_dict(VISION_PRESETS[vision]) if vision in VISION_PRESETS else vision,
-        }
-    )
+    return config_dict({
+        "llm": preset_to_dict(LLM_PRESETS[llm]) if llm in LLM_PRESETS else llm,
+        "vision": preset_to_dict(VISION_PRESETS[vision]) if vision in VISION_PRESETS else vision,
+    })
 
 
 @dataclass

@@ -16,6 +16,7 @@ from datasets_spec.errors import exit_on_user_error
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
 
+
 def command_line() -> str:
     return invoked_command("train")
 
@@ -67,34 +68,13 @@ def run_command(
     from train.runner import run_subsets
 
     config = TrainConfig(
-        llm=llm,
-        vision=vision,
-        stage=stage,
-        preset=preset,
-        lora_r=lora_r,
-        lora_alpha=lora_alpha,
-        lr=lr,
-        projector_lr=projector_lr,
-        epochs=epochs,
-        global_batch_size=batch_size,
-        per_device_batch_size=per_device_batch_size,
-        max_length=max_length,
-        max_mismatch=max_mismatch,
-        drop_overlong=drop_overlong,
-        image_aspect=image_aspect,
-        template=template,
-        deepspeed=deepspeed,
-        gradient_checkpointing=gradient_checkpointing,
-        resume=resume,
-        eval_split=eval_split or None,
-        eval_limit=eval_limit,
-        projector_path=projector,
-        seed=seed,
-        run_name=run_name,
-        gpus=gpus,
-        max_steps=max_steps,
-        min_steps=min_steps,
-        save_steps=save_steps,
+        llm=llm, vision=vision, stage=stage, preset=preset, lora_r=lora_r, lora_alpha=lora_alpha, lr=lr,
+        projector_lr=projector_lr, epochs=epochs, global_batch_size=batch_size,
+        per_device_batch_size=per_device_batch_size, max_length=max_length, max_mismatch=max_mismatch,
+        drop_overlong=drop_overlong, image_aspect=image_aspect, template=template, deepspeed=deepspeed,
+        gradient_checkpointing=gradient_checkpointing, resume=resume, eval_split=eval_split or None,
+        eval_limit=eval_limit, projector_path=projector, seed=seed, run_name=run_name, gpus=gpus,
+        max_steps=max_steps, min_steps=min_steps, save_steps=save_steps,
     )
     if dry_run:
         from curate.shards import find_subsets
@@ -125,6 +105,7 @@ def os_environ() -> dict:
     import os
 
     return dict(os.environ)
+
 
 
 # --- eval / score -------------------------------------------------------------------------------------
@@ -184,9 +165,7 @@ def eval_command(
         None, "--prompt-suffix", help="Text appended to each question, e.g. LLaVA-1.5's answer-directly line."
     ),
     prompt_format: str | None = typer.Option(
-        None,
-        "--prompt-format",
-        help="Ask each problem in this LLaVA format (e.g. CQM-A) instead of the training prompt.",
+        None, "--prompt-format", help="Ask each problem in this LLaVA format (e.g. CQM-A), not as trained."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON instead of a table."),
     workspace: Path | None = WorkspaceOption,
@@ -197,20 +176,15 @@ def eval_command(
     from train.evaluate import evaluate_run
 
     metrics = evaluate_run(
-        _workspace(workspace),
-        run,
-        split=split,
-        limit=limit,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        prompt_suffix=prompt_suffix,
-        prompt_format=prompt_format,
+        _workspace(workspace), run, split=split, limit=limit, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, prompt_suffix=prompt_suffix, prompt_format=prompt_format,
     )
     if as_json:
         typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
     else:
         _print_metrics(metrics, f"ScienceQA {split}: {run.name}")
         typer.echo(f"wrote {run / 'predictions.jsonl'} and {run / 'metrics.json'}")
+
 
 
 # --- ablate -------------------------------------------------------------------------------------------

@@ -31,14 +31,8 @@ class Example:
 class SupervisedLlavaDataset(Dataset):
     """Pre-tokenized samples; images are read and preprocessed when an item is fetched."""
 
-    def __init__(
-        self,
-        examples: Sequence[Example],
-        *,
-        image_root: Path | None,
-        image_processor: Any,
-        image_aspect: str = "pad",
-    ) -> None:
+    def __init__(self, examples: Sequence[Example], *, image_root: Path | None, image_processor: Any,
+                 image_aspect: str = "pad") -> None:
         check_aspect(image_aspect)
         self.examples = list(examples)
         self.image_root = Path(image_root) if image_root is not None else None
@@ -71,9 +65,8 @@ class SupervisedLlavaDataset(Dataset):
         if ex.image is not None:
             where = f"sample {ex.sample_id!r}"
             path = resolve_image(self.image_root, ex.image, where=where)
-            item["pixel_values"] = preprocess_image(
-                load_image(path, where=where), self.image_processor, self.image_aspect
-            )
+            item["pixel_values"] = preprocess_image(load_image(path, where=where), self.image_processor,
+                                                    self.image_aspect)
         return item
 
 
@@ -99,37 +92,21 @@ def prepare_dataset(
     tmpl = get_template(template or bundle.template)
     n_img = bundle.num_image_tokens
     if max_length <= n_img + MIN_TEXT_TOKENS:
-        raise UserError(
-            f"--max-length {max_length} leaves no room for text: one image takes {n_img} tokens "
-            f"(use at least {n_img + 64})"
-        )
+        raise UserError(f"--max-length {max_length} leaves no room for text: one image takes {n_img} tokens "
+                        f"(use at least {n_img + 64})")
     if table.num_rows == 0:
         raise UserError("the training set is empty (0 samples)")
     rows = table.select(["sample_id", "image", "conversations"]).to_pylist()
-    counts = dict(
-        samples=len(rows),
-        kept=0,
-        image=0,
-        text=0,
-        mismatch=0,
-        overlong=0,
-        dropped_overlong=0,
-        target_tokens=0,
-        tokens=0,
-    )
+    counts = dict(samples=len(rows), kept=0, image=0, text=0, mismatch=0, overlong=0, dropped_overlong=0,
+                  target_tokens=0, tokens=0)
     examples: list[Example] = []
     first_mismatch: str | None = None
     for row in rows:
         sid = row["sample_id"]
         try:
-            sample = tokenize_conversation(
-                row["conversations"],
-                bundle.tokenizer,
-                tmpl,
-                num_image_tokens=n_img,
-                max_length=max_length,
-                system=bundle.llm_preset.system_prompt,
-            )
+            sample = tokenize_conversation(row["conversations"], bundle.tokenizer, tmpl,
+                                           num_image_tokens=n_img, max_length=max_length,
+                                           system=bundle.llm_preset.system_prompt)
         except ValueError as exc:
             raise UserError(f"sample {sid!r}: {exc}") from None
         if sample.mismatch:
@@ -139,10 +116,8 @@ def prepare_dataset(
         if sample.overlong:
             counts["overlong"] += 1
             if not drop_overlong:
-                raise UserError(
-                    f"sample {sid!r} has {len(sample.input_ids)} tokens, more than --max-length "
-                    f"{max_length}; raise --max-length or pass --drop-overlong"
-                )
+                raise UserError(f"sample {sid!r} has {len(sample.input_ids)} tokens, more than --max-length "
+                                f"{max_length}; raise --max-length or pass --drop-overlong")
             counts["dropped_overlong"] += 1
             continue
         if row["image"] is not None and check_images:
@@ -152,20 +127,15 @@ def prepare_dataset(
         counts["target_tokens"] += sample.n_target_tokens
         counts["tokens"] += len(sample.input_ids)
     if counts["mismatch"] > max_mismatch:
-        raise UserError(
-            f"{counts['mismatch']} of {len(rows)} samples have a tokenization mismatch with "
-            f"template {tmpl.name!r} (allowed: --max-mismatch {max_mismatch}); "
-            f"first: sample {first_mismatch!r}"
-        )
+        raise UserError(f"{counts['mismatch']} of {len(rows)} samples have a tokenization mismatch with "
+                        f"template {tmpl.name!r} (allowed: --max-mismatch {max_mismatch}); "
+                        f"first: sample {first_mismatch!r}")
     if not examples:
-        raise UserError(
-            f"no sample is left for training (of {len(rows)}: {counts['mismatch']} mismatched, "
-            f"{counts['dropped_overlong']} overlong)"
-        )
+        raise UserError(f"no sample is left for training (of {len(rows)}: {counts['mismatch']} mismatched, "
+                        f"{counts['dropped_overlong']} overlong)")
     counts["kept"] = len(examples)
-    dataset = SupervisedLlavaDataset(
-        examples, image_root=image_root, image_processor=bundle.image_processor, image_aspect=image_aspect
-    )
+    dataset = SupervisedLlavaDataset(examples, image_root=image_root, image_processor=bundle.image_processor,
+                                     image_aspect=image_aspect)
     return dataset, counts
 
 
@@ -181,9 +151,8 @@ class LlavaCollator:
     a batch without images gets ``pixel_values=None``.
     """
 
-    def __init__(
-        self, pad_token_id: int, *, padding_side: str = "right", pad_to_multiple_of: int | None = None
-    ) -> None:
+    def __init__(self, pad_token_id: int, *, padding_side: str = "right",
+                 pad_to_multiple_of: int | None = None) -> None:
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be left or right, got {padding_side!r}")
         self.pad_token_id = pad_token_id
@@ -217,15 +186,14 @@ class LlavaCollator:
 # batching
 
 
-def _length_grouped(
-    indices: list[int], lengths: Sequence[int], batch: int, megabatch: int, gen: torch.Generator
-) -> list[list[int]]:
+def _length_grouped(indices: list[int], lengths: Sequence[int], batch: int, megabatch: int,
+                    gen: torch.Generator) -> list[list[int]]:
     """Shuffle, cut into megabatches, sort each by length (longest first), cut into batches of ``batch``."""
     order = [indices[i] for i in torch.randperm(len(indices), generator=gen).tolist()]
     out: list[list[int]] = []
     for start in range(0, len(order), megabatch):
-        mega = sorted(order[start : start + megabatch], key=lambda i: (-lengths[i], i))
-        out += [mega[k : k + batch] for k in range(0, len(mega), batch)]
+        mega = sorted(order[start:start + megabatch], key=lambda i: (-lengths[i], i))
+        out += [mega[k:k + batch] for k in range(0, len(mega), batch)]
     return out
 
 
@@ -241,18 +209,9 @@ class ModalityLengthGroupedSampler(Sampler[int]):
     partial last step of each modality goes last. Step order is shuffled with ``seed + epoch``.
     """
 
-    def __init__(
-        self,
-        lengths: Sequence[int],
-        has_image: Sequence[bool],
-        *,
-        batch_size: int,
-        world_size: int = 1,
-        rank: int | None = None,
-        seed: int = 0,
-        megabatch_mult: int = 50,
-        group_by_length: bool = True,
-    ) -> None:
+    def __init__(self, lengths: Sequence[int], has_image: Sequence[bool], *, batch_size: int,
+                 world_size: int = 1, rank: int | None = None, seed: int = 0, megabatch_mult: int = 50,
+                 group_by_length: bool = True) -> None:
         if batch_size < 1 or world_size < 1:
             raise ValueError("batch_size and world_size must be positive")
         if rank is not None and not 0 <= rank < world_size:
@@ -287,7 +246,7 @@ class ModalityLengthGroupedSampler(Sampler[int]):
             groups = _length_grouped(idx, lengths, step, mega, gen)
             full += [g for g in groups if len(g) == step]
             rest = [i for g in groups if len(g) < step for i in g]
-            leftovers += [rest[k : k + step] for k in range(0, len(rest), step)]
+            leftovers += [rest[k:k + step] for k in range(0, len(rest), step)]
         order = torch.randperm(len(full), generator=gen).tolist()
         return [full[k] for k in order] + leftovers
 
@@ -295,7 +254,7 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         """Per-device batches in yield order (all ranks, or only ``rank``'s)."""
         out: list[list[int]] = []
         for step in self.steps():
-            chunks = [step[r * self.batch_size : (r + 1) * self.batch_size] for r in range(self.world_size)]
+            chunks = [step[r * self.batch_size:(r + 1) * self.batch_size] for r in range(self.world_size)]
             if self.rank is None:
                 out += [c for c in chunks if c]
             elif chunks[self.rank]:
@@ -313,7 +272,7 @@ class ModalityLengthGroupedSampler(Sampler[int]):
 def random_batches(n: int, batch_size: int, *, seed: int = 0) -> list[list[int]]:
     """Baseline: a seeded random order cut into batches."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return [order[k : k + batch_size] for k in range(0, n, batch_size)]
+    return [order[k:k + batch_size] for k in range(0, n, batch_size)]
 
 
 def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:

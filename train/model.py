@@ -81,13 +81,9 @@ def load_language_model(preset: LLMPreset, *, dtype: torch.dtype = torch.float32
     if preset.source == "tiny":
         tokenizer = char_tokenizer()
         config_cls = getattr(__import__("transformers", fromlist=[preset.repo_or_path]), preset.repo_or_path)
-        config = config_cls(
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **preset.tiny_config,
-        )
+        config = config_cls(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                            **preset.tiny_config)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         return tokenizer, model
     if preset.source == "gguf":
@@ -118,9 +114,8 @@ def prepare_tokenizer(tokenizer) -> int:
         else:
             tokenizer.add_special_tokens({"pad_token": "<pad>"})
     if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens(
-            {"additional_special_tokens": [IMAGE_TOKEN]}, replace_additional_special_tokens=False
-        )
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]},
+                                     replace_additional_special_tokens=False)
     tokenizer.padding_side = "right"
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
@@ -132,17 +127,13 @@ def prepare_tokenizer(tokenizer) -> int:
 def load_vision_tower(preset: VisionPreset, *, dtype: torch.dtype = torch.float32):
     """(vision model, image processor, preset with the real image/patch size)."""
     if preset.is_tiny:
-        config = CLIPVisionConfig(
-            image_size=preset.image_size, patch_size=preset.patch_size, **preset.tiny_config
-        )
+        config = CLIPVisionConfig(image_size=preset.image_size, patch_size=preset.patch_size,
+                                  **preset.tiny_config)
         model = CLIPVisionModel(config).to(dtype)
         size = preset.image_size
-        processor = CLIPImageProcessor(
-            size={"shortest_edge": size},
-            crop_size={"height": size, "width": size},
-            image_mean=OPENAI_CLIP_MEAN,
-            image_std=OPENAI_CLIP_STD,
-        )
+        processor = CLIPImageProcessor(size={"shortest_edge": size},
+                                       crop_size={"height": size, "width": size},
+                                       image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
         return model, processor, preset
     where = preset.repo_or_config
     try:
@@ -154,12 +145,8 @@ def load_vision_tower(preset: VisionPreset, *, dtype: torch.dtype = torch.float3
         raise _load_failure("vision tower", where, exc) from None
     # A tower without a CLS token (SigLIP) must keep every token: "default" would drop a real patch.
     strategy = preset.select_strategy if has_cls_token(model.config) else "full"
-    preset = dataclasses.replace(
-        preset,
-        image_size=model.config.image_size,
-        patch_size=model.config.patch_size,
-        select_strategy=strategy,
-    )
+    preset = dataclasses.replace(preset, image_size=model.config.image_size,
+                                 patch_size=model.config.patch_size, select_strategy=strategy)
     return model, processor, preset
 
 
@@ -211,10 +198,8 @@ def build_llava(
         vision_model, image_processor, vis_p = load_vision_tower(vis_p, dtype=dtype)
     image_id = prepare_tokenizer(tokenizer)
     if template.name == "chat_template" and not getattr(tokenizer, "chat_template", None):
-        raise UserError(
-            f"language model {llm_p.name!r} has no chat template; choose a template "
-            f"(mistral_instruct, llama_2, vicuna_v1, plain)"
-        )
+        raise UserError(f"language model {llm_p.name!r} has no chat template; choose a template "
+                        f"(mistral_instruct, llama_2, vicuna_v1, plain)")
     if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
         # New rows (pad, <image>) are never trained on: pad is masked, <image> is replaced by features.
         lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -230,9 +215,8 @@ def build_llava(
     return bundle
 
 
-def llava_config(
-    text_config, vision_config, vis_p: VisionPreset, image_id: int, n_tokens: int, pad_id: int | None
-) -> LlavaConfig:
+def llava_config(text_config, vision_config, vis_p: VisionPreset, image_id: int, n_tokens: int,
+                 pad_id: int | None) -> LlavaConfig:
     return LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
@@ -270,7 +254,8 @@ def _assemble(config: LlavaConfig, lm, vision_model, projector, dtype) -> LlavaF
 
 def projector_state_dict(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
     """Projector weights (linear_1.*, linear_2.*), contiguous CPU copies ready for safetensors."""
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in _projector(model).state_dict().items()}
+    return {k: v.detach().to("cpu").contiguous().clone()
+            for k, v in _projector(model).state_dict().items()}
 
 
 def save_projector(model: LlavaForConditionalGeneration, path: Path) -> None:
@@ -294,10 +279,8 @@ def load_projector(model: LlavaForConditionalGeneration, path: Path) -> None:
         raise UserError(f"projector file {path} has tensors {sorted(state)}, expected {sorted(own)}")
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(own[key].shape):
-            raise UserError(
-                f"projector file {path}: {key} has shape {tuple(tensor.shape)}, this model needs "
-                f"{tuple(own[key].shape)} (a projector from a different vision tower or LLM)"
-            )
+            raise UserError(f"projector file {path}: {key} has shape {tuple(tensor.shape)}, this model needs "
+                            f"{tuple(own[key].shape)} (a projector from a different vision tower or LLM)")
     _projector(model).load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
@@ -323,9 +306,8 @@ def make_processor(bundle: LlavaBundle) -> LlavaProcessor:
     )
 
 
-def save_bundle(
-    bundle: LlavaBundle, out_dir: Path, *, overwrite: bool = False, extra: dict[str, Any] | None = None
-) -> Path:
+def save_bundle(bundle: LlavaBundle, out_dir: Path, *, overwrite: bool = False,
+                extra: dict[str, Any] | None = None) -> Path:
     """Write a standalone checkpoint: LlavaForConditionalGeneration.from_pretrained and AutoProcessor load it.
 
     Written to a temporary directory and renamed into place, so a failure leaves nothing half-written.
@@ -336,16 +318,13 @@ def save_bundle(
         model.save_pretrained(tmp, safe_serialization=True)
         make_processor(bundle).save_pretrained(tmp)
         bundle.tokenizer.save_pretrained(tmp)
-        write_json(
-            tmp / BUNDLE_FILE,
-            {
-                "template": bundle.template,
-                "num_image_tokens": bundle.num_image_tokens,
-                "llm_preset": preset_to_dict(bundle.llm_preset),
-                "vision_preset": preset_to_dict(bundle.vision_preset),
-                **(extra or {}),
-            },
-        )
+        write_json(tmp / BUNDLE_FILE, {
+            "template": bundle.template,
+            "num_image_tokens": bundle.num_image_tokens,
+            "llm_preset": preset_to_dict(bundle.llm_preset),
+            "vision_preset": preset_to_dict(bundle.vision_preset),
+            **(extra or {}),
+        })
     return out_dir
 
 
@@ -370,15 +349,9 @@ def load_bundle(directory: Path, *, dtype: torch.dtype = torch.float32) -> Llava
     except (OSError, ValueError) as exc:
         raise _load_failure("model", str(directory), exc) from None
     tokenizer.padding_side = "right"
-    return LlavaBundle(
-        model,
-        tokenizer,
-        image_processor,
-        info["template"],
-        int(info["num_image_tokens"]),
-        llm_preset_from_dict(info["llm_preset"]),
-        vision_preset_from_dict(info["vision_preset"]),
-    )
+    return LlavaBundle(model, tokenizer, image_processor, info["template"], int(info["num_image_tokens"]),
+                       llm_preset_from_dict(info["llm_preset"]),
+                       vision_preset_from_dict(info["vision_preset"]))
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:

