@@ -364,10 +364,11 @@ def test_markdown_and_plots(tmp_path):
     )
     summary = report.summarize(runs)
     md = report.markdown_table(summary, title="T", chance=30.0)
-    assert "| random | k4 | 4 | 40 | a | 1 | 40.00 ± 0.00 | 50.00% |" in md
+    # Avg, its CI (none without predictions files), IMG next to Avg, relative to full.
+    assert "| random | k4 | 4 | 40 | a | 1 | 40.00 ± 0.00 | - | 39.00 ± 0.00 | 50.00% |" in md
     assert "h-random-4"[:12] in md and "Chance accuracy on the evaluated problems: 30.00%" in md
     for fn, name in ((report.plot_curves, "c.png"), (report.plot_categories, "b.png")):
-        path = fn(runs if fn is report.plot_curves else summary, tmp_path / name)
+        path = fn(summary, tmp_path / name)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -72,5 +72,8 @@ def test_notebook_runs_top_to_bottom(ablation_workspace, monkeypatch):
     assert "notebook test" in outputs
     assert "A = full__tiny-llama__s0" in outputs and "B = random-k12__tiny-llama__s0" in outputs
     assert "8 questions answered by both" in outputs
+    assert "A = full tiny-llama (1 seed(s)), B = random k12 tiny-llama (1 seed(s))" in outputs
+    assert "full tiny-llama vs random k12 tiny-llama: " in outputs and "95% CI [" in outputs
+    # the two report PNGs and the notebook's own accuracy-vs-budget plot with CI bands
     images = [o for cell in nb.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 2
+    assert len(images) == 3

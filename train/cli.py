@@ -171,6 +171,9 @@ def eval_command(
     prompt_suffix: str | None = typer.Option(
         None, "--prompt-suffix", help="Text appended to each question, e.g. LLaVA-1.5's answer-directly line."
     ),
+    prompt_format: str | None = typer.Option(
+        None, "--prompt-format", help="Ask each problem in this LLaVA format (e.g. CQM-A), not as trained."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON instead of a table."),
     workspace: Path | None = WorkspaceOption,
 ) -> None:
@@ -182,7 +185,7 @@ def eval_command(
 
     metrics = evaluate_run(
         _workspace(workspace), run, split=split, limit=limit, batch_size=batch_size,
-        max_new_tokens=max_new_tokens, prompt_suffix=prompt_suffix,
+        max_new_tokens=max_new_tokens, prompt_suffix=prompt_suffix, prompt_format=prompt_format,
     )
     if as_json:
         typer.echo(json.dumps(metrics, indent=2, sort_keys=True))

@@ -41,6 +41,9 @@ PROBLEM_COLUMNS = [
     "subject",
     "context",
     "grade",
+    "question",
+    "lecture",
+    "solution",
 ]
 
 
@@ -97,12 +100,36 @@ def select_problems(table: pa.Table, *, split: str | None = None, limit: int | N
     return rows[:limit] if limit is not None else rows
 
 
-def question_text(row: Mapping, prompt_suffix: str | None = None) -> str:
-    """The row's first human turn (the training prompt), plus an optional instruction line."""
-    human = next((t["value"] for t in row["conversations"] if t["from"] == "human"), None)
+def question_text(row: Mapping, prompt_suffix: str | None = None, prompt_format: str | None = None) -> str:
+    """The row's first human turn (the training prompt), or the problem rebuilt in ``prompt_format`` (e.g.
+    LLaVA-1.5's evaluation format ``CQM-A``; the image token ends the turn as in training), plus an optional
+    instruction line."""
+    if prompt_format is not None:
+        human = _formatted_question(row, prompt_format)
+    else:
+        human = next((t["value"] for t in row["conversations"] if t["from"] == "human"), None)
     if human is None:
         raise UserError(f"sample {row['sample_id']!r}: no human turn to ask")
     return f"{human}\n{prompt_suffix}" if prompt_suffix else human
+
+
+def _formatted_question(row: Mapping, prompt_format: str) -> str:
+    from datasets_spec.scienceqa import IMAGE_TOKEN, build_prompt
+
+    if not row.get("question"):
+        raise UserError(
+            f"sample {row['sample_id']!r}: no question field to rebuild the prompt as {prompt_format!r}"
+        )
+    human, _ = build_prompt(
+        question=row["question"],
+        context=row.get("context"),
+        choices=list(row["choices"]),
+        answer=int(row["answer"]),
+        lecture=row.get("lecture"),
+        solution=row.get("solution"),
+        prompt_format=prompt_format,
+    )
+    return f"{human}\n{IMAGE_TOKEN}" if row.get("image") is not None else human
 
 
 # --- generation -------------------------------------------------------------------------------------
@@ -118,6 +145,7 @@ def evaluate_bundle(
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     prompt_suffix: str | None = None,
+    prompt_format: str | None = None,
     image_aspect: str = "pad",
     model_id: str = "model",
     progress: bool = False,
@@ -125,14 +153,19 @@ def evaluate_bundle(
     """Answer every multiple-choice problem of ``table`` (first ``limit`` by sample_id) and score them.
 
     Returns (LLaVA answer records in sample_id order, metrics). Writes nothing. ``template`` defaults to
-    the bundle's own conversation template.
+    the bundle's own conversation template; ``prompt_format`` (None: the training prompt) asks each problem
+    in another of LLaVA's formats.
     """
     if batch_size < 1 or max_new_tokens < 1:
         raise UserError("batch size and max new tokens must be at least 1")
     rows = select_problems(table, limit=limit)
     if not rows:
         raise UserError("no multiple-choice problems (rows with choices and answer) to evaluate")
-    questions = {r["sample_id"]: question_text(r, prompt_suffix) for r in rows}
+    if prompt_format is not None:
+        from datasets_spec.scienceqa import parse_prompt_format
+
+        parse_prompt_format(prompt_format)  # an unknown code fails before any generation
+    questions = {r["sample_id"]: question_text(r, prompt_suffix, prompt_format) for r in rows}
     texts = generate_answers(
         bundle,
         rows,
@@ -288,6 +321,7 @@ def evaluate_run(
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     prompt_suffix: str | None = None,
+    prompt_format: str | None = None,
     bundle=None,
 ) -> dict:
     """`train eval`: generate, score, write ``predictions.jsonl`` and ``metrics.json`` into the run."""
@@ -310,6 +344,7 @@ def evaluate_run(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         prompt_suffix=prompt_suffix,
+        prompt_format=prompt_format,
         image_aspect=run_config(run_dir).get("config", {}).get("image_aspect", "pad"),
         model_id=run_dir.name,
         progress=True,
@@ -319,6 +354,7 @@ def evaluate_run(
         limit=limit,
         max_new_tokens=max_new_tokens,
         prompt_suffix=prompt_suffix,
+        prompt_format=prompt_format,
         dataset_fingerprint=ws.dataset_fingerprint(),
         run=run_dir.name,
     )

@@ -16,6 +16,8 @@ from curate.shards import manifest_value, subset_hash
 from datasets_spec.parts import read_json, write_json
 from datasets_spec.workspace import Workspace
 from train.ablation.grid import FULL
+from train.comparisons import STAT_COLUMNS, grid_comparisons, verdict_lines
+from train.paired_stats import DEFAULT_LEVEL, format_p
 from train.rundir import METRICS_FILE, TRAIN_METRICS_FILE
 from train.scoring import ACCURACY, CATEGORIES, metrics_value
 
@@ -23,12 +25,15 @@ if TYPE_CHECKING:
     from train.ablation.grid import AblationGrid
     from train.ablation.plan import Plan
 
+# LLaVA-1.5's headline ScienceQA number: accuracy on the image questions; shown next to Avg everywhere.
+IMAGE = "IMG"
 GROUP_KEYS = ("strategy", "budget", "k", "llm")
 CSV_NAME = "ablation.csv"
 RUNS_CSV_NAME = "ablation_runs.csv"
 MD_NAME = "ablation.md"
 CURVE_PNG = "accuracy_vs_budget.png"
 CATEGORY_PNG = "category_accuracy.png"
+COMPARISONS_CSV_NAME = "comparisons.csv"
 
 
 # --- tables -------------------------------------------------------------------------------------------
@@ -91,14 +96,16 @@ def runs_frame(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=RUN_SCHEMA, orient="row") if rows else pl.DataFrame(schema=RUN_SCHEMA)
 
 
-def summarize(runs: pl.DataFrame) -> pl.DataFrame:
+def summarize(runs: pl.DataFrame, stats: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per (strategy, budget, k, llm): mean and std (sample std, 0 for one seed) over seeds of
-    Avg, mean of every category, and accuracy relative to the same LLM's ``full`` row (in %)."""
+    Avg and IMG, mean of every category, and accuracy relative to the same LLM's ``full`` row (in %).
+    ``stats`` (from :func:`train.comparisons.grid_comparisons`) adds the paired-statistics columns."""
     aggs = [
         pl.len().alias("n_seeds"),
         pl.col(ACCURACY).mean().alias("acc_mean"),
         pl.col(ACCURACY).std(ddof=1).fill_null(0.0).fill_nan(0.0).alias("acc_std"),
         *[pl.col(c).mean().alias(c) for c in CATEGORIES],
+        pl.col(IMAGE).std(ddof=1).fill_null(0.0).fill_nan(0.0).alias(f"{IMAGE}_std"),
         pl.col("steps").max(),
         pl.col("image_fraction").first(),
         pl.col("coverage_radius").first(),
@@ -114,12 +121,21 @@ def summarize(runs: pl.DataFrame) -> pl.DataFrame:
         .otherwise(None)
         .alias("rel_full")
     ).drop("_full")
+    if stats is not None:
+        summary = summary.join(stats, on=list(GROUP_KEYS), how="left")
+    else:
+        summary = summary.with_columns(
+            pl.lit(None, dtype=dtype).alias(c) for c, dtype in STAT_COLUMNS.items()
+        )
     order = pl.col("strategy") == FULL
     return summary.sort(["llm", order, "strategy", "k"])
 
 
-def markdown_table(summary: pl.DataFrame, *, title: str, chance: float | None = None) -> str:
-    """The ablation table as GitHub markdown (percentages with two decimals)."""
+def markdown_table(
+    summary: pl.DataFrame, *, title: str, chance: float | None = None, verdicts: list[str] | None = None
+) -> str:
+    """The ablation table as GitHub markdown (percentages with two decimals), then the verdicts."""
+    level = f"{100 * DEFAULT_LEVEL:.0f}%"
     head = [
         "strategy",
         "budget",
@@ -128,8 +144,14 @@ def markdown_table(summary: pl.DataFrame, *, title: str, chance: float | None = 
         "LLM",
         "seeds",
         "Avg (mean ± std)",
+        f"Avg {level} CI",
+        "IMG (mean ± std)",
         "rel. full",
-        *CATEGORIES,
+        f"Δ full [{level} CI]",
+        "p (vs full)",
+        f"Δ random [{level} CI]",
+        "p (vs random)",
+        *[c for c in CATEGORIES if c != IMAGE],
         "img frac",
         "coverage radius",
         "manifest",
@@ -137,6 +159,7 @@ def markdown_table(summary: pl.DataFrame, *, title: str, chance: float | None = 
     lines = [f"# {title}", ""]
     if chance is not None:
         lines += [f"Chance accuracy on the evaluated problems: {chance:.2f}%.", ""]
+    lines += [STATS_NOTE, ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in summary.iter_rows(named=True):
         cells = [
@@ -147,14 +170,45 @@ def markdown_table(summary: pl.DataFrame, *, title: str, chance: float | None = 
             r["llm"],
             str(r["n_seeds"]),
             f"{_fmt(r['acc_mean'])} ± {_fmt(r['acc_std'])}",
+            _interval(r.get("acc_ci_low"), r.get("acc_ci_high"), signed=False),
+            f"{_fmt(r[IMAGE])} ± {_fmt(r[f'{IMAGE}_std'])}",
             _fmt(r["rel_full"], suffix="%"),
-            *[_fmt(r[c]) for c in CATEGORIES],
+            *_versus(r, "full"),
+            *_versus(r, "random"),
+            *[_fmt(r[c]) for c in CATEGORIES if c != IMAGE],
             _fmt(r["image_fraction"], digits=3),
             _fmt(r["coverage_radius"], digits=3),
             (r["manifest_hash"] or "-")[:12],
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if verdicts:
+        lines += ["", "## Verdicts", "", *verdicts]
     return "\n".join(lines) + "\n"
+
+
+STATS_NOTE = (
+    "`seeds` is the number of training seeds behind each row. Paired statistics, question by question: "
+    "the CI of Avg and every Δ (difference in points against the same LLM's full-pool row, and against "
+    "`random` at the same budget) are 95% percentile-bootstrap intervals over the evaluated questions "
+    "(10,000 resamples) with each cell's seeds averaged per question; p is the exact McNemar test on the "
+    "questions one cell gets right and the other wrong (with several seeds: the exact sign test on the "
+    "per-question seed means). A row with one seed still has its interval: it measures which questions "
+    "were asked, not seed noise."
+)
+
+
+def _interval(low: Any, high: Any, *, signed: bool = True) -> str:
+    if low is None or high is None or low != low:
+        return "-"
+    form = "+.1f" if signed else ".1f"
+    return f"[{low:{form}}, {high:{form}}]"
+
+
+def _versus(r: Mapping, ref: str) -> list[str]:
+    diff = r.get(f"vs_{ref}")
+    if diff is None or diff != diff:
+        return ["-", "-"]
+    return [f"{diff:+.1f} {_interval(r[f'vs_{ref}_low'], r[f'vs_{ref}_high'])}", format_p(r[f"vs_{ref}_p"])]
 
 
 def _fmt(value: Any, *, digits: int = 2, suffix: str = "") -> str:
@@ -164,14 +218,49 @@ def _fmt(value: Any, *, digits: int = 2, suffix: str = "") -> str:
 
 
 def write_tables(
-    reports_dir: Path, runs: pl.DataFrame, summary: pl.DataFrame, *, title: str, chance: float | None = None
+    reports_dir: Path,
+    runs: pl.DataFrame,
+    summary: pl.DataFrame,
+    *,
+    title: str,
+    chance: float | None = None,
+    comparisons: list | None = None,
 ) -> Path:
     reports_dir.mkdir(parents=True, exist_ok=True)
     runs.write_csv(reports_dir / RUNS_CSV_NAME, float_precision=4)
     summary.write_csv(reports_dir / CSV_NAME, float_precision=4)
+    comparisons = comparisons or []
+    comparisons_frame(comparisons).write_csv(reports_dir / COMPARISONS_CSV_NAME, float_precision=4)
     md = reports_dir / MD_NAME
-    md.write_text(markdown_table(summary, title=title, chance=chance))
+    verdicts = verdict_lines(comparisons) if comparisons else None
+    md.write_text(markdown_table(summary, title=title, chance=chance, verdicts=verdicts))
     return md
+
+
+def comparisons_frame(comparisons: list) -> pl.DataFrame:
+    """One row per paired comparison: both cells, the difference (a - b, points), CI, counts, p."""
+    rows = [
+        {
+            "a": result.a,
+            "b": result.b,
+            "reference": ref,
+            "llm": key["llm"],
+            "k": key["k"],
+            "n_questions": result.n_questions,
+            "seeds_a": result.seeds_a,
+            "seeds_b": result.seeds_b,
+            "acc_a": result.acc_a,
+            "acc_b": result.acc_b,
+            "diff": result.diff,
+            "ci_low": result.ci_low,
+            "ci_high": result.ci_high,
+            "a_better": result.a_better,
+            "b_better": result.b_better,
+            "p_value": result.p_value,
+        }
+        for key, ref, result in comparisons
+    ]
+    return pl.DataFrame(rows) if rows else pl.DataFrame(schema={"a": pl.String, "b": pl.String})
 
 
 def chance_accuracy(ws: Workspace, split: str, limit: int | None) -> float | None:
@@ -200,15 +289,18 @@ def write_reports(
 ) -> Path:
     """Tables (and plots) for an ablation; returns ``reports/ablation.md``."""
     runs = runs_frame(run_rows(ws, plan, manifests))
-    summary = summarize(runs)
+    stats, comparisons = grid_comparisons(runs, ws.runs_dir, GROUP_KEYS)
+    summary = summarize(runs, stats)
     chance = chance_accuracy(ws, grid.eval.split, grid.eval.limit)
-    md = write_tables(ws.reports_dir, runs, summary, title=f"Ablation: {grid.name}", chance=chance)
+    md = write_tables(
+        ws.reports_dir, runs, summary, title=f"Ablation: {grid.name}", chance=chance, comparisons=comparisons
+    )
     write_json(
         ws.reports_dir / "ablation.json",
         {"name": grid.name, "chance": chance, "eval_split": grid.eval.split, "eval_limit": grid.eval.limit},
     )
     if plots and runs.height:
-        plot_curves(runs, ws.reports_dir / CURVE_PNG, chance=chance)
+        plot_curves(summary, ws.reports_dir / CURVE_PNG, chance=chance)
         plot_categories(summary, ws.reports_dir / CATEGORY_PNG)
     log(f"reports: {md}, {ws.reports_dir / CSV_NAME}" + (f", {ws.reports_dir}/*.png" if plots else ""))
     return md
@@ -226,32 +318,40 @@ def _pyplot():
     return plt
 
 
-def plot_curves(runs: pl.DataFrame, path: Path, *, chance: float | None = None) -> Path:
-    """Accuracy against subset size, one panel per LLM, one line per strategy: mean over seeds with the
-    min-max seed spread shaded; the LLM's ``full`` accuracy as a dashed line."""
+def plot_curves(summary: pl.DataFrame, path: Path, *, chance: float | None = None) -> Path:
+    """Accuracy against subset size, one panel per LLM, one line per strategy: the mean over seeds with
+    ± one seed std as error bars and the 95% bootstrap interval over questions shaded; the LLM's ``full``
+    accuracy as a dashed line, its interval as a grey band."""
     plt = _pyplot()
-    llms = runs["llm"].unique(maintain_order=True).to_list()
+    llms = summary["llm"].unique(maintain_order=True).to_list()
     fig, axes = plt.subplots(1, len(llms), figsize=(5.5 * len(llms), 4), squeeze=False, sharey=True)
     for ax, llm in zip(axes[0], llms, strict=True):
-        sub = runs.filter(pl.col("llm") == llm)
-        stats = (
-            sub.group_by(["strategy", "k"])
-            .agg(
-                pl.col(ACCURACY).mean().alias("mean"),
-                pl.col(ACCURACY).min().alias("lo"),
-                pl.col(ACCURACY).max().alias("hi"),
-            )
-            .sort(["strategy", "k"])
-        )
+        stats = summary.filter(pl.col("llm") == llm).sort(["strategy", "k"])
         for strategy in stats.filter(pl.col("strategy") != FULL)["strategy"].unique(maintain_order=True):
             s = stats.filter(pl.col("strategy") == strategy)
-            line = ax.plot(s["k"].to_list(), s["mean"].to_list(), marker="o", label=strategy)[0]
-            ax.fill_between(
-                s["k"].to_list(), s["lo"].to_list(), s["hi"].to_list(), color=line.get_color(), alpha=0.2
-            )
+            ks = s["k"].to_list()
+            line = ax.errorbar(
+                ks,
+                s["acc_mean"].to_list(),
+                yerr=s["acc_std"].to_list(),
+                marker="o",
+                capsize=3,
+                label=strategy,
+            )[0]
+            if s["acc_ci_low"].null_count() == 0:
+                ax.fill_between(
+                    ks,
+                    s["acc_ci_low"].to_list(),
+                    s["acc_ci_high"].to_list(),
+                    color=line.get_color(),
+                    alpha=0.15,
+                )
         full = stats.filter(pl.col("strategy") == FULL)
         if full.height:
-            ax.axhline(full["mean"][0], color="black", linestyle="--", label=f"full (k={full['k'][0]})")
+            r = full.row(0, named=True)
+            ax.axhline(r["acc_mean"], color="black", linestyle="--", label=f"full (k={r['k']})")
+            if r["acc_ci_low"] is not None:
+                ax.axhspan(r["acc_ci_low"], r["acc_ci_high"], color="black", alpha=0.08)
         if chance is not None:
             ax.axhline(chance, color="grey", linestyle=":", label="chance")
         ax.set_xscale("log")
@@ -262,7 +362,7 @@ def plot_curves(runs: pl.DataFrame, path: Path, *, chance: float | None = None) 
         ax.set_title(llm)
         ax.set_xlabel("training samples (k)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][0].set_ylabel("accuracy (%): mean ± seed std, 95% CI shaded")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,0 +1,213 @@
+"""Paired statistics: exact McNemar against hand-computed binomial tails, the bootstrap against brute-force
+resampling and the normal approximation, seeds, and refusing answers to different questions."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from datasets_spec.errors import UserError
+from train.paired_stats import (
+    Answers,
+    accuracy_ci,
+    bootstrap_mean_ci,
+    compare,
+    discordant,
+    format_p,
+    load_run_answers,
+    mcnemar_exact,
+    stack_seeds,
+)
+
+
+def _answers(name, rows, ids=None, split="test"):
+    correct = np.array(rows, dtype=bool).reshape(len(rows), -1)
+    ids = ids or [f"q{i:03d}" for i in range(correct.shape[1])]
+    return Answers(name=name, split=split, question_ids=tuple(ids), correct=correct)
+
+
+# --- McNemar -----
+
+
+@pytest.mark.parametrize(
+    ("b", "c", "p"),
+    [
+        (1, 6, 2 * (1 + 7) / 2**7),  # 0.125
+        (0, 5, 2 / 2**5),  # 0.0625
+        (2, 10, 2 * (1 + 12 + 66) / 2**12),  # 0.0386
+        (0, 10, 2 / 2**10),
+        (4, 4, 1.0),  # 2 * P(X <= 4 | n = 8) = 2 * 163/256 > 1: capped
+        (0, 0, 1.0),  # no discordant pair: nothing speaks for either
+        (3, 0, 0.25),
+    ],
+)
+def test_mcnemar_exact_matches_the_hand_computed_binomial_tail(b, c, p):
+    assert math.isclose(mcnemar_exact(b, c), p, rel_tol=1e-12)
+    assert mcnemar_exact(c, b) == mcnemar_exact(b, c)
+
+
+def test_mcnemar_large_counts_are_finite_and_match_the_normal_approximation():
+    # b = 400, c = 500: z = (500 - 400) / sqrt(900) = 3.33 -> two-sided p ~ 8.6e-4 (continuity-corrected
+    # z = 99 / 30 = 3.30 -> 9.7e-4); the exact value lies near both.
+    p = mcnemar_exact(400, 500)
+    assert 7e-4 < p < 1.1e-3
+
+
+# --- bootstrap -----
+
+
+def test_bootstrap_interval_matches_the_normal_approximation():
+    # 400 questions: +100 on 120, -100 on 40, 0 on 240 -> mean 20 points, sd 60, standard error 3, so the
+    # 95% interval is about 20 +- 1.96 * 3 = [14.12, 25.88].
+    values = np.array([100.0] * 120 + [-100.0] * 40 + [0.0] * 240)
+    lo, hi = bootstrap_mean_ci(values, n_resamples=20_000, seed=1)
+    assert abs(lo - 14.12) < 0.6 and abs(hi - 25.88) < 0.6
+
+
+def test_bootstrap_interval_matches_brute_force_index_resampling():
+    rng = np.random.default_rng(7)
+    values = rng.choice([-100.0, -50.0, 0.0, 50.0, 100.0], size=60, p=[0.1, 0.15, 0.4, 0.2, 0.15])
+    draws = rng.integers(0, values.size, size=(40_000, values.size))
+    brute = np.quantile(values[draws].mean(axis=1), [0.025, 0.975])
+    lo, hi = bootstrap_mean_ci(values, n_resamples=40_000, seed=3)
+    # The resampled means move in steps of 50/60 points; both estimates land within a step of each other.
+    assert abs(lo - brute[0]) <= 1.0 and abs(hi - brute[1]) <= 1.0
+
+
+def test_bootstrap_is_deterministic_for_a_seed():
+    values = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])
+    assert bootstrap_mean_ci(values, seed=5) == bootstrap_mean_ci(values, seed=5)
+
+
+# --- comparisons -----
+
+
+def test_identical_predictions_differ_by_zero_with_p_one():
+    rows = [[1, 0, 1, 1, 0, 0, 1, 0, 1, 1]]
+    result = compare(_answers("a", rows), _answers("b", rows))
+    assert result.diff == 0.0 and (result.ci_low, result.ci_high) == (0.0, 0.0)
+    assert result.p_value == 1.0 and (result.a_better, result.b_better) == (0, 0)
+    assert not result.significant
+
+
+def test_known_discordant_table():
+    # 20 questions: both right 8, only a right 6, only b right 1, both wrong 5.
+    a = [1] * 8 + [1] * 6 + [0] * 1 + [0] * 5
+    b = [1] * 8 + [0] * 6 + [1] * 1 + [0] * 5
+    result = compare(_answers("a", [a]), _answers("b", [b]))
+    assert (result.a_better, result.b_better) == (6, 1)
+    assert (
+        math.isclose(result.diff, 25.0)
+        and math.isclose(result.acc_a, 70.0)
+        and math.isclose(result.acc_b, 45.0)
+    )
+    assert math.isclose(result.p_value, 0.125)
+    # Per-question differences: +100 x 6, -100 x 1, 0 x 13 -> sd 53.6, standard error 12.0, so the normal
+    # approximation of the interval is 25 +- 23.5 = [1.5, 48.5]; the bootstrap moves in steps of 5 points.
+    assert -3.5 <= result.ci_low <= 6.5 and 43.5 <= result.ci_high <= 53.5
+    line = result.verdict("l2-maxdiverse", "random", "k=100, tiny-mistral")
+    assert line.startswith("l2-maxdiverse vs random, k=100, tiny-mistral: +25.0 points, 95% CI [")
+    assert line.endswith("p = 0.12")
+
+
+def test_seeds_are_averaged_per_question_and_the_sign_test_uses_the_means():
+    # Cell a has 3 seeds, cell b 2. Per-question means: a = [1, 2/3, 1/3, 0], b = [1/2, 1/2, 1/2, 1/2].
+    a = _answers("a", [[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]])
+    b = _answers("b", [[1, 0, 1, 0], [0, 1, 0, 1]])
+    assert discordant(a, b) == (2, 2)
+    result = compare(a, b)
+    # a: (1 + 2/3 + 1/3 + 0) / 4 = 50%; b: 50%.
+    assert math.isclose(result.acc_a, 50.0) and math.isclose(result.acc_b, 50.0) and abs(result.diff) < 1e-9
+    assert result.p_value == 1.0 and (result.seeds_a, result.seeds_b) == (3, 2)
+
+
+def test_one_seed_still_gets_a_bootstrap_interval():
+    cell = _answers("a", [[1, 0] * 50])
+    lo, hi = accuracy_ci(cell)
+    # 100 questions at 50%: standard error 5 points, interval about [40.2, 59.8].
+    assert 38.0 < lo < 42.5 and 57.5 < hi < 62.0
+
+
+def test_different_questions_or_splits_are_refused_naming_both():
+    a = _answers("random k100 tiny-llama", [[1, 0, 1]])
+    b = _answers("full tiny-llama", [[1, 0, 1]], ids=["q000", "q001", "q999"])
+    with pytest.raises(
+        UserError, match=r"random k100 tiny-llama with full tiny-llama: .*different questions"
+    ):
+        compare(a, b)
+    c = _answers("full tiny-llama", [[1, 0, 1]], split="val")
+    with pytest.raises(UserError, match=r"random k100 tiny-llama with full tiny-llama: .*different splits"):
+        compare(a, c)
+    with pytest.raises(UserError, match="different questions"):
+        stack_seeds("cell", [a, b])
+
+
+# --- loading runs -----
+
+
+def _write_run(run_dir, marks, split="test"):
+    run_dir.mkdir(parents=True)
+    lines = [
+        json.dumps({"question_id": qid, "text": "A", "metadata": {"correct": ok}})
+        for qid, ok in marks.items()
+    ]
+    (run_dir / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    (run_dir / "metrics.json").write_text(json.dumps({"split": split}))
+
+
+def test_load_run_answers_sorts_questions_and_reads_the_split(tmp_path):
+    _write_run(tmp_path / "r1", {"q2": True, "q1": False, "q3": True})
+    answers = load_run_answers(tmp_path / "r1")
+    assert answers.question_ids == ("q1", "q2", "q3") and answers.split == "test"
+    assert answers.correct.tolist() == [[False, True, True]] and answers.runs == ("r1",)
+
+
+def test_runs_on_different_splits_are_refused_by_run_name(tmp_path):
+    _write_run(tmp_path / "random-k100__tiny-llama__s0", {"q1": True})
+    _write_run(tmp_path / "full__tiny-llama__s0", {"q1": True}, split="val")
+    a, b = (load_run_answers(tmp_path / n) for n in ("random-k100__tiny-llama__s0", "full__tiny-llama__s0"))
+    with pytest.raises(UserError) as err:
+        compare(a, b)
+    assert "random-k100__tiny-llama__s0" in str(err.value) and "full__tiny-llama__s0" in str(err.value)
+
+
+def test_malformed_predictions_are_one_line_errors(tmp_path):
+    run = tmp_path / "r"
+    _write_run(run, {"q1": True})
+    (run / "predictions.jsonl").write_text('{"question_id": "q1", "text": "A"}\n')
+    with pytest.raises(UserError, match=r"predictions.jsonl: line 1: expected an answer"):
+        load_run_answers(run)
+    with pytest.raises(UserError, match="not found; evaluate the run first"):
+        load_run_answers(tmp_path / "missing")
+
+
+def test_format_p():
+    assert [format_p(p) for p in (1.0, 0.5, 0.0625, 0.0123, 3e-5)] == [
+        "1.00",
+        "0.50",
+        "0.0625",
+        "0.0123",
+        "< 0.0001",
+    ]
+
+
+def test_mcnemar_matches_a_brute_force_binomial_sum():
+    for b, c in [(0, 1), (5, 17), (40, 61), (300, 260), (1000, 1100)]:
+        n = b + c
+        brute = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n)
+        assert math.isclose(mcnemar_exact(b, c), brute, rel_tol=1e-12)
+
+
+def test_question_ids_written_as_numbers_still_load(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "predictions.jsonl").write_text(
+        '{"question_id": 2, "metadata": {"correct": true}}\n'
+        '{"question_id": 1, "metadata": {"correct": false}}\n'
+    )
+    answers = load_run_answers(run)
+    assert answers.question_ids == ("1", "2") and answers.correct.tolist() == [[False, True]]
+    assert answers.split is None
