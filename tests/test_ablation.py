@@ -320,6 +320,7 @@ def _run(strategy, k, llm, seed, avg, budget=None):
         "k": k,
         "llm": llm,
         "seed": seed,
+        "compute": "epochs",
         "run": f"{strategy}{k}{llm}{seed}",
         "subset": f"{strategy}-k{k}",
         "Avg": avg,
@@ -365,7 +366,7 @@ def test_markdown_and_plots(tmp_path):
     summary = report.summarize(runs)
     md = report.markdown_table(summary, title="T", chance=30.0)
     # Avg, its CI (none without predictions files), IMG next to Avg, relative to full.
-    assert "| random | k4 | 4 | 40 | a | 1 | 40.00 ± 0.00 | - | 39.00 ± 0.00 | 50.00% |" in md
+    assert "| random | k4 | 4 | 40 | epochs | a | 1 | 40.00 ± 0.00 | - | 39.00 ± 0.00 | 50.00% |" in md
     assert "h-random-4"[:12] in md and "Chance accuracy on the evaluated problems: 30.00%" in md
     for fn, name in ((report.plot_curves, "c.png"), (report.plot_categories, "b.png")):
         path = fn(summary, tmp_path / name)

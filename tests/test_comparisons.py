@@ -33,6 +33,7 @@ def _row(strategy, k, seed, avg, llm="tiny-llama"):
         "k": k,
         "llm": llm,
         "seed": seed,
+        "compute": "epochs",
         "run": f"{strategy}-{budget}__{llm}__s{seed}",
         "subset": f"{strategy}-{budget}",
         "Avg": avg,
@@ -82,9 +83,9 @@ def test_table_and_verdicts(grid):
     summary = report.summarize(runs, stats)
     lines = verdict_lines(comparisons)
     md = report.markdown_table(summary, title="T", verdicts=lines)
-    assert "| rules | k10 | 10 | 100 | tiny-llama | 1 | 55.00 ± 0.00 |" in md
+    assert "| rules | k10 | 10 | 100 | epochs | tiny-llama | 1 | 55.00 ± 0.00 |" in md
     assert "| +5.0 [" in md and "| 0.50 |" in md
-    assert "| random | k10 | 10 | 100 | tiny-llama | 2 | 50.00 ± 0.00 |" in md
+    assert "| random | k10 | 10 | 100 | epochs | tiny-llama | 2 | 50.00 ± 0.00 |" in md
     assert "## Verdicts" in md
     assert any(
         line.strip().startswith("- rules vs random, k=10, tiny-llama: +5.0 points, 95% CI [")

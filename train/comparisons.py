@@ -48,7 +48,9 @@ STAT_COLUMNS = {
 }
 
 
-def cell_answers(runs: pl.DataFrame, runs_dir: Path, group_keys: Sequence[str]) -> dict[tuple, Answers]:
+def cell_answers(
+    runs: pl.DataFrame, runs_dir: Path, group_keys: Sequence[str], shown: Sequence[str] | None = None
+) -> dict[tuple, Answers]:
     """group key values -> that cell's answers, its seeds stacked in seed order. A cell with a run that
     wrote no predictions file (evaluated elsewhere, or by an older version) gets no statistics."""
     cells: dict[tuple, list[Answers | None]] = {}
@@ -57,7 +59,7 @@ def cell_answers(runs: pl.DataFrame, runs_dir: Path, group_keys: Sequence[str]) 
         has_predictions = (runs_dir / row["run"] / PREDICTIONS_FILE).exists()
         cells.setdefault(key, []).append(load_run_answers(runs_dir / row["run"]) if has_predictions else None)
     return {
-        key: stack_seeds(cell_name(_as_dict(group_keys, key)), [a for a in answers if a is not None])
+        key: stack_seeds(cell_name(_shown(group_keys, key, shown)), [a for a in answers if a is not None])
         for key, answers in cells.items()
         if all(a is not None for a in answers)
     }
@@ -65,6 +67,11 @@ def cell_answers(runs: pl.DataFrame, runs_dir: Path, group_keys: Sequence[str]) 
 
 def _as_dict(group_keys: Sequence[str], values: tuple) -> dict:
     return dict(zip(group_keys, values, strict=True))
+
+
+def _shown(group_keys: Sequence[str], values: tuple, shown: Sequence[str] | None) -> dict:
+    key = _as_dict(group_keys, values)
+    return key if shown is None else {k: v for k, v in key.items() if k in shown}
 
 
 def cell_name(key: Mapping) -> str:
@@ -109,7 +116,9 @@ def grid_comparisons(
     Returns (one row per cell: group keys + STAT_COLUMNS, [(cell key, reference name, Comparison)]).
     Runs evaluated on different questions are refused (UserError naming both).
     """
-    answers = cell_answers(runs, runs_dir, list(group_keys))
+    # The compute setting is part of a cell's name only when the grid has more than one.
+    shown = [k for k in group_keys if k != "compute" or runs["compute"].n_unique() > 1]
+    answers = cell_answers(runs, runs_dir, list(group_keys), shown)
     schema = {k: runs.schema[k] for k in group_keys} | STAT_COLUMNS
     return compare_cells(answers, list(group_keys), schema, n_resamples=n_resamples, seed=seed)
 
@@ -152,11 +161,12 @@ def verdict_lines(comparisons: Sequence[tuple[dict, str, Comparison]]) -> list[s
     by_budget: dict[tuple, list[tuple[dict, str, Comparison]]] = {}
     for key, ref, result in comparisons:
         by_budget.setdefault((key["k"], key["budget"]), []).append((key, ref, result))
+    several = len({key.get("compute") for key, _, _ in comparisons}) > 1
     for (_, budget), items in sorted(by_budget.items()):
         lines.append(f"- **{budget}**")
         for ref in ("random", "full"):
             for key, _, result in (item for item in items if item[1] == ref):
-                where = ", ".join(_where(key))
+                where = ", ".join(_where(key, several))
                 lines.append(f"  - {result.verdict(key['strategy'], ref, where)}")
     lines += ["", summary_line(comparisons)]
     return lines
@@ -182,8 +192,8 @@ def summary_line(comparisons: Sequence[tuple[dict, str, Comparison]]) -> str:
     )
 
 
-def _where(key: Mapping) -> list[str]:
+def _where(key: Mapping, several: bool) -> list[str]:
     parts = [f"k={key['k']}", str(key["llm"])]
-    if key.get("compute"):
+    if several and key.get("compute"):
         parts.append(f"steps={key['compute']}")
     return parts

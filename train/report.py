@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 # LLaVA-1.5's headline ScienceQA number: accuracy on the image questions; shown next to Avg everywhere.
 IMAGE = "IMG"
-GROUP_KEYS = ("strategy", "budget", "k", "llm")
+# One table row per (strategy, budget, LLM, compute); seeds are averaged within a row.
+GROUP_KEYS = ("strategy", "budget", "k", "llm", "compute")
 CSV_NAME = "ablation.csv"
 RUNS_CSV_NAME = "ablation_runs.csv"
 MD_NAME = "ablation.md"
@@ -54,6 +55,7 @@ def run_rows(ws: Workspace, plan: Plan, manifests: Mapping[str, Mapping]) -> lis
             "k": cell.k,
             "llm": cell.llm,
             "seed": cell.seed,
+            "compute": cell.compute,
             "run": cell.run,
             "subset": cell.subset,
         }
@@ -82,6 +84,7 @@ RUN_SCHEMA = {
     "k": pl.Int64,
     "llm": pl.String,
     "seed": pl.Int64,
+    "compute": pl.String,
     "run": pl.String,
     "subset": pl.String,
     **{c: pl.Float64 for c in (*CATEGORIES, ACCURACY)},
@@ -113,8 +116,17 @@ def summarize(runs: pl.DataFrame, stats: pl.DataFrame | None = None) -> pl.DataF
         pl.col("seed").sort().cast(pl.String).str.join(",").alias("seeds"),
     ]
     summary = runs.group_by(list(GROUP_KEYS), maintain_order=True).agg(aggs)
-    full = summary.filter(pl.col("strategy") == FULL).select("llm", pl.col("acc_mean").alias("_full"))
-    summary = summary.join(full, on="llm", how="left")
+    # The reference of rel_full: the LLM's full row at the same compute, or its only full row.
+    full = summary.filter(pl.col("strategy") == FULL).select(
+        "llm", "compute", pl.col("acc_mean").alias("_full")
+    )
+    only = full.group_by("llm").agg(pl.col("_full").first().alias("_only"), pl.len().alias("_n"))
+    summary = (
+        summary.join(full, on=["llm", "compute"], how="left")
+        .join(only.filter(pl.col("_n") == 1).select("llm", "_only"), on="llm", how="left")
+        .with_columns(pl.coalesce("_full", "_only").alias("_full"))
+        .drop("_only")
+    )
     summary = summary.with_columns(
         pl.when(pl.col("_full") > 0)
         .then(100.0 * pl.col("acc_mean") / pl.col("_full"))
@@ -128,7 +140,7 @@ def summarize(runs: pl.DataFrame, stats: pl.DataFrame | None = None) -> pl.DataF
             pl.lit(None, dtype=dtype).alias(c) for c, dtype in STAT_COLUMNS.items()
         )
     order = pl.col("strategy") == FULL
-    return summary.sort(["llm", order, "strategy", "k"])
+    return summary.sort(["llm", "compute", order, "strategy", "k"])
 
 
 def markdown_table(
@@ -141,6 +153,7 @@ def markdown_table(
         "budget",
         "k",
         "steps",
+        "compute",
         "LLM",
         "seeds",
         "Avg (mean ± std)",
@@ -167,6 +180,7 @@ def markdown_table(
             r["budget"],
             str(r["k"]),
             "-" if r["steps"] is None else str(r["steps"]),
+            r["compute"],
             r["llm"],
             str(r["n_seeds"]),
             f"{_fmt(r['acc_mean'])} ± {_fmt(r['acc_std'])}",
@@ -319,24 +333,30 @@ def _pyplot():
 
 
 def plot_curves(summary: pl.DataFrame, path: Path, *, chance: float | None = None) -> Path:
-    """Accuracy against subset size, one panel per LLM, one line per strategy: the mean over seeds with
-    ± one seed std as error bars and the 95% bootstrap interval over questions shaded; the LLM's ``full``
-    accuracy as a dashed line, its interval as a grey band."""
+    """Accuracy against subset size, one panel per LLM, one line per (strategy, compute): the mean over
+    seeds with ± one seed std as error bars and the 95% bootstrap interval over questions shaded; the
+    LLM's ``full`` accuracy as a dashed line, its interval as a grey band. Every label says how many
+    optimiser steps its cells trained, and says so when a line joins cells trained at different compute."""
     plt = _pyplot()
     llms = summary["llm"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(1, len(llms), figsize=(5.5 * len(llms), 4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(llms), figsize=(6 * len(llms), 4.2), squeeze=False, sharey=True)
+    several = summary["compute"].n_unique() > 1
     for ax, llm in zip(axes[0], llms, strict=True):
-        stats = summary.filter(pl.col("llm") == llm).sort(["strategy", "k"])
-        for strategy in stats.filter(pl.col("strategy") != FULL)["strategy"].unique(maintain_order=True):
-            s = stats.filter(pl.col("strategy") == strategy)
+        stats = summary.filter(pl.col("llm") == llm).sort(["strategy", "compute", "k"])
+        lines = (
+            stats.filter(pl.col("strategy") != FULL).select("strategy", "compute").unique(maintain_order=True)
+        )
+        for strategy, compute in lines.iter_rows():
+            s = stats.filter((pl.col("strategy") == strategy) & (pl.col("compute") == compute))
             ks = s["k"].to_list()
+            name = f"{strategy} [{compute}]" if several else strategy
             line = ax.errorbar(
                 ks,
                 s["acc_mean"].to_list(),
                 yerr=s["acc_std"].to_list(),
                 marker="o",
                 capsize=3,
-                label=strategy,
+                label=f"{name}: {steps_note(s['steps'].to_list())}",
             )[0]
             if s["acc_ci_low"].null_count() == 0:
                 ax.fill_between(
@@ -346,10 +366,9 @@ def plot_curves(summary: pl.DataFrame, path: Path, *, chance: float | None = Non
                     color=line.get_color(),
                     alpha=0.15,
                 )
-        full = stats.filter(pl.col("strategy") == FULL)
-        if full.height:
-            r = full.row(0, named=True)
-            ax.axhline(r["acc_mean"], color="black", linestyle="--", label=f"full (k={r['k']})")
+        for r in stats.filter(pl.col("strategy") == FULL).iter_rows(named=True):
+            steps = "" if r["steps"] is None else f", {r['steps']} steps"
+            ax.axhline(r["acc_mean"], color="black", linestyle="--", label=f"full (k={r['k']}{steps})")
             if r["acc_ci_low"] is not None:
                 ax.axhspan(r["acc_ci_low"], r["acc_ci_high"], color="black", alpha=0.08)
         if chance is not None:
@@ -363,11 +382,21 @@ def plot_curves(summary: pl.DataFrame, path: Path, *, chance: float | None = Non
         ax.set_xlabel("training samples (k)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (%): mean ± seed std, 95% CI shaded")
-    axes[0][-1].legend(fontsize=8)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def steps_note(steps: list) -> str:
+    """``1500 steps each`` for a line at equal compute, else the range and a warning."""
+    known = sorted({int(s) for s in steps if s is not None})
+    if not known:
+        return "steps unknown"
+    if len(known) == 1:
+        return f"{known[0]} steps each"
+    return f"{known[0]}-{known[-1]} steps: not equal compute"
 
 
 def plot_categories(summary: pl.DataFrame, path: Path) -> Path:

@@ -7,6 +7,7 @@ A grid is a TOML file (see ``train/grids/*.toml``)::
     vision = "tiny-clip"
     seeds = [0]
     budgets = [60, 0.25, "full"]        # k (int), fraction of the pool (float), or "full"
+    steps = "pool"                      # compute: "epochs", "pool" (equal compute), a number, or a list
 
     [pool]                              # the training pool every subset is drawn from
     split = "train"                     # or "all" for every split, as `curate select --split all`
@@ -52,7 +53,11 @@ FULL = "full"
 """The whole-pool budget, its strategy label in the table, and the name of its subset under shards/."""
 RULES = "rules"
 DEFAULT_RUN_NAME = "{subset}__{llm}__s{seed}"
-RUN_NAME_FIELDS = ("subset", "strategy", "budget", "k", "llm", "seed", "vision")
+# With more than one compute setting the default name also says which: the cells differ only in it.
+COMPUTE_RUN_NAME = "{subset}__{llm}__{compute}__s{seed}"
+RUN_NAME_FIELDS = ("subset", "strategy", "budget", "k", "llm", "seed", "vision", "compute")
+EPOCHS = "epochs"
+POOL_STEPS = "pool"
 # Grid fields written under [pool] in the TOML file; every other field is a top-level key.
 POOL_FIELDS = ("split", "require_image", "dedup_eps")
 # Options a strategy entry may carry besides the strategy function's own keywords; everything else is a
@@ -163,12 +168,32 @@ class EvalSpec:
     max_new_tokens: int = 64
     """Generation length; short-answer formats (``The answer is X.``) need about 20 tokens, QCM-LEA's
     lecture and solution far more, and a cut answer is scored as unparsed."""
+    prompt_format: str | None = None
+    """Ask each problem in this LLaVA format instead of its training prompt (None): LLaVA-1.5 evaluates
+    ScienceQA as ``CQM-A`` whatever it was trained on."""
+    prompt_suffix: str | None = None
+    """A line appended to every question, e.g. LLaVA-1.5's "Answer with the option's letter from the given
+    choices directly." (``train.evaluate.SINGLE_PRED_PROMPT``)."""
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit <= 0:
             raise UserError(f"[eval] limit must be positive, got {self.limit}")
         if self.batch_size <= 0 or self.max_new_tokens <= 0:
             raise UserError("[eval] batch_size and max_new_tokens must be positive")
+        if self.prompt_format is not None:
+            from datasets_spec.scienceqa import parse_prompt_format
+
+            try:
+                parse_prompt_format(self.prompt_format)
+            except UserError as exc:
+                raise UserError(f"[eval] prompt_format: {exc}") from None
+
+    def key(self) -> dict:
+        """What a cell's key records of the evaluation: every field, except the prompt settings while they
+        are unset, so that runs recorded before those fields existed keep their keys (and are not
+        trained again)."""
+        optional = ("prompt_format", "prompt_suffix")
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k not in optional}
 
 
 @dataclass(frozen=True)
@@ -185,10 +210,15 @@ class AblationGrid:
     """Vision tower preset shared by every run."""
     seeds: tuple[int, ...] = (0,)
     """Training seeds; the table reports mean and std over them."""
+    steps: tuple[str | int, ...] = (EPOCHS,)
+    """Compute axis, one cell per entry: ``"epochs"`` (each subset trains the stage's epochs, so a smaller
+    subset gets fewer optimiser steps, raised to ``min_steps``), ``"pool"`` (every cell trains as many
+    optimiser steps as the whole pool does: equal compute) or a number of optimiser steps."""
     name: str = "ablation"
     """Title of the report."""
     run_name: str = DEFAULT_RUN_NAME
-    """Run directory name template; fields: subset, strategy, budget, k, llm, seed, vision."""
+    """Run directory name template; fields: subset, strategy, budget, k, llm, seed, vision, compute (the
+    ``steps`` entry). With several ``steps`` entries the default adds ``__{compute}``."""
     split: str = "train"
     """Pool split every subset is drawn from (``all``: every split)."""
     require_image: bool = False
@@ -203,15 +233,30 @@ class AblationGrid:
     """Evaluation of every cell."""
 
     def __post_init__(self) -> None:
-        for name, values in (("llms", self.llms), ("seeds", self.seeds), ("budgets", self.budgets)):
+        for name, values in (
+            ("llms", self.llms),
+            ("seeds", self.seeds),
+            ("budgets", self.budgets),
+            ("steps", self.steps),
+        ):
             if not values:
                 raise UserError(f"grid: {name} is empty")
+        for value in self.steps:
+            number = isinstance(value, int) and not isinstance(value, bool)
+            if not (value in (EPOCHS, POOL_STEPS) or number):
+                raise UserError(
+                    f'grid: steps {value!r} is not a compute setting (use "epochs", "pool" or a step count)'
+                )
+            if number and value < 1:
+                raise UserError(f"grid: steps must be at least 1, got {value}")
+        if len(set(map(str, self.steps))) != len(self.steps):
+            raise UserError(f"grid: steps lists a setting twice: {list(self.steps)}")
         if not self.strategies and not any(b.full for b in self.budgets):
             raise UserError('grid: no strategies and no "full" budget: nothing to train')
         if not self.strategies and not all(b.full for b in self.budgets):
             raise UserError('grid: budgets other than "full" need at least one entry under [strategies]')
         try:
-            self.run_name.format(**{f: "x" for f in RUN_NAME_FIELDS})
+            self.run_name.format(**dict.fromkeys(RUN_NAME_FIELDS, "x"))
         except (KeyError, IndexError, ValueError) as exc:
             raise UserError(
                 f"grid: run_name {self.run_name!r} uses an unknown field {exc}; "
@@ -300,6 +345,9 @@ def grid_from_dict(raw: Mapping, *, where: str = "grid") -> AblationGrid:
         "train": _table(StageSpec, raw.get("train", {}), f"{where} [train]"),
         "eval": _table(EvalSpec, raw.get("eval", {}), f"{where} [eval]"),
     }
+    if "steps" in raw:
+        values = raw["steps"] if isinstance(raw["steps"], list) else [raw["steps"]]
+        kwargs["steps"] = tuple(_typed(v, (str, int), f"{where} steps") for v in values)
     if "seeds" in raw:
         seeds = _typed(raw["seeds"], list, f"{where} seeds")
         kwargs["seeds"] = tuple(_typed(s, int, f"{where} seeds") for s in seeds)

@@ -6,12 +6,23 @@ nothing here reads or writes files.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from datasets_spec.errors import UserError
-from train.ablation.grid import FULL, AblationGrid, Budget, StrategySpec
+from train.ablation.grid import (
+    COMPUTE_RUN_NAME,
+    DEFAULT_RUN_NAME,
+    EPOCHS,
+    FULL,
+    POOL_STEPS,
+    AblationGrid,
+    Budget,
+    StrategySpec,
+)
 from train.config import TrainConfig
 
 
@@ -45,6 +56,8 @@ class Cell:
     """Training seed."""
     run: str
     """Run directory name under runs/."""
+    compute: str = EPOCHS
+    """The grid's ``steps`` entry this cell trains at: ``epochs``, ``pool`` or a number of steps."""
 
 
 @dataclass(frozen=True)
@@ -80,16 +93,17 @@ def plan_ablation(grid: AblationGrid, pool_size: Callable[[bool], int]) -> Plan:
     origins: dict[str, str] = {}
     for label, budget, subset in families:
         add_subset(subset, f"{label} at budget {budget.label}")
-        for llm in grid.llms:
-            for seed in grid.seeds:
-                cell = _cell(grid, label, budget, subset, llm, seed)
-                origin = f"({label}, {budget.label}, {llm}, seed {seed})"
-                if cell.run in origins:
-                    raise UserError(
-                        f"grid: cells {origins[cell.run]} and {origin} collide on run name {cell.run!r}"
-                    )
-                origins[cell.run] = origin
-                cells.append(cell)
+        for compute in _computes(grid, budget):
+            for llm in grid.llms:
+                for seed in grid.seeds:
+                    cell = _cell(grid, label, budget, subset, llm, seed, compute)
+                    origin = f"({label}, {budget.label}, {llm}, seed {seed}, steps {compute})"
+                    if cell.run in origins:
+                        raise UserError(
+                            f"grid: cells {origins[cell.run]} and {origin} collide on run name {cell.run!r}"
+                        )
+                    origins[cell.run] = origin
+                    cells.append(cell)
     if not grid.stage1.skip and grid.stage1.subset == FULL:
         add_subset(SubsetPlan(FULL, None, full_pool), "[stage1]")
     stage1_runs = {stage1_run_name(llm) for llm in grid.llms}
@@ -118,7 +132,18 @@ def _families(
     return families
 
 
-def _cell(grid: AblationGrid, label: str, budget: Budget, subset: SubsetPlan, llm: str, seed: int) -> Cell:
+def _computes(grid: AblationGrid, budget: Budget) -> list[str]:
+    """The compute settings a row family trains at. The whole pool trains the same steps under
+    ``epochs`` and ``pool``, so with both in the grid it is trained once (as ``epochs``)."""
+    computes = [str(value) for value in grid.steps]
+    if budget.full and EPOCHS in computes and POOL_STEPS in computes:
+        computes.remove(POOL_STEPS)
+    return computes
+
+
+def _cell(
+    grid: AblationGrid, label: str, budget: Budget, subset: SubsetPlan, llm: str, seed: int, compute: str
+) -> Cell:
     fields = {
         "subset": subset.name,
         "strategy": label,
@@ -127,9 +152,13 @@ def _cell(grid: AblationGrid, label: str, budget: Budget, subset: SubsetPlan, ll
         "llm": llm,
         "seed": seed,
         "vision": grid.vision,
+        "compute": compute,
     }
-    run = grid.run_name.format(**fields)
-    return Cell(label, budget.label, subset.k, subset.name, llm, seed, run)
+    template = grid.run_name
+    if template == DEFAULT_RUN_NAME and len(grid.steps) > 1:
+        template = COMPUTE_RUN_NAME
+    run = template.format(**fields)
+    return Cell(label, budget.label, subset.k, subset.name, llm, seed, run, compute)
 
 
 def stage1_run_name(llm: str) -> str:
@@ -138,16 +167,26 @@ def stage1_run_name(llm: str) -> str:
 
 
 def build_config(
-    grid: AblationGrid, *, llm: str, stage: str, seed: int, run: str, projector_path: Path | None
+    grid: AblationGrid,
+    *,
+    llm: str,
+    stage: str,
+    seed: int,
+    run: str,
+    projector_path: Path | None,
+    compute: str = EPOCHS,
+    pool_size: int | None = None,
 ) -> TrainConfig:
     """The TrainConfig of one run: the stage's preset and overrides plus the grid's shared settings.
 
     Between-epoch evaluation is off unless the overrides ask for it: the ablation scores every run once,
-    after training, on the grid's evaluation split.
+    after training, on the grid's evaluation split. A stage-2 ``compute`` other than ``epochs`` fixes the
+    optimiser steps (``min_steps = max_steps``): the whole pool's planned steps for ``pool`` (which needs
+    ``pool_size``), the number itself otherwise.
     """
     spec = grid.stage1 if stage == "pretrain" else grid.train
     kwargs = {"eval_split": None, **spec.overrides}
-    return TrainConfig(
+    config = TrainConfig(
         llm=llm,
         vision=grid.vision,
         stage=stage,
@@ -157,3 +196,15 @@ def build_config(
         run_name=run,
         **kwargs,
     )
+    if stage == "pretrain" or compute == EPOCHS:
+        return config
+    steps = pool_steps(config, pool_size) if compute == POOL_STEPS else int(compute)
+    return dataclasses.replace(config, min_steps=steps, max_steps=steps)
+
+
+def pool_steps(config: TrainConfig, pool_size: int | None) -> int:
+    """Stage-2 optimiser steps the whole pool takes under ``config`` (its epochs, min/max steps applied)."""
+    if not pool_size:
+        raise UserError('grid: steps = "pool" needs the pool size, and the pool is empty')
+    batch = config.stage_hparams("finetune").global_batch_size
+    return config.planned_steps("finetune", math.ceil(pool_size / batch))

@@ -212,14 +212,21 @@ def run_ablation(
     for i, cell in enumerate(plan.cells, 1):
         projector, stage1_key = stage1[cell.llm]
         config = build_config(
-            grid, llm=cell.llm, stage="finetune", seed=cell.seed, run=cell.run, projector_path=projector
+            grid,
+            llm=cell.llm,
+            stage="finetune",
+            seed=cell.seed,
+            run=cell.run,
+            projector_path=projector,
+            compute=cell.compute,
+            pool_size=plan.pool_size,
         )
         key = {
             "subset": cell.subset,
             "subset_hash": subset_hash(manifests[cell.subset]),
             "config": json_stable(config.to_dict()),
             "stage1": stage1_key,
-            "eval": dataclasses.asdict(grid.eval),
+            "eval": grid.eval.key(),
             "presets": preset_key(cell.llm, grid.vision),
         }
         progress = f"[{i}/{len(plan.cells)}]"
