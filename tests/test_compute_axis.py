@@ -3,8 +3,9 @@ the report's statistics end to end through a fake trainer."""
 
 from __future__ import annotations
 
-import pytest
 import json
+
+import pytest
 import tomllib
 import torch
 from safetensors.torch import save_file
