@@ -1,9 +1,10 @@
 """The end-to-end CPU demo: ``python -m train.demo --workspace demo-workspace`` (what ``make demo`` runs).
 
-Synthetic ScienceQA-format data -> canonical dataset -> tiny random CLIP embeddings -> subsets by random,
-rules, l2-maxdiverse and kmeans-balanced at two budgets plus the whole pool -> stage 1 and stage 2 of two
-tiny random backbones (tiny-llama, tiny-mistral) -> ScienceQA scoring -> table and plots. Every step is
-the library function the CLI calls, and every step resumes: running the demo again reuses what exists.
+Synthetic ScienceQA-format data -> canonical dataset -> tiny random CLIP embeddings -> random subsets of
+100 and 300 problems plus the whole 600-problem pool -> stage 1 and stage 2 of two tiny random backbones
+(tiny-llama, tiny-mistral), two seeds each, every cell at the whole pool's compute -> ScienceQA scoring ->
+table with paired statistics, verdicts and plots. Every step is the library function the CLI calls, and
+every step resumes: running the demo again reuses what exists.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 from datasets_spec.errors import exit_on_user_error
 from datasets_spec.workspace import resolve_workspace
 
-# Sizes of the synthetic dataset: large enough that `full` clearly beats the 100- and 300-sample subsets,
-# small enough that the whole demo (20 trainings + 18 evaluations) stays within 15 minutes on 2 CPU cores.
-N_TRAIN = 1200
+# Sizes of the synthetic dataset: a 600-problem pool, so that every cell at the pool's compute (10 epochs of
+# it, 1,500 steps) fits 12 trainings + 12 evaluations of all 300 test problems in 15 minutes on 2 CPU cores.
+N_TRAIN = 600
 N_VAL = 100
 N_TEST = 300
 # QCM-EA: the reply states the solution in words, then the letter ("The big shape is red. The answer is A.").
@@ -66,8 +67,9 @@ def _step(message: str) -> None:
     print(f"\n== {message}", flush=True)
 
 
-def _signal_check(report_dir: Path) -> str:
-    """One line saying whether each backbone's `full` row clears twice chance accuracy."""
+def _signal_check(report_dir: Path) -> list[str]:
+    """Lines saying whether each backbone's `full` row clears twice chance, whether `random` rises with the
+    budget, and what the verdicts found."""
     import json
 
     import polars as pl
@@ -79,13 +81,24 @@ def _signal_check(report_dir: Path) -> str:
     summary = pl.read_csv(report_dir / "ablation.csv")
     full = summary.filter(pl.col("strategy") == FULL)
     if chance is None or full.height == 0:
-        return "signal check: no full-data row or no chance estimate"
+        return ["signal check: no full-data row or no chance estimate"]
     parts = [
         f"{r['llm']} {r['acc_mean']:.2f}% ({r['acc_mean'] / chance:.2f}x)" for r in full.iter_rows(named=True)
     ]
     ok = all(r["acc_mean"] >= 2 * chance for r in full.iter_rows(named=True))
     verdict = "clears" if ok else "does NOT clear"
-    return f"signal check: full data {', '.join(parts)} vs chance {chance:.2f}%: {verdict} twice chance"
+    lines = [f"signal check: full data {', '.join(parts)} vs chance {chance:.2f}%: {verdict} twice chance"]
+    for llm in summary["llm"].unique(maintain_order=True):
+        curve = summary.filter((pl.col("strategy") == "random") & (pl.col("llm") == llm)).sort("k")
+        if curve.height > 1:
+            accs = curve["acc_mean"].to_list()
+            rises = all(b > a for a, b in zip(accs, accs[1:], strict=False))
+            points = " -> ".join(f"{a:.2f}% (k={k})" for a, k in zip(accs, curve["k"], strict=True))
+            lines.append(f"budget check: random, {llm}: {points}: {'rises' if rises else 'does NOT rise'}")
+    md = (report_dir / "ablation.md").read_text().rstrip().splitlines()
+    if md and ("significant" in md[-1] or md[-1].startswith("No comparisons")):
+        lines.append(f"verdicts: {md[-1]}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     reports = result["report"].parent
     print(result["report"].read_text())
-    print(_signal_check(reports))
+    print("\n".join(_signal_check(reports)))
     print(f"\ntable:     {result['report']}\n           {reports / 'ablation.csv'}")
     for png in sorted(reports.glob("*.png")):
         print(f"plot:      {png}")
