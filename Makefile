@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/select_bench.py
 	$(PY) bench/embed_bench.py
 	$(PY) bench/train_bench.py
+	$(PY) bench/stats_bench.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check datasets_spec curate train bench tests
