@@ -48,11 +48,12 @@ STAT_COLUMNS = {
 }
 
 
-def cell_answers(
-    runs: pl.DataFrame, runs_dir: Path, group_keys: Sequence[str], shown: Sequence[str] | None = None
-) -> dict[tuple, Answers]:
+def cell_answers(runs: pl.DataFrame, runs_dir: Path, group_keys: Sequence[str]) -> dict[tuple, Answers]:
     """group key values -> that cell's answers, its seeds stacked in seed order. A cell with a run that
     wrote no predictions file (evaluated elsewhere, or by an older version) gets no statistics."""
+    # The compute setting is part of a cell's name only when the grid has more than one.
+    single = "compute" not in runs.columns or runs["compute"].n_unique() <= 1
+    shown = [k for k in group_keys if k != "compute" or not single]
     cells: dict[tuple, list[Answers | None]] = {}
     for row in runs.sort("seed").iter_rows(named=True):
         key = tuple(row[k] for k in group_keys)
@@ -116,9 +117,7 @@ def grid_comparisons(
     Returns (one row per cell: group keys + STAT_COLUMNS, [(cell key, reference name, Comparison)]).
     Runs evaluated on different questions are refused (UserError naming both).
     """
-    # The compute setting is part of a cell's name only when the grid has more than one.
-    shown = [k for k in group_keys if k != "compute" or runs["compute"].n_unique() > 1]
-    answers = cell_answers(runs, runs_dir, list(group_keys), shown)
+    answers = cell_answers(runs, runs_dir, list(group_keys))
     schema = {k: runs.schema[k] for k in group_keys} | STAT_COLUMNS
     return compare_cells(answers, list(group_keys), schema, n_resamples=n_resamples, seed=seed)
 
