@@ -372,3 +372,25 @@ def test_presets_resolve_with_overrides_and_exact_batches():
         batch_layout(hp, 3)
     with pytest.raises(UserError, match="llava-1.5"):
         TrainConfig(llm="x/y", vision="tiny-clip", preset="nope")
+
+
+def test_run_flags_are_the_train_config_fields():
+    import dataclasses
+
+    import typer
+
+    from train import cli as train_cli
+
+    params = {p.name: p for p in typer.main.get_command(train_cli.app).commands["run"].params}
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(params)
+    # Defaults as documented in the README, not read back from TrainConfig.
+    assert params["lora_dropout"].default == 0.05 and params["eval_limit"].default == 64
+    assert params["max_length"].default == 2048 and params["preset"].default == "llava-1.5"
+    assert params["llm"].default == "tiny-llama" and params["vision"].default == "tiny-clip"
+    assert params["global_batch_size"].opts == ["--batch-size"]
+    assert params["projector_path"].opts == ["--projector"]
+    assert "LoRA rank for stage 2" in params["lora_r"].help
+    config = train_cli._config_from_flags(
+        {"eval_split": "", "bf16": "false", "warmup_ratio": 0.1, "template": None}
+    )
+    assert config.eval_split is None and config.bf16 is False and config.warmup_ratio == 0.1

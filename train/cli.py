@@ -178,6 +178,7 @@ def eval_command(
     import json
 
     from train.evaluate import evaluate_run
+    from train.rundir import METRICS_FILE, PREDICTIONS_FILE
 
     metrics = evaluate_run(
         _workspace(workspace), run, split=split, limit=limit, batch_size=batch_size,
@@ -187,7 +188,7 @@ def eval_command(
         typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
     else:
         _print_metrics(metrics, f"ScienceQA {split}: {run.name}")
-        typer.echo(f"wrote {run / 'predictions.jsonl'} and {run / 'metrics.json'}")
+        typer.echo(f"wrote {run / PREDICTIONS_FILE} and {run / METRICS_FILE}")
 
 
 

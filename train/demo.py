@@ -72,10 +72,12 @@ def _signal_check(report_dir: Path) -> str:
 
     import polars as pl
 
+    from train.ablation import FULL
+
     info = json.loads((report_dir / "ablation.json").read_text())
     chance = info.get("chance")
     summary = pl.read_csv(report_dir / "ablation.csv")
-    full = summary.filter(pl.col("strategy") == "full")
+    full = summary.filter(pl.col("strategy") == FULL)
     if chance is None or full.height == 0:
         return "signal check: no full-data row or no chance estimate"
     parts = [

@@ -290,9 +290,9 @@ def train_stage(
         "gradient_accumulation_steps": accum,
         "world_size": world,
         "parameters": params,
-        "data": _plain(counts),
+        "data": dict(counts),
         "samples": len(train_ds),
-        "tokens_per_epoch": _tokens(train_ds),
+        "tokens_per_epoch": int(sum(train_ds.lengths)),
         "steps": output.global_step,
         "epochs": trainer.state.epoch,
         "train_loss": output.training_loss,
@@ -428,13 +428,3 @@ def _save_stage(
             if save_model:
                 save_bundle(dataclasses.replace(bundle, model=model), stage_dir / MODEL_DIR)
     barrier()
-
-
-def _tokens(dataset) -> int:
-    return int(sum(dataset.lengths))
-
-
-def _plain(counts) -> dict:
-    if dataclasses.is_dataclass(counts):
-        return dataclasses.asdict(counts)
-    return dict(counts) if isinstance(counts, dict) else {"counts": str(counts)}
