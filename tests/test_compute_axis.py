@@ -191,3 +191,20 @@ def test_equal_compute_grid_end_to_end(tmp_path):
     assert summary["eval_split"] == "test"
     assert (ws.reports_dir / "comparisons.csv").read_text().count("\n") == 2
     assert (ws.reports_dir / "accuracy_vs_budget.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_signal_check_says_what_holds(tmp_path):
+    from train.demo import _signal_check
+
+    write_json(tmp_path / "ablation.json", {"chance": 25.0})
+    (tmp_path / "ablation.csv").write_text(
+        "strategy,k,llm,acc_mean\n"
+        "random,100,a,40.0\nrandom,300,a,45.0\nfull,600,a,60.0\n"
+        "random,100,b,50.0\nrandom,300,b,48.0\nfull,600,b,49.0\n"
+    )
+    (tmp_path / "ablation.md").write_text("# T\n\nNone of the 4 comparisons is significant at p < 0.05.\n")
+    lines = _signal_check(tmp_path)
+    assert lines[0].endswith("does NOT clear twice chance") and "b 49.00% (1.96x)" in lines[0]
+    assert lines[1] == "budget check: random, a: 40.00% (k=100) -> 45.00% (k=300): rises"
+    assert lines[2] == "budget check: random, b: 50.00% (k=100) -> 48.00% (k=300): does NOT rise"
+    assert lines[3] == "verdicts: None of the 4 comparisons is significant at p < 0.05."
