@@ -439,7 +439,7 @@ def test_real_tiny_ablation_resumes_after_interruption(tmp_path, monkeypatch):
     assert runs["run"].to_list() == ["random-k10__tiny-llama__s0", "full__tiny-llama__s0"]
     assert runs["steps"].to_list() == [2, 2]  # stage 2's optimiser steps, from train_metrics.json
     assert runs["manifest_hash"].null_count() == 0
-    assert "| full | full | 30 | 2 | tiny-llama |" in md.read_text()
+    assert "| full | full | 30 | 2 | epochs | tiny-llama |" in md.read_text()
 
 
 def test_existing_subset_of_another_strategy_is_refused(tmp_path, ws):
