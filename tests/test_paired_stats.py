@@ -113,7 +113,7 @@ def test_known_discordant_table():
     assert line.endswith("p = 0.12")
 
 
-def test_seeds_are_averaged_per_question_and_the_sign_test_uses_the_means():
+def test_seeds_are_averaged_per_question_before_testing():
     # Cell a has 3 seeds, cell b 2. Per-question means: a = [1, 2/3, 1/3, 0], b = [1/2, 1/2, 1/2, 1/2].
     a = _answers("a", [[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]])
     b = _answers("b", [[1, 0, 1, 0], [0, 1, 0, 1]])
@@ -211,3 +211,45 @@ def test_question_ids_written_as_numbers_still_load(tmp_path):
     answers = load_run_answers(run)
     assert answers.question_ids == ("1", "2") and answers.correct.tolist() == [[False, True]]
     assert answers.split is None
+
+
+def _brute_sign_flip(d):
+    import itertools
+
+    observed = abs(sum(d))
+    sums = [
+        abs(sum(s * x for s, x in zip(signs, d, strict=True)))
+        for signs in itertools.product((1, -1), repeat=len(d))
+    ]
+    return sum(t >= observed for t in sums) / len(sums)
+
+
+def test_sign_flip_test_matches_enumerating_every_sign():
+    from train.paired_stats import sign_flip_exact
+
+    assert math.isclose(sign_flip_exact(np.array([2, 1, 1, 0])), 0.25)  # sums +-4 of 8: by hand
+    assert math.isclose(sign_flip_exact(np.array([3, 1])), 0.5)
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        d = rng.integers(-3, 4, size=12)
+        assert math.isclose(sign_flip_exact(d), _brute_sign_flip(d.tolist()), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_sign_flip_with_unit_differences_is_mcnemar():
+    from train.paired_stats import sign_flip_exact
+
+    for b, c in [(1, 6), (2, 10), (40, 61), (4, 4)]:
+        d = np.array([1] * b + [-1] * c + [0] * 7)
+        assert math.isclose(sign_flip_exact(d), mcnemar_exact(b, c), rel_tol=1e-9)
+
+
+def test_several_seeds_use_the_size_of_each_difference():
+    # Two seeds each. 30 questions: a right in both seeds and b in neither on 6 (difference +2 in units of
+    # 1/4... scaled: a_count * 2 - b_count * 2 = +4); a right once, b never on 4 (+2); 20 ties.
+    a = _answers("a", [[1] * 6 + [1] * 4 + [1] * 10 + [0] * 10, [1] * 6 + [0] * 4 + [1] * 10 + [0] * 10])
+    b = _answers("b", [[0] * 6 + [0] * 4 + [1] * 10 + [0] * 10, [0] * 6 + [0] * 4 + [1] * 10 + [0] * 10])
+    result = compare(a, b)
+    # Every non-zero difference favours a: only the all-positive and all-negative sign patterns reach the
+    # observed sum, so p = 2 / 2**10; McNemar on the 10 questions "a better" would give the same here.
+    assert math.isclose(result.p_value, 2 / 2**10, rel_tol=1e-9)
+    assert math.isclose(result.diff, 100 * (6 + 0.5 * 4) / 30)

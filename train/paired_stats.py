@@ -12,9 +12,10 @@ two accuracies:
 Seeds: a cell trained with several seeds is first averaged per question (its per-question accuracy is the
 fraction of its seeds that got the question right), and questions stay the unit that is resampled and
 tested. So seed noise is averaged out, never counted as extra independent questions. With several seeds the
-McNemar test becomes the exact sign test on those per-question means (a question counts for the cell whose
-mean is higher; ties drop out); with one seed per cell the two are the same test. A cell with a single seed
-still gets the bootstrap interval: it measures question sampling, which is there whatever the seed count.
+McNemar test becomes the exact paired permutation (sign-flip) test on those per-question differences: each
+question's difference is equally likely to have either sign under "no difference", and how large it is
+counts, as it does in the bootstrap; with one seed per cell the two are the same test. A cell with a single
+seed still gets the bootstrap interval: it measures question sampling, which is there whatever the seed count.
 
 The bootstrap draws, for each resample, how often each distinct per-question difference occurs (a
 multinomial over those values): resampling n questions with replacement changes nothing else, so this is
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +204,52 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
+def sign_flip_exact(differences: np.ndarray) -> float:
+    """Two-sided exact paired permutation (sign-flip) p-value of integer per-question differences.
+
+    Under "no difference" each question's difference is as likely to be ``+d`` as ``-d``; the p-value is
+    the probability that the sum of independently flipped differences is at least as far from 0 as the
+    observed sum. Questions with the same magnitude ``m`` contribute ``m (2X - n_m)`` with X ~ Bin(n_m, 1/2),
+    so the null distribution is the convolution of one binomial per magnitude (through an FFT: floating
+    point, exact up to rounding near 1e-15). With differences of -1, 0, +1 (one seed per cell) it is
+    McNemar's test.
+    """
+    differences = np.asarray(differences, dtype=np.int64)
+    observed = int(differences.sum())
+    magnitudes, counts = np.unique(np.abs(differences[differences != 0]), return_counts=True)
+    if magnitudes.size == 0 or observed == 0:
+        return 1.0
+    width = int(2 * np.sum(magnitudes * counts)) + 1  # support of the sum: -total .. +total
+    size = 1 << (width - 1).bit_length()
+    spectrum = np.ones(size // 2 + 1, dtype=np.complex128)
+    for magnitude, n in zip(magnitudes.tolist(), counts.tolist(), strict=True):
+        pmf = np.zeros(2 * magnitude * n + 1)
+        pmf[:: 2 * magnitude] = _binomial_half_pmf(n)  # index = m (2x) for x = 0..n, offset by m n
+        spectrum *= np.fft.rfft(pmf, size)
+    total = (width - 1) // 2
+    null = np.clip(np.fft.irfft(spectrum, size)[:width], 0.0, None)
+    values = np.arange(width) - total
+    return float(min(1.0, null[np.abs(values) >= abs(observed)].sum()))
+
+
+def _binomial_half_pmf(n: int) -> np.ndarray:
+    """P(X = x), x = 0..n, for X ~ Binomial(n, 1/2), in log space (no overflow at n in the thousands):
+    log C(n, x) is the running sum of log((n - i) / (i + 1))."""
+    steps = np.log(np.arange(n, 0, -1, dtype=np.float64) / np.arange(1, n + 1, dtype=np.float64))
+    log_comb = np.concatenate([[0.0], np.cumsum(steps)])
+    return np.exp(log_comb - n * np.log(2.0))
+
+
+def paired_p_value(a: Answers, b: Answers) -> float:
+    """Exact McNemar for one seed per cell; with several seeds, the exact sign-flip test on the per-question
+    seed-mean differences (integers in units of 1 / (seeds_a x seeds_b)), which is McNemar's test extended
+    to counts of right answers and uses how much each question differs, as the bootstrap does."""
+    if a.n_seeds == 1 and b.n_seeds == 1:
+        return mcnemar_exact(*discordant(a, b))
+    units = a.correct.sum(axis=0) * b.n_seeds - b.correct.sum(axis=0) * a.n_seeds
+    return sign_flip_exact(units)
+
+
 def discordant(a: Answers, b: Answers) -> tuple[int, int]:
     """(questions where ``a`` is better, questions where ``b`` is better), on per-question seed means."""
     qa, qb = a.per_question(), b.per_question()
@@ -296,14 +344,23 @@ def compare(
         seeds_b=b.n_seeds,
         acc_a=acc_a,
         acc_b=acc_b,
-        diff=float(per_question.mean()) if per_question.size else float("nan"),
+        diff=_exact_difference(a, b),
         ci_low=lo,
         ci_high=hi,
         a_better=a_better,
         b_better=b_better,
-        p_value=mcnemar_exact(a_better, b_better),
+        p_value=paired_p_value(a, b),
         level=level,
     )
+
+
+def _exact_difference(a: Answers, b: Answers) -> float:
+    """Accuracy of ``a`` minus ``b`` in points from the integer counts, so equal cells give exactly 0."""
+    if not a.n_questions:
+        return float("nan")
+    right_a = Fraction(int(a.correct.sum()), a.n_seeds * a.n_questions)
+    right_b = Fraction(int(b.correct.sum()), b.n_seeds * b.n_questions)
+    return float(100 * (right_a - right_b))
 
 
 def accuracy_ci(

@@ -205,9 +205,9 @@ STATS_NOTE = (
     "the CI of Avg and every Δ (difference in points against the same LLM's full-pool row, and against "
     "`random` at the same budget) are 95% percentile-bootstrap intervals over the evaluated questions "
     "(10,000 resamples) with each cell's seeds averaged per question; p is the exact McNemar test on the "
-    "questions one cell gets right and the other wrong (with several seeds: the exact sign test on the "
-    "per-question seed means). A row with one seed still has its interval: it measures which questions "
-    "were asked, not seed noise."
+    "questions one cell gets right and the other wrong (with several seeds: the exact sign-flip permutation "
+    "test on the per-question seed-mean differences, McNemar's test extended to them). A row with one seed "
+    "still has its interval: it measures which questions were asked, not seed noise."
 )
 
 
