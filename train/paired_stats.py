@@ -229,7 +229,8 @@ def sign_flip_exact(differences: np.ndarray) -> float:
     total = (width - 1) // 2
     null = np.clip(np.fft.irfft(spectrum, size)[:width], 0.0, None)
     values = np.arange(width) - total
-    return float(min(1.0, null[np.abs(values) >= abs(observed)].sum()))
+    # 12 significant digits: the FFT's rounding (about 1e-15) must not move a p-value across a printed digit.
+    return float(f"{min(1.0, null[np.abs(values) >= abs(observed)].sum()):.12g}")
 
 
 def _binomial_half_pmf(n: int) -> np.ndarray:
