@@ -6,6 +6,7 @@ cause arrive as UserError and leave as one line on stderr with exit code 2 (see 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -216,6 +217,7 @@ def embed(
     rows_per_part: int = typer.Option(4096, help="Rows per Parquet part (unit of resume and of torchrun)."),
     seed: int = typer.Option(0, help="Seed for random weights (--pretrained none)."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    dtype: str = typer.Option("float32", help="Stored vectors: float32 or float16 (half the bytes)."),
 ) -> None:
     """Embed every sample (image + text, open_clip) into embeddings/<tag>/; resumable."""
     from curate.embed import embed_workspace
@@ -223,7 +225,7 @@ def embed(
     out = embed_workspace(
         _workspace(workspace), model=model, pretrained=pretrained, fuse=fuse, batch_size=batch_size,
         device=device, num_workers=num_workers, tag=tag, overwrite=overwrite, rows_per_part=rows_per_part,
-        seed=seed, threads=threads,
+        seed=seed, threads=threads, dtype=dtype,
     )
     typer.echo(str(out))
 
@@ -241,16 +243,29 @@ def select(
     name: str | None = typer.Option(None, help="Subset directory name (default: <strategy>-k<k>)."),
     embeddings: str | None = typer.Option(None, "--embeddings", help="Embedding set tag (default set)."),
     overwrite: bool = typer.Option(False, help="Replace an existing subset directory."),
+    device: str = typer.Option("auto", help="l2-maxdiverse: auto, cpu, cuda, cuda:N (torch) or numpy."),
+    memory_budget: float | None = typer.Option(
+        None, "--memory-budget", help="l2-maxdiverse: GB one process may use (default: free RAM/GPU memory)."
+    ),
+    checkpoint_every: int = typer.Option(1000, help="l2-maxdiverse: picks between resumable checkpoints."),
+    progress: bool = typer.Option(True, help="l2-maxdiverse: progress bar (picks/s, ETA) on stderr."),
 ) -> None:
-    """Select a subset with a strategy and write shards/<strategy>-k<k>/."""
+    """Select a subset with a strategy and write shards/<strategy>-k<k>/.
+
+    l2-maxdiverse shards over processes under `torchrun --nproc-per-node N -m curate.cli select ...`
+    and resumes from its checkpoints when rerun after a kill."""
+    from curate.kcenter.select import KCenterOptions
     from curate.select import select_subset
 
     out = select_subset(
         _workspace(workspace), strategy, k=k, fraction=fraction, seed=seed, split=split,
         require_image=require_image, dedup_eps=dedup_eps, name=name, embeddings_tag=embeddings,
         overwrite=overwrite, command=command_line(),
+        kcenter=KCenterOptions(device=device, memory_budget_gb=memory_budget,
+                               checkpoint_every=checkpoint_every, show_progress=progress),
     )
-    typer.echo(str(out))
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(str(out))
 
 
 @app.command()

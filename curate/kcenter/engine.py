@@ -35,6 +35,9 @@ class LocalComm:
     def barrier(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
 
 @dataclass
 class Resume:
