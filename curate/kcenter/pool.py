@@ -100,9 +100,9 @@ def check_memory(
     centers = k * d * 8
     per_sample = d * itemsize + STATE_BYTES_PER_SAMPLE
     where = f"{world} processes" if world > 1 else "one process"
-    msg = (f"l2-maxdiverse needs {need / GB:.2f} GB per process for {n:,} x {d} {dtype} over {where} "
-           f"(pool slice + per-sample state + {k:,} float64 centers) but the memory budget is "
-           f"{budget / GB:.2f} GB")
+    msg = (f"l2-maxdiverse needs {need:,} bytes ({need / GB:.2f} GB) per process for {n:,} x {d} {dtype} "
+           f"over {where} (pool slice + per-sample state + {k:,} float64 centers) but the memory budget is "
+           f"{int(budget):,} bytes")
     if centers >= budget:
         raise UserError(f"{msg}; the {k:,} centers alone need {centers / GB:.2f} GB: lower --k")
     procs = max(world + 1, -(-n * per_sample // int(budget - centers)))

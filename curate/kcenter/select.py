@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from curate.kcenter import pool_mean, run_greedy
-from curate.kcenter.backends import make_shard
+from curate.kcenter.backends import make_shard, resolve_device
 from curate.kcenter.distributed import comm_from_env, rank_device, slice_bounds
 from curate.kcenter.pool import (
     Checkpoints,
@@ -81,6 +81,8 @@ def run_kcenter(ws: Workspace, pool: np.ndarray, k: int, name: str, tag: str | N
 
 
 def _run(ws, pool, k, name, tag, opts, device, comm) -> KCenterRun:
+    if device != "numpy":
+        device = resolve_device(device)
     d_dir, info = embedding_info(ws, tag)
     n, dim = len(pool), int(info["dim"])
     if n < comm.world:
@@ -91,9 +93,9 @@ def _run(ws, pool, k, name, tag, opts, device, comm) -> KCenterRun:
     lo, hi = slice_bounds(n, comm.rank, comm.world)
     ids = ws.read_dataset(columns=["sample_id"]).column("sample_id").to_pylist()
     rows = read_rows(d_dir, info, pool[lo:hi], ids)
+    shard = make_shard(rows, device)  # device and dtype errors come before any checkpoint is written
     ckpt = Checkpoints(checkpoint_dir(ws, name), selection_key(pool, k, info), comm, opts.checkpoint_every)
     resume = ckpt.open()
-    shard = make_shard(rows, device)
     done = 0 if resume is None else len(resume.picks)
     progress = PickProgress(k, done, opts.show_progress and comm.rank == 0)
 
