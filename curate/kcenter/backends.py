@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from curate.kcenter.exact import pass_bound
 from datasets_spec.errors import UserError
 
 # float16 dot products are rounded to float16: |x.c| must stay well below float16's max (65504).
@@ -47,7 +48,9 @@ class NumpyShard:
     def first(self, mean: np.ndarray, margin: float) -> tuple[float, int, int]:
         return _top(self._distances(mean), margin)
 
-    def update(self, c: np.ndarray, step: int, local: int | None, margin: float) -> tuple[float, int, int]:
+    def update(
+        self, c: np.ndarray, step: int, local: int | None, margin: float, reach: float = 0.0
+    ) -> tuple[float, int, int]:
         dist = self._distances(c)
         np.less(dist, self.min_d, out=self._closer)
         np.putmask(self.nearest, self._closer, step)
@@ -81,7 +84,7 @@ def _top(values: np.ndarray, margin: float) -> tuple[float, int, int]:
 
 
 class TorchShard:
-    """Rows as a torch tensor on ``device`` (float32, or float16 with float16 dot products)."""
+    """Rows as a torch tensor on ``device``: float32, or float16 read by float16 dot products."""
 
     def __init__(self, rows: np.ndarray, device: str) -> None:
         import torch
@@ -90,6 +93,7 @@ class TorchShard:
         self.device = torch.device(device)
         self.half_dot = rows.dtype == np.float16
         self.n, self.d = rows.shape
+        rows = rows if rows.flags.writeable else np.array(rows)  # a read-only memory map is copied
         host = torch.from_numpy(np.ascontiguousarray(rows))
         self.x = host.to(self.device)
         self.sqn = torch.empty(self.n, dtype=torch.float32, device=self.device)
@@ -109,22 +113,48 @@ class TorchShard:
     def max_sqnorm(self) -> float:
         return float(self.sqn.max()) if self.n else 0.0
 
-    def _distances(self, c: np.ndarray):
+    def _distances(self, c: np.ndarray, widened: bool = False):
+        """Pass values ``||x||^2 - 2 x.c + ||c||^2``: float16 dot products for float16 rows unless
+        ``widened`` (then float32 on rows widened block by block, the float32 bound)."""
         torch = self.torch
-        c_t = torch.from_numpy(np.asarray(c, dtype=np.float32)).to(self.device).to(self.x.dtype)
-        c32 = c_t.float()  # a stored row is exact here; the pool mean is rounded (see mean_bound)
-        sqc = float(torch.dot(c32, c32))
-        torch.mv(self.x, c_t, out=self._dot)
-        self._dist.copy_(self._dot)
-        self._dist.mul_(-2.0).add_(self.sqn).add_(sqc)
+        c32 = torch.from_numpy(np.asarray(c, dtype=np.float32)).to(self.device)
+        if self.half_dot and not widened:
+            c_t = c32.half()
+            c32 = c_t.float()  # a stored row is exact in float16; the pool mean is not (never used here)
+            torch.mv(self.x, c_t, out=self._dot)
+            self._dist.copy_(self._dot)
+        elif self.half_dot:
+            self._widened_dots(torch.arange(self.n, device=self.device), c32, self._dist)
+        else:
+            torch.mv(self.x, c32, out=self._dist)
+        self._dist.mul_(-2.0).add_(self.sqn).add_(float(torch.dot(c32, c32)))
         return self._dist
 
-    def first(self, mean: np.ndarray, margin: float) -> tuple[float, int, int]:
-        return self._top(self._distances(mean), margin)
+    def _widened_dots(self, idx, c32, out) -> None:
+        """``out[j] = x[idx[j]] . c`` in float32, in bounded blocks of widened rows."""
+        for start in range(0, len(idx), 65536):
+            part = idx[start : start + 65536]
+            out[start : start + len(part)] = self.x[part].float() @ c32
 
-    def update(self, c: np.ndarray, step: int, local: int | None, margin: float) -> tuple[float, int, int]:
+    def first(self, mean: np.ndarray, margin: float) -> tuple[float, int, int]:
+        return self._top(self._distances(mean, widened=True), margin)
+
+    def update(
+        self, c: np.ndarray, step: int, local: int | None, margin: float, reach: float = 0.0
+    ) -> tuple[float, int, int]:
         torch = self.torch
         dist = self._distances(c)
+        if self.half_dot:
+            # The float16 pass only screens: a sample whose float16 value cannot be below its running
+            # minimum (error bounds of both) keeps it; the others are recomputed in float32, so the running
+            # minimum always carries the float32 bound and near-ties stay as rare as with float32 rows.
+            screen = pass_bound(self.d, reach, True) + pass_bound(self.d, reach, False)
+            maybe = torch.nonzero(dist < self.min_d + screen).flatten()
+            if len(maybe):
+                c32 = torch.from_numpy(np.asarray(c, dtype=np.float32)).to(self.device)
+                dots = torch.empty(len(maybe), dtype=torch.float32, device=self.device)
+                self._widened_dots(maybe, c32, dots)
+                dist[maybe] = self.sqn[maybe] - 2.0 * dots + float(torch.dot(c32, c32))
         self.nearest.masked_fill_(dist < self.min_d, step)
         torch.minimum(self.min_d, dist, out=self.min_d)
         if local is not None:

@@ -79,12 +79,15 @@ class Greedy:
         self.picks: list[int] = []
         self.bound = 0.0
         self.last: tuple[float, int, int] | None = None
+        # How often near-ties needed the exact re-scoring, and how many samples it re-scored (bench).
+        self.rescored_picks = 0
+        self.rescored_samples = 0
 
     # --- picks ------------------------------------------------------------------------------------
 
     def start(self, mean: np.ndarray) -> None:
         """First pick: the sample farthest from the pool mean."""
-        margin = 2.0 * mean_bound(self.shard.d, self.max_norm, mean, self.shard.half_dot)
+        margin = 2.0 * mean_bound(self.shard.d, self.max_norm, mean)  # a float32 pass
         top = self.shard.first(mean, margin)
         pick, row = self._choose(top, margin, lambda rows: exact_sq_dists(rows, mean), first=True)
         self._apply(pick, row)
@@ -116,10 +119,11 @@ class Greedy:
         self.picks.append(pick)
         self.centers.add(row)
         reach = self.max_norm + float(np.sqrt(row @ row))
-        self.bound = max(self.bound, pass_bound(self.shard.d, reach, self.shard.half_dot))
+        # float32 bound in every backend: float16 passes keep the running minimum at float32 accuracy
+        self.bound = max(self.bound, pass_bound(self.shard.d, reach, False))
         local = pick - self.offset
         local = local if 0 <= local < self.shard.n else None
-        self.last = self.shard.update(row, step, local, 2.0 * self.bound)
+        self.last = self.shard.update(row, step, local, 2.0 * self.bound, reach)
 
     def _choose(self, top: tuple[float, int, int], margin: float, rescore: Callable, *, first: bool):
         """(global index, row) of the exact farthest sample over all ranks; None when none is left."""
@@ -140,6 +144,8 @@ class Greedy:
         exact = np.zeros((world, 2 + d), dtype=np.float64)
         exact[rank, 0] = -np.inf
         cand = self.shard.candidates(best - margin, first) if self.shard.n else np.empty(0, np.int64)
+        self.rescored_picks += 1
+        self.rescored_samples += len(cand)
         if len(cand):
             rows = self.shard.rows(cand)
             scores = rescore(rows)

@@ -36,11 +36,10 @@ def pass_bound(d: int, reach: float, half_dot: bool) -> float:
     return 1.01 * ((d + 4) * U32 + extra) * reach**2
 
 
-def mean_bound(d: int, max_norm: float, mean: np.ndarray, half_dot: bool) -> float:
-    """Pass bound against the pool mean, plus the rounding of the mean to the pass precision."""
+def mean_bound(d: int, max_norm: float, mean: np.ndarray) -> float:
+    """float32 pass bound against the pool mean, plus the rounding of the mean to float32."""
     norm_m = float(np.sqrt(mean @ mean))
-    u = U16 if half_dot else U32
-    return pass_bound(d, max_norm + norm_m, half_dot) + 1.01 * 2 * (max_norm + norm_m) * u * norm_m
+    return pass_bound(d, max_norm + norm_m, False) + 1.01 * 2 * (max_norm + norm_m) * U32 * norm_m
 
 
 def carry_sum(rows: np.ndarray, carry: np.ndarray | None = None) -> np.ndarray:
