@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from curate.kcenter.exact import pass_bound
+from curate.kcenter.exact import Centers, TorchCenters, pass_bound
 from datasets_spec.errors import UserError
 
 # float16 dot products are rounded to float16: |x.c| must stay well below float16's max (65504).
@@ -36,6 +36,9 @@ class NumpyShard:
 
     def max_sqnorm(self) -> float:
         return float(self.sqn.max()) if self.n else 0.0
+
+    def make_centers(self, k: int) -> Centers:
+        return Centers(k, self.d)
 
     def _distances(self, c: np.ndarray) -> np.ndarray:
         c32 = np.asarray(c, dtype=np.float32)
@@ -112,6 +115,9 @@ class TorchShard:
 
     def max_sqnorm(self) -> float:
         return float(self.sqn.max()) if self.n else 0.0
+
+    def make_centers(self, k: int) -> Centers:
+        return TorchCenters(k, self.d, self.device)
 
     def _distances(self, c: np.ndarray, widened: bool = False):
         """Pass values ``||x||^2 - 2 x.c + ||c||^2``: float16 dot products for float16 rows unless

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curate.kcenter.exact import Centers, exact_sq_dists, mean_bound, pass_bound
+from curate.kcenter.exact import exact_sq_dists, mean_bound, pass_bound
 
 
 class LocalComm:
@@ -75,7 +75,7 @@ class Greedy:
     def __init__(self, shard, k: int, comm, *, offset: int, n_total: int) -> None:
         self.shard, self.k, self.comm, self.offset, self.n_total = shard, k, comm, offset, n_total
         self.max_norm = float(np.sqrt(comm.all_reduce_max(shard.max_sqnorm())))
-        self.centers = Centers(k, shard.d)
+        self.centers = shard.make_centers(k)
         self.picks: list[int] = []
         self.bound = 0.0
         self.last: tuple[float, int, int] | None = None

@@ -86,3 +86,40 @@ class Centers:
             near = np.flatnonzero(approx[j] <= low[j] + tol[j] + tol[j].max())
             out[j] = exact_sq_dists(c[near], pts[j]).min()
         return out
+
+
+class TorchCenters(Centers):
+    """The same re-scoring with the float64 centers on a torch device (where the pass runs): on a GPU
+    the O(k d) first level reads device memory instead of host memory; the exact formula runs on the
+    host for the few centers it leaves."""
+
+    def __init__(self, k: int, d: int, device) -> None:
+        import torch
+
+        self.torch, self.device = torch, device
+        self.rows = torch.empty((k, d), dtype=torch.float64, device=device)
+        self.sqn = torch.empty(k, dtype=torch.float64, device=device)
+        self.n = 0
+
+    def add(self, row: np.ndarray) -> None:
+        r = self.torch.from_numpy(np.asarray(row, dtype=np.float64)).to(self.device)
+        self.rows[self.n] = r
+        self.sqn[self.n] = r @ r
+        self.n += 1
+
+    def exact_min(self, pts: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        c, sqn = self.rows[: self.n], self.sqn[: self.n]
+        pts = np.asarray(pts, dtype=np.float64)
+        p = torch.from_numpy(pts).to(self.device)
+        own = (p * p).sum(1)
+        approx = own[:, None] + sqn[None, :] - 2.0 * p @ c.T
+        scale = (own.sqrt()[:, None] + sqn.sqrt()[None, :]) ** 2
+        tol = (c.shape[1] + 4) * U64 * scale * 4
+        low = approx.min(dim=1, keepdim=True).values
+        near_mask = approx <= low + tol + tol.max(dim=1, keepdim=True).values
+        out = np.empty(len(pts))
+        for j in range(len(pts)):
+            near = c[torch.nonzero(near_mask[j]).flatten()].cpu().numpy()
+            out[j] = exact_sq_dists(near, pts[j]).min()
+        return out
