@@ -30,6 +30,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ingest_bench.py
 	$(PY) bench/select_bench.py
+	$(PY) bench/kcenter_baselines_bench.py
 	$(PY) bench/embed_bench.py
 	$(PY) bench/train_bench.py
 
