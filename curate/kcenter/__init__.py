@@ -8,8 +8,10 @@
   reference over the stored values exactly.
 
 Speed: each pick is one pass over the stored matrix (``||x||^2 - 2 X c + ||c||^2``: an sgemv on NumPy, a
-``torch.mv`` on CPU or CUDA, float16 rows with float16 dot products), O(N) extra memory. The pass values
-are within a rigorous bound (:func:`curate.kcenter.exact.pass_bound`) of the exact ones; only samples
+``torch.mv`` on CPU or CUDA), O(N) extra memory. float16 rows are read with float16 dot products as a
+screen; samples the screen cannot rule out are recomputed in float32, so the running minimum always has
+the float32 bound. The pass values are within a rigorous bound
+(:func:`curate.kcenter.exact.pass_bound`) of the exact ones; only samples
 within twice the bound of the best are re-scored exactly, first with a float64 BLAS product against the
 selected centers and then, for values still within float64 rounding of each other, with the exact
 difference formula. On continuous data that set is almost always a single sample.
