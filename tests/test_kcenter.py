@@ -169,3 +169,36 @@ def test_duplicates_across_a_slice_boundary_go_to_the_lowest_global_index():
     ref = brute_force_k_center(x, 4)
     assert 2 in ref and 3 not in ref
     assert sharded(x, 4, 2, NumpyShard) == [ref, ref]
+
+
+def test_checkpoints_resume_from_the_newest_pick_count_every_rank_has(tmp_path):
+    from types import SimpleNamespace
+
+    from curate.kcenter.pool import Checkpoints
+
+    shared = {"world": 2, "barrier": threading.Barrier(2), "slots": [None] * 2}
+    found: list = [None, None]
+
+    def rank(r: int) -> None:
+        comm = ThreadComm(r, shared)
+        ck = Checkpoints(tmp_path / "ck", "key", comm, every=2)
+        assert ck.open() is None
+        saved = (2, 4, 6) if r == 0 else (2, 4)  # rank 1 was killed before writing pick 6
+        for m in saved:
+            state = (np.full(3, float(m + r), np.float32), np.full(3, m, np.int64))
+            shard = SimpleNamespace(state=lambda s=state: s)
+            g = SimpleNamespace(picks=list(range(m)), k=10, bound=0.5, shard=shard)
+            ck.maybe_save(g)
+        comm.barrier()
+        found[r] = Checkpoints(tmp_path / "ck", "key", comm, every=2).open()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [len(f.picks) for f in found] == [4, 4]
+    assert found[0].min_d.tolist() == [4.0] * 3 and found[1].min_d.tolist() == [5.0] * 3
+    # two newest kept per rank
+    assert sorted(p.name for p in (tmp_path / "ck").glob("rank-00000-*")) == [
+        "rank-00000-000000004.npz", "rank-00000-000000006.npz"]
