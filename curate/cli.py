@@ -6,14 +6,14 @@ cause arrive as UserError and leave as one line on stderr with exit code 2 (see 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
-from curate.cli_common import WorkspaceOption, invoked_command
-from curate.workspace import Workspace, resolve_workspace
+from datasets_spec.cli_common import WorkspaceOption, invoked_command
+from datasets_spec.distributed import rank
 from datasets_spec.errors import exit_on_user_error
+from datasets_spec.workspace import Workspace, resolve_workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -264,7 +264,7 @@ def select(
         kcenter=KCenterOptions(device=device, memory_budget_gb=memory_budget,
                                checkpoint_every=checkpoint_every, show_progress=progress),
     )
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank() == 0:  # under torchrun rank 0 wrote the subset
         typer.echo(str(out))
 
 

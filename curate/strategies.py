@@ -12,15 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from curate.kcenter import exact_sq_dists, l2_maxdiverse
+from curate.kcenter import check_k, exact_sq_dists, l2_maxdiverse
 from datasets_spec.errors import UserError
-
-
-def check_k(k: int, n: int) -> None:
-    if k <= 0:
-        raise UserError(f"k must be positive (got {k})")
-    if k > n:
-        raise UserError(f"k={k} is larger than the pool ({n} samples after filters)")
 
 
 def _as_matrix(embeddings: np.ndarray) -> np.ndarray:

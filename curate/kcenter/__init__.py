@@ -32,7 +32,17 @@ from curate.kcenter.backends import exact_accumulation, make_shard
 from curate.kcenter.engine import Coverage, Greedy, LocalComm, Resume
 from curate.kcenter.exact import carry_sum, exact_sq_dists
 
-__all__ = ["exact_sq_dists", "l2_maxdiverse", "run_greedy", "pool_mean"]
+__all__ = ["check_k", "exact_sq_dists", "l2_maxdiverse", "run_greedy", "pool_mean"]
+
+
+def check_k(k: int, n: int) -> None:
+    """k in [1, n], else one line naming k and the pool (shared with the other strategies)."""
+    from datasets_spec.errors import UserError
+
+    if k <= 0:
+        raise UserError(f"k must be positive (got {k})")
+    if k > n:
+        raise UserError(f"k={k} is larger than the pool ({n} samples after filters)")
 
 
 def pool_mean(rows: np.ndarray, comm, n_total: int) -> np.ndarray:
@@ -69,8 +79,6 @@ def l2_maxdiverse(
     embeddings: np.ndarray, k: int, *, seed: int = 0, device: str = "numpy", **_: object
 ) -> np.ndarray:
     """Exact greedy k-center of an in-memory matrix; ``device``: numpy (reference), auto, cpu, cuda."""
-    from curate.strategies import check_k  # the shared k check; imported here to avoid an import cycle
-
     x = np.asarray(embeddings)
     if x.ndim != 2:
         from datasets_spec.errors import UserError

@@ -1,6 +1,7 @@
 """torch.distributed for the k-center loop: ranks, contiguous slices and the few reductions it needs.
 
-Launched by ``torchrun`` (``WORLD_SIZE`` > 1): gloo on CPU, nccl when the pass runs on CUDA. Rank ``r``
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1): the group joined by datasets_spec.distributed (gloo on
+CPU machines, nccl with GPUs; a nccl group reduces CUDA tensors, whatever device the pass uses). Rank ``r``
 of ``w`` holds pool positions ``[r N / w, (r + 1) N / w)``; a world of one is :class:`LocalComm`.
 """
 
@@ -12,15 +13,12 @@ from collections.abc import Callable
 import numpy as np
 
 from curate.kcenter.engine import LocalComm
+from datasets_spec.distributed import init_distributed, world_size
 
 
 def slice_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     """Contiguous, balanced slice of ``n`` pool positions held by ``rank``."""
     return rank * n // world, (rank + 1) * n // world
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class TorchComm:
@@ -72,19 +70,15 @@ class TorchComm:
 
 
 def comm_from_env(device: str):
-    """LocalComm for one process; under torchrun a TorchComm (nccl for CUDA passes, gloo otherwise)."""
+    """LocalComm for one process; under torchrun a TorchComm over the launcher's group (nccl with GPUs)."""
+    del device  # the group's backend follows the machine (datasets_spec.distributed), not the pass
     if world_size() <= 1:
         return LocalComm()
     import torch
-    import torch.distributed as dist
 
-    if dist.is_initialized():
-        return TorchComm(owns_group=False)
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cuda:
+    if torch.cuda.is_available():  # the shared helper picks nccl whenever a GPU is present
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return TorchComm(owns_group=True)
+    return TorchComm(owns_group=init_distributed())
 
 
 def rank_device(device: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -25,9 +24,9 @@ import pyarrow.parquet as pq
 
 from curate.embed import INFO_NAME, resolve_tag
 from curate.kcenter.engine import Greedy, Resume
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
-from datasets_spec.parts import list_parts, read_json, write_json
+from datasets_spec.parts import atomic_file, list_parts, read_json, write_json
+from datasets_spec.workspace import Workspace
 
 GB = 1e9
 # Per sample besides its row: float32 norm, running minimum and pass buffer, int64 nearest center, and
@@ -186,9 +185,9 @@ class Checkpoints:
         if m % self.every or m == g.k:
             return
         min_d, nearest = g.shard.state()
-        tmp = self.dir / f".rank-{self.comm.rank:05d}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, picks=np.asarray(g.picks, dtype=np.int64), bound=g.bound, min_d=min_d, nearest=nearest)
-        os.replace(tmp, self._file(m))
+        with atomic_file(self._file(m)) as tmp, open(tmp, "wb") as fh:
+            picks = np.asarray(g.picks, dtype=np.int64)
+            np.savez(fh, picks=picks, bound=g.bound, min_d=min_d, nearest=nearest)
         for old in sorted(self._counts())[:-2]:
             self._file(old).unlink(missing_ok=True)
 

@@ -23,8 +23,8 @@ from curate.kcenter.pool import (
     read_rows,
     selection_key,
 )
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
+from datasets_spec.workspace import Workspace
 
 
 @dataclass
