@@ -128,7 +128,7 @@ def two_processes(path: Path, n: int, k: int, warmup: int) -> tuple:
     return per_pick
 
 
-def sweep(files: dict, sizes: list[int], k: int, warmup: int) -> dict:
+def sweep(files: dict, sizes: list[int], k: int, warmup: int, all_threads: bool) -> dict:
     print(f"\n== per pick, {k} timed picks per run after {warmup} untimed (ms) ==")
     print("median / fastest pick; ratios from the fastest; 1p = the faster of 1 process on all or 1 thread")
     print(f"{'N':>9} {'dtype':>7} {'MB/pass':>8} {'GB/s':>6} {'bound':>6} {'1 proc':>13} {'bound/1p':>8} "
@@ -139,8 +139,8 @@ def sweep(files: dict, sizes: list[int], k: int, warmup: int) -> dict:
             x = np.array(np.load(path, mmap_mode="r")[:n])  # in RAM, as the single process holds it
             bw = read_bandwidth(x)
             bound = x.nbytes / bw
-            one, _ = single(x, k, os.cpu_count() or 1, warmup)
             one_t, _ = single(x, k, 1, warmup)
+            one, _ = single(x, k, os.cpu_count() or 1, warmup) if all_threads else (one_t, None)
             two = two_processes(path, n, k, warmup)
             best = min(one[1], one_t[1])  # one process, whichever thread count was faster
             res[(n, dtype)] = {"bw": bw, "bound": bound, "one": best, "two": two[1]}
@@ -202,6 +202,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20, help="picks per timed run of the sweep")
     ap.add_argument("--warmup", type=int, default=0, help="untimed picks first (float16: early picks "
                     "recompute the new centre's large cell in float32)")
+    ap.add_argument("--one-thread-only", action="store_true",
+                    help="skip the single process on all threads (slow and noisy on a crowded machine)")
     ap.add_argument("--late-n", type=int, default=20_000, help="pool of the 20%% budget run (0: skip)")
     ap.add_argument("--gpu-bw", type=float, default=3.35e12, help="H100 80 GB SXM nominal HBM3 bytes/s")
     ap.add_argument("--gpu-efficiency", type=float, default=0.8, help="assumed fraction of it a gemv reaches")
@@ -217,7 +219,7 @@ def main() -> None:
         print(f"data: {args.n_max} x {args.d} clustered unit-norm, float32 + float16 memory maps, "
               f"{time.perf_counter() - t:.1f} s; {os.cpu_count()} cores, load average "
               f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
-        res = sweep(files, sizes, args.k, args.warmup)
+        res = sweep(files, sizes, args.k, args.warmup, not args.one_thread_only)
         if args.late_n:
             late = late_stage(files, args.late_n, 0.2)
             project(res, late, args.n_max, args.d, args.gpu_bw, args.gpu_efficiency)
