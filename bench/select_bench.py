@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import socket
 import tempfile
 import time
@@ -122,7 +123,13 @@ def two_processes(path: Path, n: int, k: int, warmup: int) -> tuple:
     procs = [ctx.Process(target=_rank, args=(r, 2, port, str(path), n, k, warmup, out)) for r in range(2)]
     for p in procs:
         p.start()
-    per_pick = tuple(out.get(timeout=3600))
+    while True:
+        try:
+            per_pick = tuple(out.get(timeout=5))
+            break
+        except queue.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                raise RuntimeError("a rank of the 2-process run died (its traceback is above)") from None
     for p in procs:
         p.join()
     return per_pick
