@@ -9,7 +9,7 @@ import pyarrow as pa
 from curate.dataset_store import write_dataset_batches
 from curate.workspace import Workspace
 from datasets_spec.llava_json import LlavaJsonReader
-from datasets_spec.parts import write_part
+from datasets_spec.parts import read_part, write_part
 
 # Side file in dataset/ mapping sample_id -> the file's own id as JSON text, for ids that were integers or
 # renamed duplicates; export reads it to write the input's ids back exactly.
@@ -74,11 +74,9 @@ def write_original_ids(directory: Path, original_ids: dict[str, str]) -> None:
 
 def read_original_ids(dataset_dir: Path) -> dict[str, str]:
     """sample_id -> original id JSON text ({} when the dataset has no such file)."""
-    import pyarrow.parquet as pq
-
     path = Path(dataset_dir) / ORIGINAL_IDS_FILE
     if not path.exists():
         return {}
-    table = pq.read_table(path)
+    table = read_part(path, columns=["sample_id", "original_id"])
     ids, originals = table.column("sample_id").to_pylist(), table.column("original_id").to_pylist()
     return dict(zip(ids, originals, strict=True))

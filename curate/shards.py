@@ -17,7 +17,16 @@ import pyarrow.compute as pc
 from curate.dataset_store import now_utc, tool_version
 from curate.workspace import Workspace
 from datasets_spec.errors import UserError
-from datasets_spec.parts import atomic_directory, hash_parts, read_json, read_parts, write_json, write_parts
+from datasets_spec.outputs import check_replaceable, has_file
+from datasets_spec.parts import (
+    atomic_directory,
+    hash_parts,
+    part_hashes,
+    read_json,
+    read_parts,
+    write_json,
+    write_parts,
+)
 from datasets_spec.schema import COLUMNS
 
 MANIFEST = "manifest.json"
@@ -67,9 +76,12 @@ def write_subset(
         "tool_version": tool_version(),
         "created_at": now_utc(),
     }
+    check_replaceable(target, kind="subset", overwrite=overwrite, is_previous=has_file(MANIFEST),
+                      marker=MANIFEST)
     with atomic_directory(target, overwrite=overwrite) as tmp:
         full["parts"] = write_parts(table, tmp)
         full["parts_hash"] = hash_parts(tmp)
+        full["part_hashes"] = part_hashes(tmp)
         write_json(tmp / MANIFEST, full)
     return target
 

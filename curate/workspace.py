@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from datasets_spec.errors import UserError
 from datasets_spec.parts import read_json, read_parts
+from datasets_spec.schema import COLUMNS
 
 WORKSPACE_ENV = "CURATE_WORKSPACE"
 
@@ -57,7 +58,8 @@ class Workspace:
 
     def read_dataset(self, columns: list[str] | None = None) -> pa.Table:
         self.dataset_info()
-        return read_parts(self.dataset_dir, columns=columns)
+        # Asking for the canonical columns by name turns a foreign part into an error naming it.
+        return read_parts(self.dataset_dir, columns=list(COLUMNS) if columns is None else columns)
 
 
 def resolve_workspace(path: str | os.PathLike | None = None) -> Workspace:
