@@ -135,14 +135,23 @@ def _print_ingest_summary(ws: Workspace, info: dict) -> None:
 def stats(
     target: Path | None = typer.Argument(None, help="A subset directory (default: the workspace dataset)"),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON on stdout."),
+    verify: bool = typer.Option(
+        False, "--verify", help="First check every part against the hashes recorded when it was written."
+    ),
     workspace: Path | None = WorkspaceOption,
 ) -> None:
     """Counts by split/subject/topic/grade, image fraction, difficulty histogram, token lengths."""
     import json
 
-    from curate.stats import stats_target
+    from curate.stats import resolve_target, stats_target
 
-    result = stats_target(_workspace(workspace), target)
+    ws = _workspace(workspace)
+    if verify:
+        from curate.check import verify_output
+
+        checked = verify_output(resolve_target(ws, target)[1])
+        typer.echo(f"verified {checked['files']} files ({checked['method']}): {checked['path']}", err=True)
+    result = stats_target(ws, target)
     if as_json:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -195,6 +204,15 @@ def export(
 
     summary = export_target(_workspace(workspace), target, fmt=fmt, out=out, overwrite=overwrite)
     typer.echo(f"exported {summary['rows']} samples ({summary['format']}) to {summary['out']}")
+
+
+@app.command()
+def check(workspace: Path | None = WorkspaceOption) -> None:
+    """Verify the dataset, embedding sets and subsets against the hashes recorded when they were written."""
+    from curate.check import verify_workspace
+
+    for item in verify_workspace(_workspace(workspace)):
+        typer.echo(f"ok  {item['path']}  ({item['files']} files, {item['method']})")
 
 
 # --- embed / select / rules -------------------------------------------------------------------------

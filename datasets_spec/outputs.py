@@ -198,3 +198,26 @@ def clean_stale_temps(directory: str | os.PathLike, name: str | None = None) -> 
             entry.unlink(missing_ok=True)
         handled.append(entry)
     return handled
+
+
+# --- runs an ablation may clear -----------------------------------------------------------------------
+
+
+def check_ablation_owned(run_dir: Path, cell_marker: str) -> None:
+    """Refuse to remove ``run_dir`` unless an ablation made it: it holds ``cell_marker``, or its recorded
+    command is a `train ablate` (or a library call, which records none). A run from `train run` is never
+    removed by an ablation that happens to use the same name."""
+    run_dir = Path(run_dir)
+    if (run_dir / cell_marker).is_file():
+        return
+    try:
+        record = json.loads((run_dir / "config.json").read_text())
+        command = record.get("command") or "" if isinstance(record, dict) else None
+    except (OSError, ValueError):
+        command = None
+    if command is not None and (command == "" or command.split()[:2] == ["train", "ablate"]):
+        return
+    raise UserError(
+        f"{run_dir}: the ablation would replace this run, but it did not make it (no {cell_marker}); "
+        "move it away or rename the grid's strategies"
+    )

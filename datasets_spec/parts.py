@@ -59,8 +59,12 @@ def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
     except FileNotFoundError:
         raise UserError(f"{path}: not found") from None
     except (pa.ArrowException, OSError, ValueError) as exc:
-        reason = " ".join(str(exc).split())[:200]
-        raise UserError(f"{path}: not a readable Parquet part ({type(exc).__name__}: {reason})") from None
+        reason = " ".join(str(exc).replace(str(path), "").split())
+        detail = f": {reason}" if reason and len(reason) <= 120 else ""
+        raise UserError(
+            f"{path}: not a readable Parquet file ({type(exc).__name__}{detail}); corrupt, truncated or "
+            "foreign"
+        ) from None
     if columns is not None:
         missing = [c for c in columns if c not in table.column_names]
         if missing:

@@ -48,6 +48,7 @@ from typing import Any
 
 from curate.workspace import Workspace
 from datasets_spec.errors import UserError
+from datasets_spec.outputs import check_ablation_owned
 from datasets_spec.parts import read_json, write_json
 
 if sys.version_info >= (3, 11):
@@ -722,11 +723,13 @@ def _prepare_run(ws: Workspace, config: Any) -> Any:
     final = ws.runs_dir / run
     partial = ws.runs_dir / f".{run}.partial"
     if final.exists():
+        check_ablation_owned(final, CELL_FILE)
         shutil.rmtree(final)
     if partial.exists():
         recorded = _recorded_config(partial)
         if recorded is not None and recorded == config_dict(config) and dataclasses.is_dataclass(config):
             return dataclasses.replace(config, resume=str(partial))
+        check_ablation_owned(partial, CELL_FILE)
         shutil.rmtree(partial)
     return config
 
