@@ -34,10 +34,14 @@ def ingest_scienceqa(
     splits: Iterable[str] | None = None,
     skip_bad_images: bool = False,
     overwrite: bool = False,
+    follow_symlinks: bool = False,
 ) -> dict:
-    """Load the ScienceQA folder ``root`` and write it as the workspace dataset; return dataset.json."""
+    """Load the ScienceQA folder ``root`` and write it as the workspace dataset; return dataset.json.
+
+    ``follow_symlinks`` accepts images whose real path leaves the image root (linked folders)."""
     loaded = load_scienceqa(
-        Path(root), prompt_format=prompt_format, splits=splits, skip_bad_images=skip_bad_images
+        Path(root), prompt_format=prompt_format, splits=splits, skip_bad_images=skip_bad_images,
+        follow_symlinks=follow_symlinks,
     )
     return write_dataset(
         ws,
@@ -50,7 +54,8 @@ def ingest_scienceqa(
         image_root=loaded.image_root,
         skipped_images=loaded.skipped_images,
         overwrite=overwrite,
-        extra={"prompt_format": prompt_format, "scienceqa_splits": loaded.splits},
+        extra={"prompt_format": prompt_format, "scienceqa_splits": loaded.splits,
+               "follow_symlinks": follow_symlinks},
     )
 
 
@@ -95,7 +100,7 @@ def ingest_synthetic(
         },
         image_root=source_dir / "images",
         overwrite=overwrite,
-        extra={"prompt_format": prompt_format, "synthetic": params},
+        extra={"prompt_format": prompt_format, "synthetic": params, "follow_symlinks": False},
     )
 
 

@@ -26,6 +26,7 @@ def ingest_llava(
     skip_bad_images: bool = False,
     overwrite: bool = False,
     decode_images: bool = False,
+    follow_symlinks: bool = False,
     duplicate_ids: str = "error",
 ) -> dict:
     """Write ``path`` (LLaVA conversation JSON) as the workspace dataset; return dataset.json's payload.
@@ -40,6 +41,7 @@ def ingest_llava(
         split=split,
         skip_bad_images=skip_bad_images,
         decode_images=decode_images,
+        follow_symlinks=follow_symlinks,
         duplicate_ids=duplicate_ids,
     )
 
@@ -47,6 +49,7 @@ def ingest_llava(
         write_original_ids(directory, reader.original_ids)
         return {
             "skipped_images": reader.skipped_images,
+            "follow_symlinks": follow_symlinks,
             "ignored_keys": dict(sorted(reader.ignored_keys.items())),
             "renamed_or_int_ids": len(reader.original_ids),
             "duplicate_ids": duplicate_ids,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
@@ -98,6 +100,29 @@ def check_image_path(image: str, *, where: str) -> None:
         raise UserError(f"{where}: image path {image!r} is absolute; it must be relative to the image root")
     if ".." in PurePosixPath(image.replace("\\", "/")).parts:
         raise UserError(f"{where}: image path {image!r} escapes the image root")
+
+
+@functools.lru_cache(maxsize=65536)
+def _real_dir(directory: str) -> str:
+    return os.path.realpath(directory)
+
+
+def check_resolves_inside(image_root: str | os.PathLike, image: str, *, where: str) -> None:
+    """Refuse an image whose real path (symlinks resolved) lies outside the real image root.
+
+    Folders are resolved once each (cached) and the file itself only when it is a link, so the check
+    costs one ``lstat`` per image on top of the existence check.
+    """
+    path = os.path.join(image_root, image)
+    real = os.path.join(_real_dir(os.path.dirname(path)), os.path.basename(path))
+    if os.path.islink(real):
+        real = os.path.realpath(real)
+    root = _real_dir(os.fspath(image_root))
+    if not real.startswith(root.rstrip(os.sep) + os.sep):
+        raise UserError(
+            f"{where}: image {image!r} resolves to {real}, outside the image root {root} (a symlink); "
+            "pass --follow-symlinks if the image folders are linked on purpose"
+        )
 
 
 def _check_row(row: dict, where: str) -> None:
