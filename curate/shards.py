@@ -90,9 +90,7 @@ def read_subset(path: str | Path) -> tuple[pa.Table, dict]:
     """The subset's rows (canonical columns + rank, in rank order) and its manifest."""
     path = Path(path)
     manifest = read_json(path / MANIFEST)
-    table = read_parts(path)
-    if "rank" not in table.column_names:
-        raise UserError(f"{path}: parts have no `rank` column; not a subset directory")
+    table = read_parts(path, columns=[*COLUMNS, "rank"])
     return table, manifest
 
 
