@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 from datasets_spec.fingerprint import combine_digests, row_digests, table_fingerprint
-from datasets_spec.outputs import check_apart_from_sources
+from datasets_spec.outputs import check_apart_from_sources, clean_stale_temps
 from datasets_spec.parts import (
     DEFAULT_ROWS_PER_PART,
     atomic_directory,
@@ -106,6 +106,7 @@ def write_dataset(
 def _check_target(target: Path, sources: list) -> None:
     """The dataset folder never overlaps the ingest's own inputs, and only a dataset is ever replaced."""
     check_apart_from_sources(target, sources, option="the dataset folder")
+    clean_stale_temps(target.parent, target.name)  # a killed --overwrite may have moved the dataset aside
     if target.is_dir() and not (target / "dataset.json").is_file() and any(target.iterdir()):
         raise UserError(
             f"{target}: exists and is not a dataset (no dataset.json); ingest only replaces a dataset it "

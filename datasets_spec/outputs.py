@@ -117,9 +117,10 @@ def check_replaceable(
     """Refuse to write over ``path`` unless it is absent, or ``overwrite`` and it is a previous ``kind``.
 
     ``is_previous(path)`` recognises a previous output of this kind by its marker (named ``marker`` in the
-    message). An empty directory counts as absent.
+    message). An empty directory counts as absent. Leftovers of killed runs are settled first.
     """
     path = Path(path)
+    clean_stale_temps(path.parent, path.name)  # a killed run's moved-aside output counts as present
     if not (path.exists() or path.is_symlink()):
         return
     if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):

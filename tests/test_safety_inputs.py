@@ -188,11 +188,13 @@ H, G = {"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}
     [
         ([H, {"from": "robot", "value": "beep"}], ["turn 1 has role 'robot'", "'human' or 'gpt'"]),
         ([{"from": "bot", "value": "x"}, G], ["turn 0 has role 'bot'"]),
-        ([H, G, {"from": "system", "value": "late"}], ["turn 2 is a 'system' turn", "only as the first turn"]),
+        ([H, G, {"from": "system", "value": "late"}],
+         ["turn 2 is a 'system' turn", "only as the first turn"]),
     ],
 )
 def test_roles_are_checked_at_ingest(tmp_path, turns, needles):
-    result = run_curate("ingest", "llava", str(_conversation_file(tmp_path, turns)), "-w", str(tmp_path / "ws"))
+    path = _conversation_file(tmp_path, turns)
+    result = run_curate("ingest", "llava", str(path), "-w", str(tmp_path / "ws"))
     assert_user_error(result, "sample 's1'", *needles)
     assert not (tmp_path / "ws" / "dataset").exists()
 
