@@ -19,7 +19,6 @@ original_ids` so that export writes the file's own ids back.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +33,13 @@ from datasets_spec.difficulty import (
     tokens_from_counts,
 )
 from datasets_spec.errors import UserError
-from datasets_spec.schema import CANONICAL_SCHEMA, IMAGE_TOKEN, check_image_path, check_resolves_inside
+from datasets_spec.schema import (
+    CANONICAL_SCHEMA,
+    IMAGE_TOKEN,
+    check_image_path,
+    image_file_status,
+    outside_root_error,
+)
 
 # One batch is one Parquet part by default (see datasets_spec.parts.DEFAULT_ROWS_PER_PART).
 DEFAULT_BATCH_SIZE = 50_000
@@ -296,10 +301,11 @@ def image_usable(
     an image whose real path leaves the image root is refused (not skipped: it is a setup problem)."""
     path = image_root / image
     problem = None
-    if not os.path.isfile(path):
+    is_file, outside = image_file_status(image_root, image)
+    if not is_file:
         problem = f"image {image!r} not found under {image_root}"
-    elif not follow_symlinks:
-        check_resolves_inside(image_root, image, where=here)
+    elif outside is not None and not follow_symlinks:
+        raise outside_root_error(image_root, image, outside, where=here)
     if problem is None and decode:
         reason = image_decode_problem(path)
         problem = f"image {image!r} does not decode ({reason})" if reason else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
@@ -107,22 +108,40 @@ def _real_dir(directory: str) -> str:
     return os.path.realpath(directory)
 
 
-def check_resolves_inside(image_root: str | os.PathLike, image: str, *, where: str) -> None:
-    """Refuse an image whose real path (symlinks resolved) lies outside the real image root.
+def image_file_status(image_root: str | os.PathLike, image: str) -> tuple[bool, str | None]:
+    """(``image`` is a file under ``image_root``, its real path if that lies outside the real root).
 
-    Folders are resolved once each (cached) and the file itself only when it is a link, so the check
-    costs one ``lstat`` per image on top of the existence check.
+    One ``lstat`` per image, the cost of the plain existence check it replaces: folders are resolved once
+    each (cached), and the file itself only when it is a link.
     """
     path = os.path.join(image_root, image)
-    real = os.path.join(_real_dir(os.path.dirname(path)), os.path.basename(path))
-    if os.path.islink(real):
-        real = os.path.realpath(real)
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False, None
+    if stat.S_ISLNK(mode):
+        real = os.path.realpath(path)
+        is_file = os.path.isfile(real)
+    else:
+        real = os.path.join(_real_dir(os.path.dirname(path)), os.path.basename(path))
+        is_file = stat.S_ISREG(mode)
     root = _real_dir(os.fspath(image_root))
-    if not real.startswith(root.rstrip(os.sep) + os.sep):
-        raise UserError(
-            f"{where}: image {image!r} resolves to {real}, outside the image root {root} (a symlink); "
-            "pass --follow-symlinks if the image folders are linked on purpose"
-        )
+    return is_file, None if real.startswith(root.rstrip(os.sep) + os.sep) else real
+
+
+def outside_root_error(image_root: str | os.PathLike, image: str, real: str, *, where: str) -> UserError:
+    return UserError(
+        f"{where}: image {image!r} resolves to {real}, outside the image root "
+        f"{_real_dir(os.fspath(image_root))} (a symlink); pass --follow-symlinks if the image folders are "
+        "linked on purpose"
+    )
+
+
+def check_resolves_inside(image_root: str | os.PathLike, image: str, *, where: str) -> None:
+    """Refuse an image whose real path (symlinks resolved) lies outside the real image root."""
+    _, outside = image_file_status(image_root, image)
+    if outside is not None:
+        raise outside_root_error(image_root, image, outside, where=where)
 
 
 def _check_row(row: dict, where: str) -> None:
