@@ -212,3 +212,19 @@ def test_leading_system_turn_is_accepted_and_a_misplaced_image_token_is_located(
     path = _conversation_file(tmp_path, [wrong, H, G], image="x.png")
     result = run_curate("ingest", "llava", str(path), "-w", str(tmp_path / "ws2"))
     assert_user_error(result, "sample 's1'", "in its first human turn", "turn 0 (system)")
+
+
+def test_train_names_a_bad_subset_part(ws):
+    import os
+    import subprocess
+    import sys
+
+    part = ws.shards_dir / "random-k8" / "part-00000.parquet"
+    _truncate(part)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "train.cli", "run", "--subset", str(part.parent), "--dry-run",
+         "-w", str(ws.root)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert_user_error(result, str(part), "not a readable Parquet file")

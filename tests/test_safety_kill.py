@@ -169,3 +169,15 @@ def test_embed_killed_between_parts_resumes_clean_and_identical(
     assert names == sorted(p.name for p in reference.iterdir() if p.suffix == ".parquet") and len(names) == 3
     for name in names:
         assert (final / name).read_bytes() == (reference / name).read_bytes()
+
+
+def test_export_killed_before_its_rename_then_rerun(ws, tmp_path):
+    select_subset(ws, "random", k=8, seed=0)
+    out = tmp_path / "subset.json"
+    killed = run_killed_at(out, "export", "random-k8", "--format", "llava-json", "--out", str(out),
+                           "-w", str(ws.root))
+    assert killed.returncode == -signal.SIGKILL
+    assert not out.exists() and len(list(tmp_path.glob(".subset.json.tmp-*"))) == 1
+    done = run_curate("export", "random-k8", "--format", "llava-json", "--out", str(out), "-w", str(ws.root))
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(out.read_text())) == 8 and not list(tmp_path.glob(".subset.json.tmp-*"))
