@@ -191,12 +191,15 @@ def clean_stale_temps(directory: str | os.PathLike, name: str | None = None) -> 
         if not match or (name is not None and match["name"] != name) or pid_alive(int(match["pid"])):
             continue
         final = directory / match["name"]
-        if match["kind"] == "old" and not (final.exists() or final.is_symlink()):
-            os.replace(entry, final)
-        elif entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        try:
+            if match["kind"] == "old" and not (final.exists() or final.is_symlink()):
+                os.replace(entry, final)
+            elif entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:
+            continue  # another process (a torchrun rank) settled it first
         handled.append(entry)
     return handled
 
