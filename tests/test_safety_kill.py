@@ -181,3 +181,21 @@ def test_export_killed_before_its_rename_then_rerun(ws, tmp_path):
     done = run_curate("export", "random-k8", "--format", "llava-json", "--out", str(out), "-w", str(ws.root))
     assert done.returncode == 0, done.stderr
     assert len(json.loads(out.read_text())) == 8 and not list(tmp_path.glob(".subset.json.tmp-*"))
+
+
+def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
+    from datasets_spec.outputs import clean_stale_temps
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead, alive = child.pid, os.getppid()
+    for pid in (dead, alive):
+        (tmp_path / f".out.tmp-{pid}").mkdir()
+        (tmp_path / f".out.tmp-{pid}" / "part-00000.parquet").write_bytes(b"x")
+    (tmp_path / f".other.tmp-{dead}").write_bytes(b"y")
+    (tmp_path / f".out.old-{dead}").mkdir()  # the previous output, moved aside by the dead writer
+    handled = clean_stale_temps(tmp_path, "out")
+    assert sorted(p.name for p in handled) == [f".out.old-{dead}", f".out.tmp-{dead}"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([f".out.tmp-{alive}", f".other.tmp-{dead}", "out"])
+    assert clean_stale_temps(tmp_path) == [tmp_path / f".other.tmp-{dead}"]
