@@ -46,6 +46,10 @@ class Workspace:
         """The dataset's ``dataset.json``; a clear error naming the command that makes it if absent."""
         path = self.dataset_dir / "dataset.json"
         if not path.exists():
+            aside = sorted(self.root.glob(".dataset.old-*"))
+            if aside:
+                raise UserError(f"{self.dataset_dir}: missing; a killed ingest left the previous dataset in "
+                                f"{aside[0]}; rerun the ingest and it is put back first")
             raise UserError(f"{self.dataset_dir}: no dataset here; run `curate ingest ...` first")
         return read_json(path)
 

@@ -141,6 +141,7 @@ def test_ingest_overwrite_killed_mid_swap_keeps_the_previous_dataset(tmp_path):
     killed = run_killed_at(ws / "dataset", "ingest", "llava", str(second), "--overwrite", "-w", str(ws))
     assert killed.returncode == -signal.SIGKILL
     assert not (ws / "dataset").exists()
+    assert_user_error(run_curate("stats", "-w", str(ws)), "a killed ingest left the previous dataset in")
 
     # Re-ingesting the first file restores it (same fingerprint: nothing to write) and cleans up.
     again = run_curate("ingest", "llava", str(first), "-w", str(ws))
