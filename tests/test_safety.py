@@ -204,3 +204,16 @@ def test_ablate_never_replaces_a_run_it_did_not_make(ws, tmp_path):
     result = _train("ablate", "--grid", str(grid), "--no-plots", "-w", str(ws.root))
     assert_user_error(result, "did not make it", "ablation_cell.json")
     assert (mine / "projector.safetensors").read_bytes() == b"weeks of work"
+
+
+def test_train_run_never_replaces_an_existing_run(ws):
+    mine = ws.runs_dir / "mine"
+    mine.mkdir(parents=True)
+    (mine / "notes.md").write_text("keep")
+    before = tree_state(ws.runs_dir)
+    result = _train("run", "--subset", str(ws.shards_dir / "random-k8"), "--run-name", "mine",
+                    "--preset", "tiny-cpu", "-w", str(ws.root))
+    assert_user_error(result, "run already exists")
+    assert tree_state(ws.runs_dir) == before
+    assert_user_error(_train("run", "--subset", str(ws.shards_dir / "random-k8"), "--run-name", "../dataset",
+                             "-w", str(ws.root)), "--run-name must be a plain directory name")
