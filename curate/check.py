@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 from datasets_spec.fingerprint import table_fingerprint
 from datasets_spec.parts import hash_parts, list_parts, read_json, read_part, read_parts, verify_parts
+from datasets_spec.workspace import Workspace
 
 RECORDS = ("dataset.json", "manifest.json", "embeddings.json")
 

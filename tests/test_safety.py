@@ -13,8 +13,8 @@ from curate_helpers import assert_user_error, copy_workspace, run_curate
 from safety_helpers import tree_state
 
 from curate.select import select_subset
-from curate.workspace import Workspace
 from datasets_spec.outputs import EXPORT_MARKER
+from datasets_spec.workspace import Workspace
 
 
 @pytest.fixture()

@@ -12,8 +12,8 @@ from curate_helpers import assert_user_error, copy_workspace, run_curate
 from PIL import Image
 
 from curate.select import select_subset
-from curate.workspace import Workspace
 from datasets_spec.parts import file_sha256
+from datasets_spec.workspace import Workspace
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ from safety_helpers import run_killed_at, temporaries, tree_state
 
 from curate.select import select_subset
 from curate.shards import find_subsets
-from curate.workspace import Workspace
+from datasets_spec.workspace import Workspace
 
 
 @pytest.fixture()
