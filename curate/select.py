@@ -15,10 +15,11 @@ import pyarrow.compute as pc
 
 from curate.embed import load_embeddings
 from curate.kcenter.select import KCenterOptions, run_kcenter
-from curate.shards import write_subset
+from curate.shards import MANIFEST, check_subset_name, write_subset
 from curate.strategies import NEEDS_EMBEDDINGS, check_k, coverage_report, dedup_pool, get_strategy
 from datasets_spec.distributed import world_size
 from datasets_spec.errors import UserError
+from datasets_spec.outputs import check_replaceable, has_file
 from datasets_spec.workspace import Workspace
 
 ALL_SPLITS = "all"
@@ -126,8 +127,9 @@ def select_subset(
     if sharded:
         k = resolve_k(k, fraction, len(pool))
         name = name or f"{strategy}-k{k}"
-        if (ws.shards_dir / name).exists() and not overwrite:  # before hours of picks, on every rank
-            raise UserError(f"{ws.shards_dir / name}: already exists (pass --overwrite to replace it)")
+        # the output guard before hours of picks, on every rank (write_subset checks again)
+        check_replaceable(ws.shards_dir / check_subset_name(name), kind="subset", overwrite=overwrite,
+                          is_previous=has_file(MANIFEST), marker=MANIFEST)
         run = run_kcenter(ws, pool, k, name, embeddings_tag, kcenter or KCenterOptions())
         if run.picks is None:
             run.finish(written=False)
