@@ -43,8 +43,9 @@ from train.presets import (
     resolve_vision,
     vision_preset_from_dict,
 )
-from train.templates import get_template, stop_token_ids
+from train.templates import check_tokenizer, get_template, stop_token_ids
 from train.tokenizers import char_tokenizer
+from train.vocabs import repair_gguf_special_tokens
 
 BUNDLE_FILE = "llava_bundle.json"
 PROJECTOR_FILE = "projector.safetensors"
@@ -61,6 +62,8 @@ class LlavaBundle:
     num_image_tokens: int
     llm_preset: LLMPreset
     vision_preset: VisionPreset
+    image_placement: str = "front"
+    """Where `<image>` goes in a prompt (train.templates.IMAGE_PLACEMENTS); saved with the checkpoint."""
 
     @property
     def image_token_id(self) -> int:
@@ -98,6 +101,8 @@ def load_language_model(preset: LLMPreset, *, dtype: torch.dtype = torch.float32
     where = str(directory)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        if preset.source == "gguf":
+            repair_gguf_special_tokens(tokenizer, directory / preset.gguf_file)
         # GGUF weights are dequantized to float on load.
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
@@ -197,6 +202,7 @@ def build_llava(
         torch.manual_seed(seed + 1)
         vision_model, image_processor, vis_p = load_vision_tower(vis_p, dtype=dtype)
     image_id = prepare_tokenizer(tokenizer)
+    check_tokenizer(tokenizer, template)
     if template.name == "chat_template" and not getattr(tokenizer, "chat_template", None):
         raise UserError(f"language model {llm_p.name!r} has no chat template; choose a template "
                         f"(mistral_instruct, llama_2, vicuna_v1, plain)")
@@ -321,6 +327,7 @@ def save_bundle(bundle: LlavaBundle, out_dir: Path, *, overwrite: bool = False,
         write_json(tmp / BUNDLE_FILE, {
             "template": bundle.template,
             "num_image_tokens": bundle.num_image_tokens,
+            "image_placement": bundle.image_placement,
             "llm_preset": preset_to_dict(bundle.llm_preset),
             "vision_preset": preset_to_dict(bundle.vision_preset),
             **(extra or {}),
@@ -351,7 +358,9 @@ def load_bundle(directory: Path, *, dtype: torch.dtype = torch.float32) -> Llava
     tokenizer.padding_side = "right"
     return LlavaBundle(model, tokenizer, image_processor, info["template"], int(info["num_image_tokens"]),
                        llm_preset_from_dict(info["llm_preset"]),
-                       vision_preset_from_dict(info["vision_preset"]))
+                       vision_preset_from_dict(info["vision_preset"]),
+                       # checkpoints written before the field existed were trained with `keep`
+                       image_placement=info.get("image_placement", "keep"))
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -92,9 +92,12 @@ class VicunaV1(Template):
 
     def segments(self, conversations, tokenizer):
         system, pairs = _turns(conversations)
-        out = [Segment((system or VICUNA_SYSTEM) + " ", False)]
-        for user, reply in pairs:
-            out.append(Segment(f"USER: {user} ASSISTANT:", False))
+        # The space after the system text starts the first "USER" segment: SentencePiece merges it into
+        # `▁US`, so a system segment ending in " " would tokenize alone to a lone `▁` that the full text
+        # does not have (every sample a mismatch).
+        out = [Segment(system or VICUNA_SYSTEM, False)]
+        for i, (user, reply) in enumerate(pairs):
+            out.append(Segment(f"{' ' if i == 0 else ''}USER: {user} ASSISTANT:", False))
             # The separating space belongs to the reply: SentencePiece writes it as the reply's first piece.
             out.append(Segment(f" {reply}{tokenizer.eos_token}", True))
         return out
@@ -104,7 +107,12 @@ class VicunaV1(Template):
 
 
 class MistralInstruct(Template):
-    """Mistral-Instruct: `[INST] q [/INST] a</s>[INST] ...` (BOS once at the start)."""
+    """Mistral-Instruct: `[INST] q [/INST] a</s>[INST] ...` (BOS once at the start).
+
+    LLaVA's `conv_mistral_instruct` writes `[/INST] a </s>`: that extra space is an extra `▁` label token
+    before `</s>` that Mistral's own chat template never produces, so a model trained on it would emit
+    the stray `▁` at inference; the reply here ends the way Mistral-Instruct was trained to end it.
+    """
 
     name = "mistral_instruct"
 
@@ -233,6 +241,44 @@ def get_template(name: str) -> Template:
     return TEMPLATES[name]
 
 
+IMAGE_PLACEMENTS = ("front", "keep")
+"""`front`: LLaVA's layout, `<image>\n` + the turn's text (its preprocess_multimodal, used for training
+and ScienceQA evaluation alike, so checkpoints and projectors trained with LLaVA see the same prompt);
+`keep`: `<image>` where the data put it (ScienceQA's conversion writes it at the end)."""
+
+
+def place_image(text: str, placement: str = "front") -> str:
+    """``text`` with its `<image>` moved to the front as LLaVA does, or unchanged for `keep`."""
+    if placement not in IMAGE_PLACEMENTS:
+        raise UserError(f"unknown image placement {placement!r} (choose one of: {', '.join(IMAGE_PLACEMENTS)})")
+    if placement == "keep" or IMAGE_TOKEN not in text:
+        return text
+    return f"{IMAGE_TOKEN}\n{text.replace(IMAGE_TOKEN, '').strip()}".strip()
+
+
+def check_tokenizer(tokenizer, template: str | Template) -> None:
+    """Refuse a tokenizer that ``template`` cannot train with: no EOS, EOS equal to BOS, or an
+    end-of-turn text that is not one token of the vocabulary (labels would end in pieces of it)."""
+    tmpl = get_template(template) if isinstance(template, str) else template
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    here = f"template {tmpl.name!r}"
+    if eos is None:
+        raise UserError(f"{here}: the tokenizer has no EOS token, so no reply could end")
+    if bos is not None and eos == bos:
+        raise UserError(f"{here}: the tokenizer's EOS {tokenizer.eos_token!r} is also its BOS (id {eos}), so "
+                        "every reply would end in BOS (transformers' GGUF loader swaps them; "
+                        "train.vocabs.repair_gguf_special_tokens fixes it from the file's metadata)")
+    if tmpl.name == "llama_2" and bos is None:
+        raise UserError(f"{here}: the tokenizer has no BOS token, which starts every [INST] round")
+    if tmpl.name == "plain":
+        return  # ends each caption with a newline, which every vocabulary can spell
+    end = tmpl.end_of_turn(tokenizer)
+    ids = _encode(tokenizer, [end])[0]
+    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+        raise UserError(f"{here}: the end-of-turn token {end!r} is not in this tokenizer's vocabulary "
+                        f"(it encodes to {len(ids)} ids); choose another --template")
+
+
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
@@ -270,13 +316,16 @@ def tokenize_conversation(
     num_image_tokens: int,
     max_length: int,
     system: str | None = None,
+    image_placement: str = "front",
 ) -> TokenizedSample:
     """Token ids and labels (-100 except assistant replies and their end-of-turn token) for one sample.
 
-    ``system`` is the system message for a conversation that has none (None = the template's default).
+    ``system`` is the system message for a conversation that has none (None = the template's default);
+    ``image_placement`` is where `<image>` goes (:data:`IMAGE_PLACEMENTS`).
     """
     tmpl = get_template(template) if isinstance(template, str) else template
-    conversations = with_system(conversations, system)
+    conversations = [{**t, "value": place_image(t["value"], image_placement)}
+                     for t in with_system(conversations, system)]
     segments = [s for s in tmpl.segments(conversations, tokenizer) if s.text]
     prefixes, text = [], ""
     for seg in segments:
@@ -319,18 +368,21 @@ def generation_prompt(
     *,
     num_image_tokens: int,
     system: str | None = None,
+    image_placement: str = "front",
 ) -> list[int]:
     """Token ids of the prompt up to where the assistant's reply starts (image tokens expanded)."""
+    text = generation_prompt_text(human_text, tokenizer, template, system=system,
+                                  image_placement=image_placement)
     tmpl = get_template(template) if isinstance(template, str) else template
-    ids = _bos(tokenizer, tmpl) + _encode(tokenizer, [tmpl.prompt(human_text, tokenizer, system=system)])[0]
+    ids = _bos(tokenizer, tmpl) + _encode(tokenizer, [text])[0]
     return expand_image_tokens(ids, None, image_token_id(tokenizer), num_image_tokens)[0]
 
 
 def generation_prompt_text(human_text: str, tokenizer, template: str | Template, *,
-                           system: str | None = None) -> str:
+                           system: str | None = None, image_placement: str = "front") -> str:
     """The prompt as text (one `<image>` placeholder, not expanded; no BOS)."""
     tmpl = get_template(template) if isinstance(template, str) else template
-    return tmpl.prompt(human_text, tokenizer, system=system)
+    return tmpl.prompt(place_image(human_text, image_placement), tokenizer, system=system)
 
 
 def stop_token_ids(tokenizer, template: str | Template) -> list[int]:
