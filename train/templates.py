@@ -250,7 +250,8 @@ and ScienceQA evaluation alike, so checkpoints and projectors trained with LLaVA
 def place_image(text: str, placement: str = "front") -> str:
     """``text`` with its `<image>` moved to the front as LLaVA does, or unchanged for `keep`."""
     if placement not in IMAGE_PLACEMENTS:
-        raise UserError(f"unknown image placement {placement!r} (choose one of: {', '.join(IMAGE_PLACEMENTS)})")
+        raise UserError(f"unknown image placement {placement!r} "
+                        f"(choose one of: {', '.join(IMAGE_PLACEMENTS)})")
     if placement == "keep" or IMAGE_TOKEN not in text:
         return text
     return f"{IMAGE_TOKEN}\n{text.replace(IMAGE_TOKEN, '').strip()}".strip()
@@ -274,13 +275,33 @@ def check_tokenizer(tokenizer, template: str | Template) -> None:
         return  # ends each caption with a newline, which every vocabulary can spell
     end = tmpl.end_of_turn(tokenizer)
     ids = _encode(tokenizer, [end])[0]
-    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+    # A chat template's end-of-turn text may be spelled in pieces (ChatML on a character vocabulary);
+    # the EOS token the other templates end with must be the one EOS id.
+    wanted = ids == [eos] if end == tokenizer.eos_token else bool(ids)
+    if not wanted or tokenizer.unk_token_id in ids:
         raise UserError(f"{here}: the end-of-turn token {end!r} is not in this tokenizer's vocabulary "
-                        f"(it encodes to {len(ids)} ids); choose another --template")
+                        f"(it encodes to {ids[:8]}); choose another --template")
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    """Token ids of each text, the pieces between `<image>` placeholders tokenized one by one.
+
+    That is LLaVA's `tokenizer_image_token`: with a non-legacy SentencePiece conversion the text after
+    `<image>` then starts with `▁` as it does in LLaVA (tokenized in one call it would not); with legacy
+    conversions and byte-level BPEs both ways give the same ids.
+    """
+    if not any(IMAGE_TOKEN in t for t in texts):
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    pieces = [t.split(IMAGE_TOKEN) for t in texts]
+    encoded = iter(tokenizer([p for ps in pieces for p in ps], add_special_tokens=False)["input_ids"])
+    image = image_token_id(tokenizer)
+    out = []
+    for ps in pieces:
+        ids = list(next(encoded))
+        for _ in ps[1:]:
+            ids += [image, *next(encoded)]
+        out.append(ids)
+    return out
 
 
 def _bos(tokenizer, template: Template) -> list[int]:
