@@ -10,6 +10,7 @@ from pathlib import Path
 
 from datasets_spec.errors import UserError
 from train.hparams import OVERRIDABLE, StageHparams, hparam_preset, resolve_stage
+from train.templates import IMAGE_PLACEMENTS
 
 RUN_STAGES = ("pretrain", "finetune", "both")
 DEEPSPEED_DIR = Path(__file__).parent / "deepspeed_configs"
@@ -57,6 +58,9 @@ class TrainConfig:
     """Load the LLM in 4 bit and train LoRA on it (needs bitsandbytes and a CUDA GPU)."""
     template: str | None = None
     """Stage-2 conversation template; None = the LLM preset's (stage 1 always uses `plain`)."""
+    image_placement: str = "front"
+    """Where `<image>` goes in each prompt, for training and evaluation: `front` (`<image>\\n` + text, as
+    LLaVA's preprocess_multimodal and its ScienceQA evaluation do) or `keep` (where the data put it)."""
     max_length: int = 2048
     """Token limit per sample (LLaVA-1.5: 2048); image tokens are never truncated."""
     max_mismatch: int = 0
@@ -119,6 +123,9 @@ class TrainConfig:
             raise UserError(f"--max-length must be >= 8, got {self.max_length}")
         if self.max_mismatch < 0:
             raise UserError(f"--max-mismatch must be >= 0, got {self.max_mismatch}")
+        if self.image_placement not in IMAGE_PLACEMENTS:
+            raise UserError(f"unknown --image-placement {self.image_placement!r}; "
+                            f"choose one of: {', '.join(IMAGE_PLACEMENTS)}")
         if self.image_aspect not in IMAGE_ASPECTS:
             raise UserError(
                 f"unknown --image-aspect {self.image_aspect!r}; choose one of: {', '.join(IMAGE_ASPECTS)}"

@@ -215,6 +215,7 @@ def train_stage(
     if rows.num_rows == 0:
         raise UserError("stage 1 trains the projector on image samples, but the subset has none")
     bundle = build_llava(config.llm, config.vision, projector_path=projector_path, seed=config.seed)
+    bundle = dataclasses.replace(bundle, image_placement=config.image_placement)
     template = "plain" if stage == "pretrain" else (config.template or bundle.template)
     data_kwargs = dict(
         template=template,
