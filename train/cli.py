@@ -36,6 +36,7 @@ def run_command(
     preset: str = typer.Option("llava-1.5", "--preset", help="llava-1.5 | scienceqa | tiny-cpu."),
     lora_r: int | None = typer.Option(None, "--lora-r", help="LoRA rank (stage 2); omit for full tuning."),
     lora_alpha: int | None = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 x rank)."),
+    qlora: bool = typer.Option(False, "--qlora", help="Stage 2 on a 4-bit NF4 base (LoRA r 128 default)."),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate override."),
     projector_lr: float | None = typer.Option(None, "--projector-lr", help="Stage-2 projector lr."),
     epochs: float | None = typer.Option(None, "--epochs", help="Epochs override."),
@@ -70,6 +71,7 @@ def run_command(
 
     config = TrainConfig(
         llm=llm, vision=vision, stage=stage, preset=preset, lora_r=lora_r, lora_alpha=lora_alpha, lr=lr,
+        qlora=qlora,
         projector_lr=projector_lr, epochs=epochs, global_batch_size=batch_size,
         per_device_batch_size=per_device_batch_size, max_length=max_length, max_mismatch=max_mismatch,
         drop_overlong=drop_overlong, image_aspect=image_aspect, template=template, deepspeed=deepspeed,

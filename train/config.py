@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from train.hparams import OVERRIDABLE, StageHparams, hparam_preset, resolve_stag
 from train.templates import IMAGE_PLACEMENTS
 
 RUN_STAGES = ("pretrain", "finetune", "both")
+QLORA_RANK = 128  # LLaVA's QLoRA recipe (alpha = 2 x rank = 256 from the preset's ratio)
 DEEPSPEED_DIR = Path(__file__).parent / "deepspeed_configs"
 DEEPSPEED_NAMES = ("zero2", "zero3", "zero3-offload")
 IMAGE_ASPECTS = ("pad", "resize", "crop")
@@ -55,7 +57,8 @@ class TrainConfig:
     lora_dropout: float = 0.05
     """Dropout on the LoRA branch (LLaVA-1.5's value)."""
     qlora: bool = False
-    """Load the LLM in 4 bit and train LoRA on it (needs bitsandbytes and a CUDA GPU)."""
+    """Stage 2 on a 4-bit base: the LLM's Linear layers in NF4 with double quantization (bitsandbytes,
+    CPU or GPU), LoRA on top; without --lora-r, LLaVA's QLoRA recipe r 128 / alpha 256."""
     template: str | None = None
     """Stage-2 conversation template; None = the LLM preset's (stage 1 always uses `plain`)."""
     image_placement: str = "front"
@@ -108,6 +111,8 @@ class TrainConfig:
         if self.stage not in RUN_STAGES:
             raise UserError(f"unknown stage {self.stage!r}; choose one of: {', '.join(RUN_STAGES)}")
         hparam_preset(self.preset)
+        if self.qlora and self.lora_r is None and self.stage != "pretrain":
+            self.lora_r = QLORA_RANK
         if self.lora_r is not None:
             if self.stage == "pretrain":
                 raise UserError("LoRA (--lora-r) applies to stage 2 only; stage 1 trains the projector alone")
@@ -219,11 +224,16 @@ def projector_file(path: str | Path) -> Path:
 
 
 def _check_qlora(config: TrainConfig) -> None:
-    if config.lora_r is None:
-        raise UserError("--qlora trains LoRA adapters on a 4-bit LLM; give --lora-r too")
+    if config.stage == "pretrain":
+        raise UserError("--qlora applies to stage 2; stage 1 trains the projector alone")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise UserError("--qlora needs the bitsandbytes package (pip install bitsandbytes) and a CUDA GPU")
-    import torch
+        raise UserError("--qlora needs the bitsandbytes package (pip install 'bitsandbytes>=0.50.2')")
+    if config.deepspeed is not None and _zero_stage(deepspeed_config_path(config.deepspeed)) >= 3:
+        raise UserError("--qlora cannot shard 4-bit weights with ZeRO-3; use --deepspeed zero2")
 
-    if not torch.cuda.is_available():
-        raise UserError("--qlora needs a CUDA GPU (4-bit bitsandbytes kernels); none is visible")
+
+def _zero_stage(path: Path) -> int:
+    try:
+        return int(json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage", 0))
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"--deepspeed {path}: not a readable DeepSpeed JSON config") from None

@@ -206,8 +206,6 @@ def train_stage(
     from train.model import build_llava
     from train.runner import latest_checkpoint, split_rows
 
-    if config.qlora:
-        raise UserError("--qlora: the model assembly cannot load the LLM in 4 bit; use --lora-r alone")
     hp = config.stage_hparams(stage)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_device, accum = batch_layout(hp, world)
@@ -216,6 +214,10 @@ def train_stage(
         raise UserError("stage 1 trains the projector on image samples, but the subset has none")
     bundle = build_llava(config.llm, config.vision, projector_path=projector_path, seed=config.seed)
     bundle = dataclasses.replace(bundle, image_placement=config.image_placement)
+    if config.qlora and stage == "finetune":
+        from train.qlora import quantize_language_model
+
+        quantize_language_model(bundle.model, compute_dtype=_compute_dtype(config))
     template = "plain" if stage == "pretrain" else (config.template or bundle.template)
     data_kwargs = dict(
         template=template,
@@ -416,7 +418,12 @@ def _save_stage(
         if rank == 0:
             if stage == "finetune" and config.lora:
                 model.save_pretrained(str(stage_dir / "adapter"))
-                model = model.merge_and_unload()
+                if config.qlora:
+                    from train.qlora import merge_qlora
+
+                    model = merge_qlora(model)  # onto the dequantized 4-bit weights, in float
+                else:
+                    model = model.merge_and_unload()
             save_file(
                 _contiguous(projector_state_dict(model)),
                 str(stage_dir / "projector.safetensors"),
@@ -426,6 +433,13 @@ def _save_stage(
                 save_bundle(dataclasses.replace(bundle, model=model), stage_dir / "model")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def _compute_dtype(config: TrainConfig) -> torch.dtype:
+    """QLoRA's matmul dtype: bf16 where training runs in bf16, fp32 otherwise (CPU)."""
+    cuda = torch.cuda.is_available()
+    bf16 = (cuda and torch.cuda.is_bf16_supported()) if config.bf16 == "auto" else bool(config.bf16)
+    return torch.bfloat16 if bf16 else torch.float32
 
 
 def _contiguous(state: dict) -> dict:
