@@ -43,3 +43,20 @@ def test_both_stages_train_and_eval_parses_the_replies(ws, llm, template):
     assert metrics["total"] == 4
     assert metrics["unparsed"] == 0, metrics  # replies in the trained answer format
     assert json.loads((run / "model" / "llava_bundle.json").read_text())["image_placement"] == "front"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--template", "alpaca"], "error: unknown template 'alpaca' (templates: mistral_instruct, llama_2, "
+                               "vicuna_v1, plain, chat_template)"),
+    (["--llm", "tiny-llama2-vocab", "--template", "chat_template"],
+     "error: template 'chat_template': this tokenizer has no chat template; choose one of mistral_instruct, "
+     "llama_2, vicuna_v1, plain"),
+    (["--image-placement", "middle"], "error: unknown --image-placement 'middle'; choose one of: front, keep"),
+])
+def test_bad_template_input_is_one_line_and_exit_2(ws, args, message):
+    from tests.train_helpers import cli
+
+    code, err = cli(["run", "-w", str(ws.root), "--subset", str(ws.shards_dir / "k4"), "--vision", "tiny-clip",
+                     "--preset", "tiny-cpu", "--max-steps", "1", *args])
+    assert (code, err.strip()) == (2, message)
+    assert not list((ws.root / "runs").glob("*k4-tiny-llama*"))  # nothing half-written
