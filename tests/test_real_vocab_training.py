@@ -51,12 +51,13 @@ def test_both_stages_train_and_eval_parses_the_replies(ws, llm, template):
     (["--llm", "tiny-llama2-vocab", "--template", "chat_template"],
      "error: template 'chat_template': this tokenizer has no chat template; choose one of mistral_instruct, "
      "llama_2, vicuna_v1, plain"),
-    (["--image-placement", "middle"], "error: unknown --image-placement 'middle'; choose one of: front, keep"),
+    (["--image-placement", "middle"],
+     "error: unknown --image-placement 'middle'; choose one of: front, keep"),
 ])
 def test_bad_template_input_is_one_line_and_exit_2(ws, args, message):
     from tests.train_helpers import cli
 
-    code, err = cli(["run", "-w", str(ws.root), "--subset", str(ws.shards_dir / "k4"), "--vision", "tiny-clip",
-                     "--preset", "tiny-cpu", "--max-steps", "1", *args])
+    code, err = cli(["run", "-w", str(ws.root), "--subset", str(ws.shards_dir / "k4"), "--vision",
+                     "tiny-clip", "--preset", "tiny-cpu", "--max-steps", "1", *args])
     assert (code, err.strip()) == (2, message)
     assert not list((ws.root / "runs").glob("*k4-tiny-llama*"))  # nothing half-written
