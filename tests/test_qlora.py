@@ -70,12 +70,13 @@ def test_smollm2_qlora_trains_and_saves_a_float_checkpoint(ws):
     from transformers import LlavaForConditionalGeneration
 
     config = TrainConfig(llm="smollm2-135m", vision="tiny-clip", stage="finetune", preset="tiny-cpu",
-                         qlora=True, lr=2e-4, global_batch_size=4, per_device_batch_size=4, max_steps=4,
+                         qlora=True, lr=2e-4, global_batch_size=4, per_device_batch_size=4, max_steps=3,
                          eval_limit=0, max_length=512, run_name="smol-qlora")
     assert (config.lora_r, config.resolved_lora_alpha()) == (128, 256)  # LLaVA's QLoRA recipe
     run = run_training(ws, ws.shards_dir / "k4", config)  # one batch, the same every step
     losses = [e["loss"] for e in read_log(run) if "loss" in e]
-    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    # measured: 2.13, 1.37, 0.42 (4-bit base, fp32 compute, CPU)
+    assert len(losses) == 3 and losses[0] > losses[1] > losses[2] and losses[2] < losses[0] / 2, losses
     adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert (adapter["r"], adapter["lora_alpha"]) == (128, 256)
     model = LlavaForConditionalGeneration.from_pretrained(run / "model")
