@@ -235,3 +235,15 @@ def test_missing_end_of_turn_is_refused():
 def test_chat_template_needs_a_chat_template():
     with pytest.raises(UserError, match="template 'chat_template'"):
         check_tokenizer(real_tokenizer("mistral"), "chat_template")
+
+
+def test_a_gpt_style_single_endoftext_token_passes():
+    # Phi-2's vocabulary: one <|endoftext|> is BOS, EOS and unk, and no BOS is added to a text
+    from train.tokenizers import char_tokenizer
+
+    tok = char_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|endoftext|>"]})
+    tok.bos_token = tok.eos_token = tok.unk_token = "<|endoftext|>"
+    assert tok("a")["input_ids"][:1] != [tok.bos_token_id]
+    for template in ("vicuna_v1", "mistral_instruct", "llama_2", "plain"):
+        check_tokenizer(tok, template)

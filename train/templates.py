@@ -258,14 +258,19 @@ def place_image(text: str, placement: str = "front") -> str:
 
 
 def check_tokenizer(tokenizer, template: str | Template) -> None:
-    """Refuse a tokenizer that ``template`` cannot train with: no EOS, EOS equal to BOS, or an
-    end-of-turn text that is not one token of the vocabulary (labels would end in pieces of it)."""
+    """Refuse a tokenizer that ``template`` cannot train with: no EOS, an EOS that is the sequence-start
+    token, or an end-of-turn text that is not one token of the vocabulary (labels would end in pieces).
+
+    EOS equal to BOS is refused when the tokenizer prepends that BOS to every text itself (SentencePiece
+    vocabularies: `<s>`), which is what a swapped GGUF tokenizer looks like; GPT-style vocabularies whose
+    one `<|endoftext|>` is BOS, EOS and unk at once by design (Phi-2) and add no BOS pass.
+    """
     tmpl = get_template(template) if isinstance(template, str) else template
     eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     here = f"template {tmpl.name!r}"
     if eos is None:
         raise UserError(f"{here}: the tokenizer has no EOS token, so no reply could end")
-    if bos is not None and eos == bos:
+    if bos is not None and eos == bos and tokenizer("a")["input_ids"][:1] == [bos]:
         raise UserError(f"{here}: the tokenizer's EOS {tokenizer.eos_token!r} is also its BOS (id {eos}), so "
                         "every reply would end in BOS (transformers' GGUF loader swaps them; "
                         "train.vocabs.repair_gguf_special_tokens fixes it from the file's metadata)")
@@ -278,7 +283,8 @@ def check_tokenizer(tokenizer, template: str | Template) -> None:
     # A chat template's end-of-turn text may be spelled in pieces (ChatML on a character vocabulary);
     # the EOS token the other templates end with must be the one EOS id.
     wanted = ids == [eos] if end == tokenizer.eos_token else bool(ids)
-    if not wanted or tokenizer.unk_token_id in ids:
+    unk = tokenizer.unk_token_id
+    if not wanted or (unk is not None and unk != eos and unk in ids):
         raise UserError(f"{here}: the end-of-turn token {end!r} is not in this tokenizer's vocabulary "
                         f"(it encodes to {ids[:8]}); choose another --template")
 
