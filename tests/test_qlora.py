@@ -10,7 +10,8 @@ import torch
 
 from tests.train_helpers import cli, private_workspace
 from train.config import TrainConfig
-from train.runner import read_log, run_training
+from train.rundir import read_log
+from train.runner import run_training
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -31,7 +31,7 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from datasets_spec.errors import UserError
-from datasets_spec.parts import atomic_directory, write_json
+from datasets_spec.parts import atomic_directory, atomic_file, write_json
 from datasets_spec.schema import IMAGE_TOKEN
 from train.presets import (
     LLMPreset,
@@ -48,7 +48,6 @@ from train.tokenizers import char_tokenizer
 from train.vocabs import repair_gguf_special_tokens
 
 BUNDLE_FILE = "llava_bundle.json"
-PROJECTOR_FILE = "projector.safetensors"
 
 
 @dataclass
@@ -272,10 +271,9 @@ def projector_state_dict(model: LlavaForConditionalGeneration) -> dict[str, torc
 
 
 def save_projector(model: LlavaForConditionalGeneration, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(projector_state_dict(model), str(tmp), metadata={"format": "pt", "kind": "llava-projector"})
-    tmp.replace(path)
+    """Write the projector weights to ``path`` atomically (safetensors)."""
+    with atomic_file(Path(path)) as tmp:
+        save_file(projector_state_dict(model), str(tmp), metadata={"format": "pt", "kind": "llava-projector"})
 
 
 def load_projector(model: LlavaForConditionalGeneration, path: Path) -> None:
@@ -385,10 +383,3 @@ def load_bundle(directory: Path, *, dtype: torch.dtype = torch.float32) -> Llava
                        vision_preset_from_dict(info["vision_preset"]),
                        # checkpoints written before the field existed were trained with `keep`
                        image_placement=info.get("image_placement", "keep"))
-
-
-def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, total
