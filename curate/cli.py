@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from datasets_spec.cli_common import WorkspaceOption, invoked_command
+from datasets_spec.distributed import rank
 from datasets_spec.errors import exit_on_user_error
 from datasets_spec.workspace import Workspace, resolve_workspace
 
@@ -57,6 +58,10 @@ def ingest(
     decode_images: bool = typer.Option(
         False, "--decode-images", help="llava/vqa: decode every image, not only check it exists (slow)."
     ),
+    follow_symlinks: bool = typer.Option(
+        False, "--follow-symlinks",
+        help="Accept images whose real path leaves --image-root (folders linked on purpose); recorded.",
+    ),
     duplicate_ids: str = typer.Option(
         "error", "--duplicate-ids",
         help="llava: `error` refuses repeated ids; `suffix` renames them id#2, id#3.",
@@ -72,7 +77,7 @@ def ingest(
         ws, source, path, prompt_format=prompt_format, splits=splits, skip_bad_images=skip_bad_images,
         overwrite=overwrite, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, questions=questions,
         annotations=annotations, image_root=image_root, split=split, decode_images=decode_images,
-        duplicate_ids=duplicate_ids, image_pattern=image_pattern,
+        duplicate_ids=duplicate_ids, image_pattern=image_pattern, follow_symlinks=follow_symlinks,
     )
     _print_ingest_summary(ws, info)
 
@@ -90,7 +95,8 @@ def _run_ingest(ws: Workspace, source: str, path: Path | None, **opt) -> dict:
 
         split_list = [s.strip() for s in opt["splits"].split(",") if s.strip()] if opt["splits"] else None
         return ingest_scienceqa(ws, path, prompt_format=opt["prompt_format"], splits=split_list,
-                                skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"])
+                                skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"],
+                                follow_symlinks=opt["follow_symlinks"])
     if source == "synthetic":
         from curate.ingest import ingest_synthetic
 
@@ -102,14 +108,16 @@ def _run_ingest(ws: Workspace, source: str, path: Path | None, **opt) -> dict:
 
         return ingest_llava(ws, path, image_root=opt["image_root"], split=opt["split"],
                             skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"],
-                            decode_images=opt["decode_images"], duplicate_ids=opt["duplicate_ids"])
+                            decode_images=opt["decode_images"], duplicate_ids=opt["duplicate_ids"],
+                            follow_symlinks=opt["follow_symlinks"])
     from curate.ingest_vqa import ingest_vqa
 
     if opt["questions"] is None or opt["annotations"] is None:
         raise UserError("curate ingest vqa: give --questions and --annotations")
     return ingest_vqa(ws, opt["questions"], opt["annotations"], image_root=opt["image_root"],
                       split=opt["split"], skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"],
-                      decode_images=opt["decode_images"], image_pattern=opt["image_pattern"])
+                      decode_images=opt["decode_images"], image_pattern=opt["image_pattern"],
+                      follow_symlinks=opt["follow_symlinks"])
 
 
 def _print_ingest_summary(ws: Workspace, info: dict) -> None:
@@ -135,14 +143,23 @@ def _print_ingest_summary(ws: Workspace, info: dict) -> None:
 def stats(
     target: Path | None = typer.Argument(None, help="A subset directory (default: the workspace dataset)"),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON on stdout."),
+    verify: bool = typer.Option(
+        False, "--verify", help="First check every part against the hashes recorded when it was written."
+    ),
     workspace: Path | None = WorkspaceOption,
 ) -> None:
     """Counts by split/subject/topic/grade, image fraction, difficulty histogram, token lengths."""
     import json
 
-    from curate.stats import stats_target
+    from curate.stats import resolve_target, stats_target
 
-    result = stats_target(_workspace(workspace), target)
+    ws = _workspace(workspace)
+    if verify:
+        from curate.check import verify_output
+
+        checked = verify_output(resolve_target(ws, target)[1])
+        typer.echo(f"verified {checked['files']} files ({checked['method']}): {checked['path']}", err=True)
+    result = stats_target(ws, target)
     if as_json:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -197,6 +214,15 @@ def export(
     typer.echo(f"exported {summary['rows']} samples ({summary['format']}) to {summary['out']}")
 
 
+@app.command()
+def check(workspace: Path | None = WorkspaceOption) -> None:
+    """Verify the dataset, embedding sets and subsets against the hashes recorded when they were written."""
+    from curate.check import verify_workspace
+
+    for item in verify_workspace(_workspace(workspace)):
+        typer.echo(f"ok  {item['path']}  ({item['files']} files, {item['method']})")
+
+
 # --- embed / select / rules -------------------------------------------------------------------------
 
 
@@ -216,6 +242,7 @@ def embed(
     rows_per_part: int = typer.Option(4096, help="Rows per Parquet part (unit of resume and of torchrun)."),
     seed: int = typer.Option(0, help="Seed for random weights (--pretrained none)."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    dtype: str = typer.Option("float32", help="Stored vectors: float32 or float16 (half the bytes)."),
 ) -> None:
     """Embed every sample (image + text, open_clip) into embeddings/<tag>/; resumable."""
     from curate.embed import embed_workspace
@@ -223,7 +250,7 @@ def embed(
     out = embed_workspace(
         _workspace(workspace), model=model, pretrained=pretrained, fuse=fuse, batch_size=batch_size,
         device=device, num_workers=num_workers, tag=tag, overwrite=overwrite, rows_per_part=rows_per_part,
-        seed=seed, threads=threads,
+        seed=seed, threads=threads, dtype=dtype,
     )
     typer.echo(str(out))
 
@@ -241,16 +268,29 @@ def select(
     name: str | None = typer.Option(None, help="Subset directory name (default: <strategy>-k<k>)."),
     embeddings: str | None = typer.Option(None, "--embeddings", help="Embedding set tag (default set)."),
     overwrite: bool = typer.Option(False, help="Replace an existing subset directory."),
+    device: str = typer.Option("auto", help="l2-maxdiverse: auto, cpu, cuda, cuda:N (torch) or numpy."),
+    memory_budget: float | None = typer.Option(
+        None, "--memory-budget", help="l2-maxdiverse: GB one process may use (default: free RAM/GPU memory)."
+    ),
+    checkpoint_every: int = typer.Option(1000, help="l2-maxdiverse: picks between resumable checkpoints."),
+    progress: bool = typer.Option(True, help="l2-maxdiverse: progress bar (picks/s, ETA) on stderr."),
 ) -> None:
-    """Select a subset with a strategy and write shards/<strategy>-k<k>/."""
+    """Select a subset with a strategy and write shards/<strategy>-k<k>/.
+
+    l2-maxdiverse shards over processes under `torchrun --nproc-per-node N -m curate.cli select ...`
+    and resumes from its checkpoints when rerun after a kill."""
+    from curate.kcenter.select import KCenterOptions
     from curate.select import select_subset
 
     out = select_subset(
         _workspace(workspace), strategy, k=k, fraction=fraction, seed=seed, split=split,
         require_image=require_image, dedup_eps=dedup_eps, name=name, embeddings_tag=embeddings,
         overwrite=overwrite, command=command_line(),
+        kcenter=KCenterOptions(device=device, memory_budget_gb=memory_budget,
+                               checkpoint_every=checkpoint_every, show_progress=progress),
     )
-    typer.echo(str(out))
+    if rank() == 0:  # under torchrun rank 0 wrote the subset
+        typer.echo(str(out))
 
 
 @app.command()
