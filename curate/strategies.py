@@ -1,6 +1,7 @@
 """Selection strategies: plain functions ``(embeddings, k, *, seed, **opts) -> int64 indices``.
 
-Registered by exact name in :data:`STRATEGIES`; :func:`get_strategy` lists the valid names on a typo.
+Registered by exact name in :data:`curate.registry.REGISTRY` (``STRATEGIES`` here is a view of it);
+:func:`get_strategy` lists the valid names on a typo.
 Indices are returned in selection order (the subset's ``rank``).
 
 ``l2-maxdiverse`` is exact greedy k-center (farthest-point sampling) in L2:
@@ -180,25 +181,33 @@ def kmeans_balanced(
     return picks
 
 
-STRATEGIES: dict[str, Callable[..., np.ndarray]] = {
-    "l2-maxdiverse": l2_maxdiverse,
-    "random": random_subset,
-    "kmeans-balanced": kmeans_balanced,
-}
-# Strategies that only need the pool size; they run without an embedding set.
-NEEDS_EMBEDDINGS = {"l2-maxdiverse": True, "random": False, "kmeans-balanced": True}
-
-
 def get_strategy(name: str) -> Callable[..., np.ndarray]:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise UserError(f"unknown strategy {name!r}; valid: {', '.join(sorted(STRATEGIES))}") from None
+    """The function registered as ``name`` (curate/registry.py holds every strategy's record)."""
+    from curate.registry import get_record
+
+    return get_record(name).fn
 
 
-def dedup_pool(embeddings: np.ndarray, eps: float) -> np.ndarray:
+def __getattr__(name: str):
+    # STRATEGIES / NEEDS_EMBEDDINGS are views of the registry, built on first use (it imports this module).
+    if name not in ("STRATEGIES", "NEEDS_EMBEDDINGS"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from curate.registry import REGISTRY
+
+    if name == "STRATEGIES":
+        return {key: record.fn for key, record in REGISTRY.items()}
+    return {key: record.needs == "embeddings" for key, record in REGISTRY.items()}
+
+
+# Above this many rows the N x N range search (O(N^2 d)) gives way to the exact cluster-pruned search of
+# curate.semdedup.dedup_clustered: at 20,000 x 512 the brute force is ~4e11 flops, seconds on one core.
+EXACT_DEDUP_MAX_ROWS = 20_000
+
+
+def dedup_pool(embeddings: np.ndarray, eps: float, *, exact_max_rows: int = EXACT_DEDUP_MAX_ROWS) -> np.ndarray:
     """Indices kept after dropping near-duplicates: in index order, a sample is kept unless an earlier
-    kept sample lies within L2 distance ``eps``. Exact FAISS range search (O(N^2 d) compute)."""
+    kept sample lies within L2 distance ``eps``. Exact FAISS range search (O(N^2 d) compute) up to
+    ``exact_max_rows`` rows; above, the same rule through k-means cells (``dedup_clustered``)."""
     import faiss
 
     if eps < 0:
@@ -207,6 +216,10 @@ def dedup_pool(embeddings: np.ndarray, eps: float) -> np.ndarray:
     n = x.shape[0]
     if eps == 0 or n == 0:
         return np.arange(n, dtype=np.int64)
+    if n > exact_max_rows:
+        from curate.semdedup import dedup_clustered
+
+        return dedup_clustered(x, eps)
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(x)
     lims, _, ids = index.range_search(x, float(eps) ** 2)
