@@ -228,10 +228,9 @@ def embed(
     typer.echo(str(out))
 
 
-@app.command()
-def select(
+def _select(
     workspace: Path | None = WorkspaceOption,
-    strategy: str = typer.Option(..., help="l2-maxdiverse, random or kmeans-balanced."),
+    strategy: str = typer.Option(..., help="Strategy name (listed above with what each needs)."),
     k: int | None = typer.Option(None, "--k", help="Subset size."),
     fraction: float | None = typer.Option(None, help="Subset size as a fraction of the pool."),
     seed: int = typer.Option(0, help="Seed for every random choice."),
@@ -241,16 +240,101 @@ def select(
     name: str | None = typer.Option(None, help="Subset directory name (default: <strategy>-k<k>)."),
     embeddings: str | None = typer.Option(None, "--embeddings", help="Embedding set tag (default set)."),
     overwrite: bool = typer.Option(False, help="Replace an existing subset directory."),
+    **strategy_options: object,
 ) -> None:
-    """Select a subset with a strategy and write shards/<strategy>-k<k>/."""
     from curate.select import select_subset
 
+    given = {key: value for key, value in strategy_options.items() if value is not None and value is not False}
     out = select_subset(
         _workspace(workspace), strategy, k=k, fraction=fraction, seed=seed, split=split,
         require_image=require_image, dedup_eps=dedup_eps, name=name, embeddings_tag=embeddings,
-        overwrite=overwrite, command=command_line(),
+        overwrite=overwrite, command=command_line(), **given,
     )
     typer.echo(str(out))
+
+
+def _with_strategy_options(fn):
+    """``fn`` with one CLI option per registry option (curate/registry.py), so `--help` lists them."""
+    import functools
+    import inspect
+
+    from curate.registry import REGISTRY, all_options
+
+    base = [p for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    extra, hints = [], {}
+    for opt in all_options().values():
+        users = ", ".join(r.name for r in REGISTRY.values() if opt.name in r.option_names)
+        help_text = f"{opt.help} (strategies: {users})"
+        if opt.type is bool:
+            default, hint = typer.Option(False, opt.flag, help=help_text), bool
+        else:
+            default, hint = typer.Option(None, opt.flag, help=help_text), opt.type | None
+        extra.append(inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint))
+        hints[opt.name] = hint
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs):
+        return fn(**kwargs)
+
+    wrapper.__signature__ = inspect.Signature(
+        [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in base] + extra
+    )
+    wrapper.__annotations__ = {**typing_hints(fn), **hints}
+    wrapper.__doc__ = ("Select a subset with a strategy and write shards/<strategy>-k<k>/. Strategies: "
+                       + _strategies_help())
+    return wrapper
+
+
+def typing_hints(fn) -> dict:
+    import typing
+
+    return {k: v for k, v in typing.get_type_hints(fn).items() if k != "strategy_options"}
+
+
+def _strategies_help() -> str:
+    from curate.registry import strategies_help
+
+    return strategies_help()
+
+
+app.command("select")(_with_strategy_options(_select))
+
+
+@app.command()
+def score(
+    workspace: Path | None = WorkspaceOption,
+    by: str = typer.Option(..., "--by", help="length | clip-sim | loss | ppl"),
+    name: str | None = typer.Option(None, help="Set name under scores/ (default: <by>[_<source>])."),
+    run: Path | None = typer.Option(None, help="loss/ppl: the run directory whose model scores the samples."),
+    model: str = typer.Option("ViT-B-32", help="clip-sim: open_clip model."),
+    pretrained: str = typer.Option("laion2b_s34b_b79k", help="clip-sim: open_clip tag, checkpoint or `none`."),
+    batch_size: int = typer.Option(8, help="Samples per forward pass."),
+    max_length: int = typer.Option(2048, help="loss/ppl: longer samples get no score."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    overwrite: bool = typer.Option(False, help="Replace an existing score set."),
+) -> None:
+    """Score every sample (length, CLIP similarity, loss or perplexity of a run) into scores/<name>/."""
+    from curate.scores import score_workspace
+
+    out = score_workspace(_workspace(workspace), by, name=name, run=run, model=model, pretrained=pretrained,
+                          batch_size=batch_size, max_length=max_length, device=device, overwrite=overwrite,
+                          command=command_line())
+    typer.echo(str(out))
+
+
+def _bounds(values: list[str], flag: str) -> dict[str, float]:
+    from datasets_spec.errors import UserError
+
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise UserError(f"{flag} {item!r}: expected NAME=NUMBER (a score set under scores/ and a bound)")
+    return out
 
 
 @app.command()
@@ -265,6 +349,8 @@ def rules(
     split: str = typer.Option("train", help="Pool split (`all` for every split)."),
     name: str | None = typer.Option(None, help="Subset directory name (default: rules-k<k>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing subset directory."),
+    min_score: list[str] = typer.Option([], "--min-score", help="NAME=X: keep samples scoring >= X (repeat)."),
+    max_score: list[str] = typer.Option([], "--max-score", help="NAME=Y: keep samples scoring <= Y (repeat)."),
 ) -> None:
     """Select a subset by the curator's rules and write shards/rules-k<k>/."""
     from curate.rules import rules_subset
@@ -272,7 +358,8 @@ def rules(
     out = rules_subset(
         _workspace(workspace), k=k, min_per_group=min_per_subject, group_by=group_by, prefer=prefer,
         require_image=require_image, seed=seed, split=split, name=name, overwrite=overwrite,
-        command=command_line(),
+        command=command_line(), min_scores=_bounds(min_score, "--min-score"),
+        max_scores=_bounds(max_score, "--max-score"),
     )
     typer.echo(str(out))
 

@@ -175,6 +175,6 @@ def strategies_help() -> str:
     """One line per strategy: name, what it needs, options, summary."""
     lines = []
     for r in REGISTRY.values():
-        opts = f" [{', '.join(o.flag for o in r.options)}]" if r.options else ""
-        lines.append(f"{r.name} (needs {r.needs}){opts}: {r.summary}")
+        opts = f", options {' '.join(o.flag for o in r.options)}" if r.options else ""
+        lines.append(f"{r.name} (needs {r.needs}{opts}): {r.summary}")
     return "; ".join(lines)

@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 
 from curate.embed import load_embeddings
 from curate.shards import write_subset
-from curate.strategies import NEEDS_EMBEDDINGS, check_k, coverage_report, dedup_pool, get_strategy
+from curate.registry import check_options, get_record
+from curate.strategies import check_k, coverage_report, dedup_pool
 from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 
@@ -91,12 +92,17 @@ def select_subset(
     command: str = "",
     **strategy_opts: object,
 ) -> Path:
-    """Select a subset with ``strategy``; return ``shards/<name or strategy-k<k>>/``."""
-    fn = get_strategy(strategy)
+    """Select a subset with ``strategy``; return ``shards/<name or strategy-k<k>>/``.
+
+    ``strategy_opts`` are the registry record's options (curate/registry.py); a scores strategy reads
+    the score set named by ``score`` for the pool (every pool sample must have a row).
+    """
+    record = get_record(strategy)
+    strategy_opts = check_options(strategy, strategy_opts, where="curate select")
     if k is not None and k <= 0:
         raise UserError(f"k must be positive (got {k})")
     table, pool = build_pool(ws, split, require_image)
-    needs = NEEDS_EMBEDDINGS[strategy] or (dedup_eps is not None and dedup_eps > 0)
+    needs = record.needs == "embeddings" or (dedup_eps is not None and dedup_eps > 0)
     matrix = info = None
     if needs:
         matrix, _, info = load_embeddings(ws, embeddings_tag)
@@ -105,7 +111,11 @@ def select_subset(
         kept = pool[dedup_pool(matrix[pool], dedup_eps)]
     k = resolve_k(k, fraction, len(kept))
     x = matrix[kept] if matrix is not None else np.empty((len(kept), 0), dtype=np.float32)
-    picks = np.asarray(fn(x, k, seed=seed, **strategy_opts), dtype=np.int64)
+    fn_opts, scores_summary = _score_inputs(ws, record, strategy_opts, table, kept)
+    report: dict = {}
+    if record.takes_report():
+        fn_opts["report"] = report
+    picks = np.asarray(record.fn(x, k, seed=seed, **fn_opts), dtype=np.int64)
     rows = kept[picks]
     if info is not None:
         emb_summary = embeddings_summary(info)
@@ -126,7 +136,23 @@ def select_subset(
         "pool": {"split": split, "require_image": require_image, "size": int(len(pool)),
                  "after_dedup": int(len(kept))},
         "embeddings": emb_summary,
+        "scores": scores_summary,
+        "strategy_report": report,
         "coverage": coverage,
         "command": command,
     }
     return write_subset(ws, name or f"{strategy}-k{k}", table, rows, manifest, overwrite=overwrite)
+
+
+def _score_inputs(ws: Workspace, record, opts: dict, table: pa.Table, kept: np.ndarray) -> tuple[dict, dict | None]:
+    """The function's keyword options; for a scores strategy the named set read for the pool rows."""
+    fn_opts = dict(opts)
+    if record.needs != "scores":
+        return fn_opts, None
+    from curate.scores import load_scores
+
+    name = fn_opts.pop("score")
+    ids = table.column("sample_id").take(pa.array(kept)).to_pylist()
+    values, info = load_scores(ws, name, ids)
+    fn_opts["scores"] = values
+    return fn_opts, {"name": name, "by": info.get("by"), "parts_hash": info.get("parts_hash")}

@@ -82,17 +82,18 @@ def test_kmeans_balanced_picks_distinct_samples_nearest_their_centroid():
 
 
 def test_get_strategy_lists_valid_names():
-    assert set(STRATEGIES) == {"l2-maxdiverse", "random", "kmeans-balanced"}
-    with pytest.raises(UserError, match="valid: kmeans-balanced, l2-maxdiverse, random"):
+    assert set(STRATEGIES) == {"l2-maxdiverse", "random", "kmeans-balanced", "semdedup", "coincide", "top-score"}
+    with pytest.raises(UserError, match="valid: coincide, kmeans-balanced, l2-maxdiverse, random, semdedup, top"):
         get_strategy("l2-maxdiverce")
 
 
 @pytest.mark.parametrize("k", [0, -1, 11])
 def test_bad_k_is_a_user_error(k):
     x = np.zeros((10, 3), dtype=np.float32)
-    for fn in STRATEGIES.values():
+    for name, fn in STRATEGIES.items():
+        extra = {"scores": np.zeros(10)} if name == "top-score" else {}
         with pytest.raises(UserError, match="k"):
-            fn(x, k, seed=0)
+            fn(x, k, seed=0, **extra)
 
 
 def test_dedup_matches_brute_force():
