@@ -166,6 +166,9 @@ def check_options(name: str, options: dict, *, where: str) -> dict:
             valid = ", ".join(record.option_names) or "none"
             raise UserError(f"{where}: strategy {name!r} has no option {key!r}; its options: {valid}")
         out[key] = record.option(key).convert(value, where)
+    for opt in record.options:
+        if opt.name not in out and opt.default is not None:
+            out[opt.name] = opt.default
     if record.needs == "scores" and not out.get("score"):
         raise UserError(f"{where}: strategy {name!r} needs a score set: give score (--score NAME)")
     return out
