@@ -203,7 +203,10 @@ def export(
 @app.command()
 def embed(
     workspace: Path | None = WorkspaceOption,
-    model: str = typer.Option("ViT-B-32", help="open_clip model name (tiny-clip: bundled tiny test config)."),
+    model: str = typer.Option(
+        "ViT-B-32", help="open_clip model name (tiny-clip: bundled tiny test config), or a reference model: "
+        "llava:runs/<run> (a run of this project / merged model) or lm:<dir or LLM preset> (text only).",
+    ),
     pretrained: str = typer.Option(
         "laion2b_s34b_b79k", help="open_clip tag, a local checkpoint file, or `none` for random weights."
     ),
@@ -216,14 +219,17 @@ def embed(
     rows_per_part: int = typer.Option(4096, help="Rows per Parquet part (unit of resume and of torchrun)."),
     seed: int = typer.Option(0, help="Seed for random weights (--pretrained none)."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    layers: str = typer.Option("-1", help="llava:/lm: hidden-state layers to mean-pool, e.g. -1 or 4,8,-1."),
+    max_length: int = typer.Option(4096, help="llava:/lm: a longer sample is an error."),
 ) -> None:
-    """Embed every sample (image + text, open_clip) into embeddings/<tag>/; resumable."""
+    """Embed every sample (open_clip image + text, or a reference model's hidden states) into
+    embeddings/<tag>/; resumable, torchrun-sharded."""
     from curate.embed import embed_workspace
 
     out = embed_workspace(
         _workspace(workspace), model=model, pretrained=pretrained, fuse=fuse, batch_size=batch_size,
         device=device, num_workers=num_workers, tag=tag, overwrite=overwrite, rows_per_part=rows_per_part,
-        seed=seed, threads=threads,
+        seed=seed, threads=threads, layers=layers, max_length=max_length,
     )
     typer.echo(str(out))
 

@@ -312,14 +312,25 @@ def embed_workspace(
     show_progress: bool = True,
     stats: dict | None = None,
     threads: int | None = None,
+    layers: str = "-1",
+    max_length: int = 4096,
 ) -> Path:
     """Embed every dataset sample; return ``embeddings/<tag>/``.
 
+    ``model`` = ``llava:<run dir>`` or ``lm:<dir or preset>`` embeds with a reference model instead
+    (curate/embed_reference.py; ``layers`` and ``max_length`` apply there, ``pretrained``/``fuse`` do not).
     ``max_parts`` stops after that many new parts (the run resumes later; returns the partial directory).
     ``stats`` (optional dict) receives timings: ``seconds_model_load``, ``seconds_loop``, ``rows``.
     ``threads``: torch intra-op threads on CPU (None: torch's default). One thread is much faster for
     tiny models on a busy machine, where multi-threaded kernels wait on descheduled threads.
     """
+    from curate.embed_reference import embed_reference, is_reference
+
+    if is_reference(model):
+        return embed_reference(ws, model=model, layers=layers, batch_size=batch_size, device=device,
+                               num_workers=num_workers, tag=tag, overwrite=overwrite, rows_per_part=rows_per_part,
+                               max_length=max_length, seed=seed, max_parts=max_parts,
+                               show_progress=show_progress, stats=stats, threads=threads)
     if fuse not in FUSE_RULES:
         raise UserError(f"unknown --fuse {fuse!r}; valid: {', '.join(FUSE_RULES)}")
     if batch_size <= 0 or rows_per_part <= 0:
@@ -417,14 +428,15 @@ def _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, s
     return final if complete else partial
 
 
-def _finalise(ws, partial, final, tag, params, n_rows, n_parts, world) -> None:
+def _finalise(ws, partial, final, tag, params, n_rows, n_parts, world, *, rule: str | None = None,
+              text_rule: str = TEXT_RULE) -> None:
     first = pq.read_schema(partial / part_name(0))
     dim = first.field("embedding").type.list_size
     info = {
         **params,
         "tag": tag,
-        "fuse_rule": FUSE_RULES[params["fuse"]],
-        "text_rule": TEXT_RULE,
+        "fuse_rule": rule or FUSE_RULES[params["fuse"]],
+        "text_rule": text_rule,
         "dim": dim,
         "dtype": "float32",
         "rows": n_rows,
