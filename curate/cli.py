@@ -250,7 +250,7 @@ def _select(
 ) -> None:
     from curate.select import select_subset
 
-    given = {key: value for key, value in strategy_options.items() if value is not None and value is not False}
+    given = {key: v for key, v in strategy_options.items() if v is not None and v is not False}
     out = select_subset(
         _workspace(workspace), strategy, k=k, fraction=fraction, seed=seed, split=split,
         require_image=require_image, dedup_eps=dedup_eps, name=name, embeddings_tag=embeddings,
@@ -275,7 +275,8 @@ def _with_strategy_options(fn):
             default, hint = typer.Option(False, opt.flag, help=help_text), bool
         else:
             default, hint = typer.Option(None, opt.flag, help=help_text), opt.type | None
-        extra.append(inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint))
+        extra.append(inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                       annotation=hint))
         hints[opt.name] = hint
 
     @functools.wraps(fn)
@@ -313,7 +314,7 @@ def score(
     name: str | None = typer.Option(None, help="Set name under scores/ (default: <by>[_<source>])."),
     run: Path | None = typer.Option(None, help="loss/ppl: the run directory whose model scores the samples."),
     model: str = typer.Option("ViT-B-32", help="clip-sim: open_clip model."),
-    pretrained: str = typer.Option("laion2b_s34b_b79k", help="clip-sim: open_clip tag, checkpoint or `none`."),
+    pretrained: str = typer.Option("laion2b_s34b_b79k", help="clip-sim: open_clip tag, checkpoint, `none`."),
     batch_size: int = typer.Option(8, help="Samples per forward pass."),
     max_length: int = typer.Option(2048, help="loss/ppl: longer samples get no score."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
@@ -355,8 +356,8 @@ def rules(
     split: str = typer.Option("train", help="Pool split (`all` for every split)."),
     name: str | None = typer.Option(None, help="Subset directory name (default: rules-k<k>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing subset directory."),
-    min_score: list[str] = typer.Option([], "--min-score", help="NAME=X: keep samples scoring >= X (repeat)."),
-    max_score: list[str] = typer.Option([], "--max-score", help="NAME=Y: keep samples scoring <= Y (repeat)."),
+    min_score: list[str] = typer.Option([], "--min-score", help="NAME=X: keep scores >= X (repeatable)."),
+    max_score: list[str] = typer.Option([], "--max-score", help="NAME=Y: keep scores <= Y (repeatable)."),
 ) -> None:
     """Select a subset by the curator's rules and write shards/rules-k<k>/."""
     from curate.rules import rules_subset

@@ -328,7 +328,8 @@ def embed_workspace(
 
     if is_reference(model):
         return embed_reference(ws, model=model, layers=layers, batch_size=batch_size, device=device,
-                               num_workers=num_workers, tag=tag, overwrite=overwrite, rows_per_part=rows_per_part,
+                               num_workers=num_workers, tag=tag, overwrite=overwrite,
+                               rows_per_part=rows_per_part,
                                max_length=max_length, seed=seed, max_parts=max_parts,
                                show_progress=show_progress, stats=stats, threads=threads)
     if fuse not in FUSE_RULES:

@@ -34,8 +34,10 @@ from datasets_spec.parts import list_parts, part_name, read_json, write_json
 from datasets_spec.schema import IMAGE_TOKEN
 
 KINDS = ("llava", "lm")
-POOLING_RULE = ("mean over the sample's tokens (image tokens included) of hidden_states[l] for each layer, "
-                "each L2-normalised, concatenated in --layers order, L2-normalised")
+POOLING_RULE = (
+    "mean over the sample's tokens (image tokens included) of hidden_states[l] for each layer, "
+    "each L2-normalised, concatenated in --layers order, L2-normalised"
+)
 
 
 def is_reference(model: str) -> bool:
@@ -49,7 +51,9 @@ def parse_layers(spec: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
         try:
             values = [int(v) for v in str(spec).split(",") if v.strip()]
         except ValueError:
-            raise UserError(f"--layers {spec!r}: give comma-separated layer indices, e.g. -1 or 4,8,-1") from None
+            raise UserError(
+                f"--layers {spec!r}: give comma-separated layer indices, e.g. -1 or 4,8,-1"
+            ) from None
     if not values or len(set(values)) != len(values):
         raise UserError(f"--layers {spec!r}: give distinct layer indices, e.g. -1 or 4,8,-1")
     return tuple(values)
@@ -95,9 +99,14 @@ class _Encoder:
         if self.kind == "llava":
             from train.templates import tokenize_conversation
 
-            sample = tokenize_conversation(row["conversations"], self.tokenizer, self.template,
-                                           num_image_tokens=self.n_image_tokens, max_length=max_length,
-                                           system=self.system)
+            sample = tokenize_conversation(
+                row["conversations"],
+                self.tokenizer,
+                self.template,
+                num_image_tokens=self.n_image_tokens,
+                max_length=max_length,
+                system=self.system,
+            )
             ids = sample.input_ids
             if row["image"] is not None:
                 from train.images import load_image, preprocess_image, resolve_image
@@ -134,8 +143,12 @@ def collate(items, pad_id: int) -> dict:
         input_ids[r, : len(ids)] = ids
         mask[r, : len(ids)] = 1
     pixels = [p for _, _, p in items if p is not None]
-    return {"rows": [i for i, _, _ in items], "input_ids": input_ids, "attention_mask": mask,
-            "pixel_values": torch.stack(pixels) if pixels else None}
+    return {
+        "rows": [i for i, _, _ in items],
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "pixel_values": torch.stack(pixels) if pixels else None,
+    }
 
 
 def pooled_features(model, batch: dict, layers: tuple[int, ...], device: str) -> np.ndarray:
@@ -144,14 +157,20 @@ def pooled_features(model, batch: dict, layers: tuple[int, ...], device: str) ->
     import torch.nn.functional as F
 
     body = getattr(model, "model", model)  # LlavaModel / LlamaModel: hidden states without the LM head
-    kwargs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device),
-              "output_hidden_states": True, "use_cache": False}
+    kwargs = {
+        "input_ids": batch["input_ids"].to(device),
+        "attention_mask": batch["attention_mask"].to(device),
+        "output_hidden_states": True,
+        "use_cache": False,
+    }
     if batch.get("pixel_values") is not None:
         kwargs["pixel_values"] = batch["pixel_values"].to(device)
     hidden = body(**kwargs).hidden_states
     if not all(-len(hidden) <= layer < len(hidden) for layer in layers):
-        raise UserError(f"--layers {','.join(map(str, layers))}: the model has hidden states 0..{len(hidden) - 1} "
-                        f"(0 = embeddings; negative counts from the last)")
+        raise UserError(
+            f"--layers {','.join(map(str, layers))}: the model has hidden states 0..{len(hidden) - 1} "
+            f"(0 = embeddings; negative counts from the last)"
+        )
     mask = kwargs["attention_mask"].unsqueeze(-1).float()
     pooled = [F.normalize((hidden[layer].float() * mask).sum(1) / mask.sum(1), dim=-1) for layer in layers]
     return F.normalize(torch.cat(pooled, dim=-1), dim=-1).cpu().numpy().astype(np.float32)
@@ -160,8 +179,9 @@ def pooled_features(model, batch: dict, layers: tuple[int, ...], device: str) ->
 # --- the embedding run ---------------------------------------------------------------------------------
 
 
-def reference_params(ws: Workspace, model: str, layers: tuple[int, ...], rows_per_part: int, max_length: int,
-                     seed: int) -> tuple[str, str, dict]:
+def reference_params(
+    ws: Workspace, model: str, layers: tuple[int, ...], rows_per_part: int, max_length: int, seed: int
+) -> tuple[str, str, dict]:
     kind, _, source = model.partition(":")
     if not source:
         raise UserError(f"--model {model!r}: give {kind}:<path>")
@@ -170,9 +190,16 @@ def reference_params(ws: Workspace, model: str, layers: tuple[int, ...], rows_pe
         if not path.exists():
             raise UserError(f"--model {model!r}: {path} does not exist")
         source = str(path.resolve())
-    params = {"model": f"{kind}:{source}", "pretrained": source, "fuse": "layers-mean", "layers": list(layers),
-              "max_length": max_length, "dataset_fingerprint": ws.dataset_fingerprint(),
-              "rows_per_part": rows_per_part, "seed": seed}
+    params = {
+        "model": f"{kind}:{source}",
+        "pretrained": source,
+        "fuse": "layers-mean",
+        "layers": list(layers),
+        "max_length": max_length,
+        "dataset_fingerprint": ws.dataset_fingerprint(),
+        "rows_per_part": rows_per_part,
+        "seed": seed,
+    }
     return kind, source, params
 
 
@@ -225,8 +252,23 @@ def embed_reference(
         torch.set_num_threads(threads)
     rank, world, owns_group = _dist_setup()
     try:
-        return _run(ws, final, tag, kind, source, params, layer_list, batch_size, device, num_workers,
-                    max_parts, show_progress, stats, rank, world)
+        return _run(
+            ws,
+            final,
+            tag,
+            kind,
+            source,
+            params,
+            layer_list,
+            batch_size,
+            device,
+            num_workers,
+            max_parts,
+            show_progress,
+            stats,
+            rank,
+            world,
+        )
     finally:
         torch.set_num_threads(previous)
         if owns_group:
@@ -245,8 +287,23 @@ def _device(device: str, world: int) -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if world > 1 else "cuda"
 
 
-def _run(ws, final, tag, kind, source, params, layers, batch_size, device, num_workers, max_parts,
-         show_progress, stats, rank, world) -> Path:
+def _run(
+    ws,
+    final,
+    tag,
+    kind,
+    source,
+    params,
+    layers,
+    batch_size,
+    device,
+    num_workers,
+    max_parts,
+    show_progress,
+    stats,
+    rank,
+    world,
+) -> Path:
     import torch
 
     table = ws.read_dataset(columns=["sample_id", "image", "conversations"])
@@ -259,8 +316,9 @@ def _run(ws, final, tag, kind, source, params, layers, batch_size, device, num_w
     t_load = time.perf_counter() - t0
     partial = ws.embeddings_dir / f".{tag}.partial"
     if rank == 0:
-        if partial.exists() and (not (partial / PROGRESS_NAME).exists()
-                                 or read_json(partial / PROGRESS_NAME) != params):
+        if partial.exists() and (
+            not (partial / PROGRESS_NAME).exists() or read_json(partial / PROGRESS_NAME) != params
+        ):
             shutil.rmtree(partial)
         partial.mkdir(parents=True, exist_ok=True)
         write_json(partial / PROGRESS_NAME, params)
@@ -275,22 +333,39 @@ def _run(ws, final, tag, kind, source, params, layers, batch_size, device, num_w
         todo = todo[:max_parts]
     batches = clip_embed._batches(todo, n_rows, rpp, batch_size)
     loader = torch.utils.data.DataLoader(
-        _Rows(rows, encoder, ws.image_root(), params["max_length"]), batch_sampler=batches,
-        num_workers=num_workers if batches else 0, collate_fn=lambda items: collate(items, encoder.pad_id),
+        _Rows(rows, encoder, ws.image_root(), params["max_length"]),
+        batch_sampler=batches,
+        num_workers=num_workers if batches else 0,
+        collate_fn=lambda items: collate(items, encoder.pad_id),
     )
     parts_rows = {p: (p * rpp, min(n_rows, (p + 1) * rpp)) for p in todo}
     t1 = time.perf_counter()
-    with torch.inference_mode(), _progress(sum(b - a for a, b in parts_rows.values()),
-                                           show_progress and rank == 0) as advance:
+    with (
+        torch.inference_mode(),
+        _progress(sum(b - a for a, b in parts_rows.values()), show_progress and rank == 0) as advance,
+    ):
         _fill_parts(encoder.model, loader, parts_rows, ids, partial, layers, dev, advance)
     if stats is not None:
-        stats.update(seconds_model_load=t_load, seconds_loop=time.perf_counter() - t1,
-                     rows=sum(b - a for a, b in parts_rows.values()))
+        stats.update(
+            seconds_model_load=t_load,
+            seconds_loop=time.perf_counter() - t1,
+            rows=sum(b - a for a, b in parts_rows.values()),
+        )
     _barrier(world)
     complete = len(list_parts(partial)) == n_parts
     if rank == 0 and complete:
-        clip_embed._finalise(ws, partial, final, tag, params, n_rows, n_parts, world,
-                             rule=POOLING_RULE, text_rule=_text_rule(kind))
+        clip_embed._finalise(
+            ws,
+            partial,
+            final,
+            tag,
+            params,
+            n_rows,
+            n_parts,
+            world,
+            rule=POOLING_RULE,
+            text_rule=_text_rule(kind),
+        )
     _barrier(world)
     return final if complete else partial
 
@@ -314,4 +389,6 @@ def _fill_parts(model, loader, parts_rows, ids, out_dir, layers, device, advance
             a, b = parts_rows[p]
             if len(pending[p]) == b - a:
                 got = pending.pop(p)
-                _write_embedding_part(out_dir / part_name(p), ids[a:b], np.stack([got[r] for r in range(a, b)]))
+                _write_embedding_part(
+                    out_dir / part_name(p), ids[a:b], np.stack([got[r] for r in range(a, b)])
+                )

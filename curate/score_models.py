@@ -7,7 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.embed import _image_paths, _image_size, _progress, _Samples, load_model, resolve_device, sample_text
+from curate.embed import (
+    _image_paths,
+    _image_size,
+    _progress,
+    _Samples,
+    load_model,
+    resolve_device,
+    sample_text,
+)
 from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 
@@ -78,7 +86,6 @@ def run_losses(ws: Workspace, run: Path, *, batch_size: int, max_length: int, de
 
 def batch_losses(model, batch: dict, device: str) -> list[float]:
     """Per-row mean next-token cross-entropy over the label positions (labels != -100)."""
-    import torch
     import torch.nn.functional as F
 
     pixels = batch["pixel_values"]

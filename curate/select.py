@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.embed import load_embeddings
-from curate.shards import write_subset
 from curate.registry import check_options, get_record
+from curate.shards import write_subset
 from curate.strategies import check_k, coverage_report, dedup_pool
 from curate.workspace import Workspace
 from datasets_spec.errors import UserError
@@ -144,7 +144,9 @@ def select_subset(
     return write_subset(ws, name or f"{strategy}-k{k}", table, rows, manifest, overwrite=overwrite)
 
 
-def _score_inputs(ws: Workspace, record, opts: dict, table: pa.Table, kept: np.ndarray) -> tuple[dict, dict | None]:
+def _score_inputs(
+    ws: Workspace, record, opts: dict, table: pa.Table, kept: np.ndarray
+) -> tuple[dict, dict | None]:
     """The function's keyword options; for a scores strategy the named set read for the pool rows."""
     fn_opts = dict(opts)
     if record.needs != "scores":

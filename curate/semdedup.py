@@ -133,8 +133,10 @@ def semdedup(
     else:
         keep, passes = semdedup_keep(cos, clusters, eps), 1
         if keep.sum() < k:
-            raise UserError(f"semdedup eps={eps} keeps {int(keep.sum())} samples, fewer than k={k}; lower eps "
-                            f"or leave it unset to fit k")
+            raise UserError(
+                f"semdedup eps={eps} keeps {int(keep.sum())} samples, fewer than k={k}; lower eps "
+                f"or leave it unset to fit k"
+            )
     kept = np.flatnonzero(keep)
     if report is not None:
         report.update(eps=round(float(eps), 6), n_clusters=n_clusters, kept=int(len(kept)), passes=passes)
@@ -163,8 +165,9 @@ def _search_eps(cos: _Cosine, clusters: list[np.ndarray], k: int) -> tuple[float
         keep = semdedup_keep(cos, clusters, 0.0)
         passes += 1
         if keep.sum() < k:
-            raise UserError(f"semdedup: only {int(keep.sum())} samples are not exact duplicates, fewer "
-                            f"than k={k}")
+            raise UserError(
+                f"semdedup: only {int(keep.sum())} samples are not exact duplicates, fewer than k={k}"
+            )
         best = (0.0, keep)
     return best[0], best[1], passes
 

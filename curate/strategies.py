@@ -204,7 +204,9 @@ def __getattr__(name: str):
 EXACT_DEDUP_MAX_ROWS = 20_000
 
 
-def dedup_pool(embeddings: np.ndarray, eps: float, *, exact_max_rows: int = EXACT_DEDUP_MAX_ROWS) -> np.ndarray:
+def dedup_pool(
+    embeddings: np.ndarray, eps: float, *, exact_max_rows: int = EXACT_DEDUP_MAX_ROWS
+) -> np.ndarray:
     """Indices kept after dropping near-duplicates: in index order, a sample is kept unless an earlier
     kept sample lies within L2 distance ``eps``. Exact FAISS range search (O(N^2 d) compute) up to
     ``exact_max_rows`` rows; above, the same rule through k-means cells (``dedup_clustered``)."""

@@ -31,13 +31,15 @@ def small_ws(tmp_path_factory) -> Workspace:
 
 
 @pytest.fixture(scope="module")
-def run_dir(small_ws) -> "os.PathLike":
+def run_dir(small_ws) -> os.PathLike:
     from train.model import build_llava, save_bundle
 
     run = small_ws.runs_dir / "stage1__tiny-llama"
     save_bundle(build_llava("tiny-llama", "tiny-clip", seed=0), run / "model")
-    write_json(run / "config.json", {"dataset_fingerprint": small_ws.dataset_fingerprint(),
-                                     "config": {"image_aspect": "pad"}})
+    write_json(
+        run / "config.json",
+        {"dataset_fingerprint": small_ws.dataset_fingerprint(), "config": {"image_aspect": "pad"}},
+    )
     return run
 
 
@@ -56,8 +58,15 @@ def test_lm_features_equal_one_sample_forward(small_ws, tmp_path) -> None:
 
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(small_ws.root, ws.root)
-    out = embed_workspace(ws, model="lm:tiny-llama", layers="1,-1", batch_size=5, num_workers=0,
-                          rows_per_part=10, show_progress=False)
+    out = embed_workspace(
+        ws,
+        model="lm:tiny-llama",
+        layers="1,-1",
+        batch_size=5,
+        num_workers=0,
+        rows_per_part=10,
+        show_progress=False,
+    )
     matrix, ids, info = load_embeddings(ws)
     assert out.name == "lm-tiny-llama_L1_-1" and info["layers"] == [1, -1] and info["rows"] == N_ROWS
     torch.manual_seed(0)
@@ -80,17 +89,33 @@ def test_llava_features_equal_one_sample_forward_and_resume_is_identical(small_w
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(small_ws.root, ws.root)
     model = f"llava:{ws.runs_dir / run_dir.name}"
-    partial = embed_workspace(ws, model=model, layers="0,-1", batch_size=4, num_workers=0, rows_per_part=8,
-                              max_parts=1, show_progress=False)
+    partial = embed_workspace(
+        ws,
+        model=model,
+        layers="0,-1",
+        batch_size=4,
+        num_workers=0,
+        rows_per_part=8,
+        max_parts=1,
+        show_progress=False,
+    )
     assert partial.name.endswith(".partial")
-    final = embed_workspace(ws, model=model, layers="0,-1", batch_size=4, num_workers=0, rows_per_part=8,
-                            show_progress=False)
+    final = embed_workspace(
+        ws, model=model, layers="0,-1", batch_size=4, num_workers=0, rows_per_part=8, show_progress=False
+    )
     matrix, _, info = load_embeddings(ws)
     # an uninterrupted run in another workspace gives the same bytes
     other = Workspace(tmp_path / "other")
     shutil.copytree(small_ws.root, other.root)
-    embed_workspace(other, model=f"llava:{other.runs_dir / run_dir.name}", layers="0,-1", batch_size=4,
-                    num_workers=2, rows_per_part=8, show_progress=False)
+    embed_workspace(
+        other,
+        model=f"llava:{other.runs_dir / run_dir.name}",
+        layers="0,-1",
+        batch_size=4,
+        num_workers=2,
+        rows_per_part=8,
+        show_progress=False,
+    )
     assert read_json(final / "embeddings.json")["parts_hash"] == load_embeddings(other)[2]["parts_hash"]
     bundle = load_run_bundle(run_dir)
     table = ws.read_dataset()
@@ -102,8 +127,12 @@ def test_llava_features_equal_one_sample_forward_and_resume_is_identical(small_w
             continue
         batch = LlavaCollator(bundle.tokenizer.pad_token_id)([dataset[i]])
         with torch.no_grad():
-            hidden = bundle.model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                         pixel_values=batch["pixel_values"], output_hidden_states=True).hidden_states
+            hidden = bundle.model.eval()(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                pixel_values=batch["pixel_values"],
+                output_hidden_states=True,
+            ).hidden_states
         np.testing.assert_allclose(matrix[i], _mean_pool_reference(hidden, (0, -1)), atol=2e-5)
         checked += 1
         if checked == 4:
@@ -117,16 +146,22 @@ def test_bad_layers_and_foreign_run(small_ws, run_dir, tmp_path) -> None:
             parse_layers(spec)
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(small_ws.root, ws.root)
-    result = run_curate("embed", "-w", str(ws.root), "--model", "lm:tiny-llama", "--layers", "40",
-                        "--num-workers", "0")
+    result = run_curate(
+        "embed", "-w", str(ws.root), "--model", "lm:tiny-llama", "--layers", "40", "--num-workers", "0"
+    )
     assert_user_error(result, "--layers 40: the model has hidden states 0..")
     run = ws.runs_dir / run_dir.name
     write_json(run / "config.json", {"dataset_fingerprint": "9" * 64, "config": {}})
-    assert_user_error(run_curate("embed", "-w", str(ws.root), "--model", f"llava:{run}"),
-                      "trained on a subset of dataset 999999999999")
+    assert_user_error(
+        run_curate("embed", "-w", str(ws.root), "--model", f"llava:{run}"),
+        "trained on a subset of dataset 999999999999",
+    )
     assert_user_error(run_curate("embed", "-w", str(ws.root), "--model", "llava:runs/nope"), "does not exist")
-    assert not any(p.name.startswith("lm-") or p.name.startswith("llava-") for p in ws.embeddings_dir.glob("*")
-                   if (p / "embeddings.json").exists())
+    assert not any(
+        p.name.startswith("lm-") or p.name.startswith("llava-")
+        for p in ws.embeddings_dir.glob("*")
+        if (p / "embeddings.json").exists()
+    )
 
 
 @pytest.mark.slow
@@ -135,9 +170,29 @@ def test_torchrun_two_ranks_write_one_reference_set(small_ws, tmp_path) -> None:
     shutil.copytree(small_ws.root, ws.root)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     result = subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "curate.cli", "embed", "-w", str(ws.root),
-         "--model", "lm:tiny-llama", "--num-workers", "0", "--rows-per-part", "8", "--threads", "1"],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+        [
+            torchrun,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "curate.cli",
+            "embed",
+            "-w",
+            str(ws.root),
+            "--model",
+            "lm:tiny-llama",
+            "--num-workers",
+            "0",
+            "--rows-per-part",
+            "8",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     matrix, _, info = load_embeddings(ws)

@@ -1,4 +1,4 @@
-"""`curate select` with semdedup / coincide / top-score, `curate score`, score thresholds in `curate rules`."""
+"""`curate select` with semdedup / coincide / top-score, `curate score`, score thresholds in rules."""
 
 from __future__ import annotations
 
@@ -38,8 +38,11 @@ def ws(embedded_workspace, tmp_path_factory):
 
 def _gpt_chars(ws) -> dict[str, int]:
     table = ws.read_dataset(columns=["sample_id", "conversations", "split"])
-    return {r["sample_id"]: sum(len(t["value"]) for t in r["conversations"] if t["from"] == "gpt")
-            for r in table.to_pylist() if r["split"] == "train"}
+    return {
+        r["sample_id"]: sum(len(t["value"]) for t in r["conversations"] if t["from"] == "gpt")
+        for r in table.to_pylist()
+        if r["split"] == "train"
+    }
 
 
 def test_length_scores_are_gpt_characters(ws) -> None:
@@ -52,14 +55,27 @@ def test_length_scores_are_gpt_characters(ws) -> None:
 
 @pytest.mark.parametrize("ascending", [False, True])
 def test_top_score_picks_the_extremes_in_order(ws, ascending: bool) -> None:
-    args = ["select", "-w", str(ws.root), "--strategy", "top-score", "--score", "length", "--k", "15",
-            "--name", f"top-{ascending}"] + (["--ascending"] if ascending else [])
+    args = [
+        "select",
+        "-w",
+        str(ws.root),
+        "--strategy",
+        "top-score",
+        "--score",
+        "length",
+        "--k",
+        "15",
+        "--name",
+        f"top-{ascending}",
+    ] + (["--ascending"] if ascending else [])
     result = run_curate(*args)
     assert result.returncode == 0, result.stderr
     table, manifest = read_subset(ws.shards_dir / f"top-{ascending}")
     chars = _gpt_chars(ws)
     # reference: a stable sort of the train ids (dataset order) by length
-    train_ids = [s for s in ws.read_dataset(columns=["sample_id"]).column("sample_id").to_pylist() if s in chars]
+    train_ids = [
+        s for s in ws.read_dataset(columns=["sample_id"]).column("sample_id").to_pylist() if s in chars
+    ]
     ranked = sorted(train_ids, key=lambda s: chars[s] if ascending else -chars[s])
     assert table.column("sample_id").to_pylist() == ranked[:15]
     assert manifest["params"]["score"] == "length" and manifest["params"]["ascending"] is ascending
@@ -69,8 +85,19 @@ def test_top_score_picks_the_extremes_in_order(ws, ascending: bool) -> None:
 def test_rules_score_thresholds(ws) -> None:
     chars = _gpt_chars(ws)
     cut = sorted(chars.values())[len(chars) // 2]
-    result = _cli("rules", "-w", str(ws.root), "--k", "20", "--min-score", f"length={cut}",
-                        "--max-score", "length=1e9", "--name", "rules-long")
+    result = _cli(
+        "rules",
+        "-w",
+        str(ws.root),
+        "--k",
+        "20",
+        "--min-score",
+        f"length={cut}",
+        "--max-score",
+        "length=1e9",
+        "--name",
+        "rules-long",
+    )
     assert result.returncode == 0, result.stderr
     table, manifest = read_subset(ws.shards_dir / "rules-long")
     assert all(chars[s] >= cut for s in table.column("sample_id").to_pylist())
@@ -89,8 +116,10 @@ def test_semdedup_and_coincide_subsets(ws) -> None:
         assert manifest["strategy_report"]["n_clusters"] == int(extra[1])
     # a repeated run gives byte-identical parts
     again = select_subset(ws, "coincide", k=30, n_clusters=6, name="coincide-again")
-    assert read_json(again / "manifest.json")["parts_hash"] == read_json(
-        ws.shards_dir / "coincide-k30" / "manifest.json")["parts_hash"]
+    assert (
+        read_json(again / "manifest.json")["parts_hash"]
+        == read_json(ws.shards_dir / "coincide-k30" / "manifest.json")["parts_hash"]
+    )
 
 
 def test_semdedup_searched_eps_is_recorded(ws) -> None:
@@ -121,8 +150,15 @@ def test_loss_scores_from_a_run(ws) -> None:
     for i in range(3):
         batch = LlavaCollator(bundle.tokenizer.pad_token_id)([dataset[i]])
         with torch.no_grad():
-            logits = bundle.model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                         pixel_values=batch["pixel_values"]).logits[0].double()
+            logits = (
+                bundle.model.eval()(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    pixel_values=batch["pixel_values"],
+                )
+                .logits[0]
+                .double()
+            )
         labels = batch["labels"][0]
         logp = torch.log_softmax(logits[:-1], -1)
         mask = labels[1:] != -100
@@ -140,7 +176,16 @@ def test_registry_generates_cli_options_and_checks_them() -> None:
         for opt in record.options:
             assert opt.flag in result.stdout
             assert (opt.passed_as or opt.name) in params
-    assert set(all_options()) == {"niter", "eps", "n_clusters", "nredo", "temp", "gamma", "score", "ascending"}
+    assert set(all_options()) == {
+        "niter",
+        "eps",
+        "n_clusters",
+        "nredo",
+        "temp",
+        "gamma",
+        "score",
+        "ascending",
+    }
 
 
 def _foreign_embeddings(ws, tmp_path):
@@ -157,8 +202,14 @@ def _missing_score_row(ws, tmp_path):
     train = ws.read_dataset(columns=["sample_id", "split"]).filter(pc.equal(pc.field("split"), "train"))
     drop = train.column("sample_id")[3].as_py()
     kept = table.filter(pc.not_equal(table.column("sample_id"), drop))
-    write_scores(bad, "length", kept.column("sample_id").to_pylist(), kept.column("score").to_numpy(), {"by": "length"},
-                 overwrite=True)
+    write_scores(
+        bad,
+        "length",
+        kept.column("sample_id").to_pylist(),
+        kept.column("score").to_numpy(),
+        {"by": "length"},
+        overwrite=True,
+    )
     return bad, drop
 
 
@@ -166,23 +217,33 @@ def test_bad_input_exits_2_with_one_line(ws, tmp_path) -> None:
     base = ["select", "-w", str(ws.root), "--k", "10"]
     assert_user_error(_cli(*base, "--strategy", "semdedup", "--eps", "2.5"), "outside [0, 2]")
     assert_user_error(_cli(*base, "--strategy", "semdedup", "--eps", "-0.01"), "outside [0, 2]")
-    assert_user_error(_cli(*base, "--strategy", "coincide", "--n-clusters", "500"),
-                      "n_clusters=500 is larger than the pool (120 samples")
-    assert_user_error(_cli(*base, "--strategy", "semdedup", "--temp", "0.1"),
-                      "strategy 'semdedup' has no option 'temp'; its options: eps, n_clusters, niter")
+    assert_user_error(
+        _cli(*base, "--strategy", "coincide", "--n-clusters", "500"),
+        "n_clusters=500 is larger than the pool (120 samples",
+    )
+    assert_user_error(
+        _cli(*base, "--strategy", "semdedup", "--temp", "0.1"),
+        "strategy 'semdedup' has no option 'temp'; its options: eps, n_clusters, niter",
+    )
     assert_user_error(_cli(*base, "--strategy", "top-score"), "needs a score set")
     assert_user_error(_cli(*base, "--strategy", "top-score", "--score", "nope"), "no score set")
     bad = _foreign_embeddings(ws, tmp_path / "a")
-    assert_user_error(_cli("select", "-w", str(bad.root), "--k", "10", "--strategy", "coincide"),
-                      "stale embeddings")
+    assert_user_error(
+        _cli("select", "-w", str(bad.root), "--k", "10", "--strategy", "coincide"), "stale embeddings"
+    )
     bad, drop = _missing_score_row(ws, tmp_path / "b")
-    line = assert_user_error(_cli("select", "-w", str(bad.root), "--k", "10", "--strategy", "top-score",
-                                        "--score", "length"), f"no row for sample {drop!r}")
+    line = assert_user_error(
+        _cli("select", "-w", str(bad.root), "--k", "10", "--strategy", "top-score", "--score", "length"),
+        f"no row for sample {drop!r}",
+    )
     assert "1 of 120 samples missing" in line
-    assert_user_error(_cli("rules", "-w", str(bad.root), "--k", "10", "--min-score", "length=1"),
-                      f"no row for sample {drop!r}")
-    assert_user_error(_cli("rules", "-w", str(ws.root), "--k", "10", "--min-score", "length"),
-                      "expected NAME=NUMBER")
+    assert_user_error(
+        _cli("rules", "-w", str(bad.root), "--k", "10", "--min-score", "length=1"),
+        f"no row for sample {drop!r}",
+    )
+    assert_user_error(
+        _cli("rules", "-w", str(ws.root), "--k", "10", "--min-score", "length"), "expected NAME=NUMBER"
+    )
     assert not (ws.shards_dir / "semdedup-k10").exists() and not (ws.shards_dir / "top-score-k10").exists()
 
 
