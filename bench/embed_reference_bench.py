@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--layers", default="4,8,-1")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kinds", default="llava,lm", help="which reference kinds to measure")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from train.model import build_llava, save_bundle
@@ -86,7 +87,9 @@ def main() -> None:
             f"{args.n} samples, batch {args.batch_size}, layers {args.layers}, {args.threads} torch threads, "
             f"{args.workers} DataLoader workers"
         )
-        for kind, source in (("llava", str(run)), ("lm", args.llm)):
+        sources = {"llava": str(run), "lm": args.llm}
+        for kind in args.kinds.split(","):
+            source = sources[kind]
             n_base, t_base = model_only(ws, kind, source, layers, args.batch_size)
             n_pipe, t_pipe = pipeline(
                 ws, f"{kind}:{source}", args.layers, args.batch_size, args.workers, f"bench-{kind}"

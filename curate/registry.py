@@ -12,12 +12,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from curate.coincide import coincide
 from curate.scores import top_score
-from curate.semdedup import semdedup
+from curate.semdedup import check_eps, semdedup
 from curate.strategies import kmeans_balanced, l2_maxdiverse, random_subset
 from datasets_spec.errors import UserError
 
@@ -39,6 +40,8 @@ class Option:
     passed_as: str | None = None
     """Keyword the value reaches the function under, if not ``name`` (None: ``name``); ``score`` is
     resolved by select into the ``scores`` array."""
+    check: Callable[[Any], object] | None = None
+    """Range check run on the converted value (raises UserError), so a grid is refused before any work."""
 
     def __post_init__(self) -> None:
         if self.type not in (int, float, str, bool):
@@ -49,7 +52,16 @@ class Option:
         return "--" + self.name.replace("_", "-")
 
     def convert(self, value: object, where: str) -> object:
-        """The value as this option's type; a UserError naming ``where`` otherwise."""
+        """The value as this option's type, range-checked; a UserError naming ``where`` otherwise."""
+        out = self._typed(value, where)
+        if self.check is not None:
+            try:
+                self.check(out)
+            except UserError as exc:
+                raise UserError(f"{where}: {exc}") from None
+        return out
+
+    def _typed(self, value: object, where: str) -> object:
         if self.type is bool:
             if isinstance(value, bool):
                 return value
@@ -108,8 +120,17 @@ class StrategyRecord:
         return "report" in inspect.signature(self.fn).parameters
 
 
-NITER = Option("niter", int, "k-means iterations.")
-N_CLUSTERS = Option("n_clusters", int, "k-means clusters (default: the method's own rule of thumb).")
+def _positive(name: str) -> Callable[[float], None]:
+    def check(value: float) -> None:
+        if value <= 0:
+            raise UserError(f"{name} must be positive (got {value})")
+
+    return check
+
+
+NITER = Option("niter", int, "k-means iterations.", check=_positive("niter"))
+N_CLUSTERS = Option("n_clusters", int, "k-means clusters (default: the method's own rule of thumb).",
+                    check=_positive("n_clusters"))
 
 REGISTRY: dict[str, StrategyRecord] = {
     r.name: r
@@ -122,14 +143,18 @@ REGISTRY: dict[str, StrategyRecord] = {
         StrategyRecord("semdedup", semdedup, "embeddings",
                        "SemDeDup: drop samples within cosine distance eps of a kept one in their k-means "
                        "cluster (eps unset: searched to fit k)",
-                       (Option("eps", float, "Cosine distance in [0, 2] (unset: the largest that keeps k)."),
+                       (Option("eps", float, "Cosine distance in [0, 2] (unset: the largest that keeps k).",
+                               check=check_eps),
                         N_CLUSTERS, NITER)),
         StrategyRecord("coincide", coincide, "embeddings",
                        "COINCIDE: clusters weighted by transferability / density, MMD prototypes in each",
                        (N_CLUSTERS, NITER,
-                        Option("nredo", int, "k-means restarts (the best objective is kept)."),
-                        Option("temp", float, "Softmax temperature of the cluster weights (paper: 0.1)."),
-                        Option("gamma", float, "Gaussian kernel width of density and MMD (paper: 1.0)."))),
+                        Option("nredo", int, "k-means restarts (the best objective is kept).",
+                               check=_positive("nredo")),
+                        Option("temp", float, "Softmax temperature of the cluster weights (paper: 0.1).",
+                               check=_positive("temp")),
+                        Option("gamma", float, "Gaussian kernel width of density and MMD (paper: 1.0).",
+                               check=_positive("gamma")))),
         StrategyRecord("top-score", top_score, "scores",
                        "the k samples with the highest (or, --ascending, lowest) score",
                        (Option("score", str, "Score set under scores/ (curate score makes it).",
