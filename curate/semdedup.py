@@ -67,12 +67,15 @@ class _Cosine:
         return (b @ a) / np.sqrt(np.einsum("ij,ij->i", b, b) * (a @ a))
 
 
-def _cluster_keep(cos: _Cosine, idx: np.ndarray, threshold: float) -> np.ndarray:
+def _cluster_keep(
+    cos: _Cosine, idx: np.ndarray, threshold: float, earlier: np.ndarray | None = None
+) -> np.ndarray:
     """Greedy in dataset order inside one cluster: keep unless cosine > threshold with a kept sample.
 
     Similarities come in blocks of BLOCK rows against the later members (one block for clusters up to
     BLOCK rows); only rows with some later member above the lower rounding bound enter the sequential
-    loop, so on real data (few duplicates) the loop touches a small fraction of the rows.
+    loop, so on real data (few duplicates) the loop touches a small fraction of the rows. ``earlier``
+    (optional, float32 per member) receives each member's largest similarity to an earlier member.
     """
     m = len(idx)
     removed = np.zeros(m, dtype=bool)
@@ -83,6 +86,8 @@ def _cluster_keep(cos: _Cosine, idx: np.ndarray, threshold: float) -> np.ndarray
         sims = xc[start:stop] @ xc[start:].T  # row r = member start + r, column j = member start + j
         rows = np.arange(stop - start)
         sims[rows[:, None] >= np.arange(m - start)[None, :]] = -2.0  # only later members count
+        if earlier is not None:
+            np.maximum(earlier[start:], sims.max(axis=0), out=earlier[start:])
         for r in np.flatnonzero((sims > lo).any(axis=1)).tolist():
             i = start + r
             if removed[i]:
@@ -96,13 +101,21 @@ def _cluster_keep(cos: _Cosine, idx: np.ndarray, threshold: float) -> np.ndarray
     return ~removed
 
 
-def semdedup_keep(cos: _Cosine, clusters: list[np.ndarray], eps: float) -> np.ndarray:
-    """Boolean mask of the samples SemDeDup keeps at ``eps`` (cosine similarity above 1 - eps drops)."""
+def semdedup_keep(
+    cos: _Cosine, clusters: list[np.ndarray], eps: float, earlier: np.ndarray | None = None
+) -> np.ndarray:
+    """Boolean mask of the samples SemDeDup keeps at ``eps`` (cosine similarity above 1 - eps drops).
+
+    ``earlier`` (optional, float32 of length N, filled with -2) receives every sample's largest
+    similarity to an earlier member of its cluster (the criterion of the paper's code)."""
     keep = np.zeros(len(cos.raw), dtype=bool)
     threshold = 1.0 - eps
     for idx in clusters:
         if len(idx):
-            keep[idx] = _cluster_keep(cos, idx, threshold)
+            part = None if earlier is None else np.full(len(idx), -2.0, dtype=np.float32)
+            keep[idx] = _cluster_keep(cos, idx, threshold, part)
+            if earlier is not None:
+                earlier[idx] = part
     return keep
 
 
@@ -145,31 +158,63 @@ def semdedup(
 
 
 def _search_eps(cos: _Cosine, clusters: list[np.ndarray], k: int) -> tuple[float, np.ndarray, int]:
-    """The largest eps (bisection) whose kept set still holds >= k samples."""
-    lo, hi = 0.0, 2.0
-    best: tuple[float, np.ndarray] | None = None
-    passes = 0
+    """The largest eps whose kept set still holds >= k samples (stopping within BUDGET_SLACK of k).
+
+    Pass 1 (eps = 0) also records each sample's largest similarity M to an earlier member of its cluster.
+    A sample can only be dropped for a neighbour above t = 1 - eps, so the kept count is #{M <= t} plus
+    an excess (samples whose close neighbours were all dropped). Each pass measures that excess and the
+    next eps is the one whose #{M <= t} equals k + slack/2 - excess; once a pass keeps fewer than k, the
+    measured counts at the bracket ends are interpolated instead. A guess outside the bracket falls back
+    to bisection (or, before any pass fails, to doubling steps up).
+    """
     slack = max(1, int(BUDGET_SLACK * k))
-    for _ in range(MAX_BISECTIONS):
-        mid = (lo + hi) / 2
-        keep = semdedup_keep(cos, clusters, mid)
+    passes = 0
+
+    def kept(eps: float, earlier: np.ndarray | None = None) -> np.ndarray:
+        nonlocal passes
         passes += 1
+        return semdedup_keep(cos, clusters, eps, earlier)
+
+    earlier = np.full(len(cos.raw), -2.0, dtype=np.float32)
+    keep = kept(0.0, earlier)
+    if keep.sum() < k:
+        raise UserError(
+            f"semdedup: only {int(keep.sum())} samples are not exact duplicates, fewer than k={k}"
+        )
+    ordered = np.sort(earlier.astype(np.float64))
+    n = len(ordered)
+
+    def eps_for(target: float) -> float:
+        index = int(np.clip(round(target), 1, n)) - 1
+        return float(np.clip(1.0 - ordered[index], 0.0, 2.0))
+
+    def lower_bound(eps: float) -> int:
+        return int(np.searchsorted(ordered, 1.0 - eps, side="right"))
+
+    lo, best, hi, hi_count = 0.0, keep, None, 0
+    candidate, step = eps_for(k + slack / 2), 0.01
+    while passes < MAX_BISECTIONS and int(best.sum()) - k > slack:
+        keep = kept(candidate)
         count = int(keep.sum())
         if count >= k:
-            lo, best = mid, (mid, keep)
-            if count - k <= slack:
-                break
+            lo, best = candidate, keep
         else:
-            hi = mid
-    if best is None:
-        keep = semdedup_keep(cos, clusters, 0.0)
-        passes += 1
-        if keep.sum() < k:
-            raise UserError(
-                f"semdedup: only {int(keep.sum())} samples are not exact duplicates, fewer than k={k}"
-            )
-        best = (0.0, keep)
-    return best[0], best[1], passes
+            hi, hi_count = candidate, count
+        if hi is None:
+            guess = eps_for(k + slack / 2 - (count - lower_bound(candidate)))
+        else:  # bracketed: interpolate the measured counts (regula falsi)
+            lo_count = int(best.sum())
+            guess = lo + (hi - lo) * (lo_count - k - slack / 2) / max(1, lo_count - hi_count)
+        upper = 2.0 if hi is None else hi
+        if lo < guess < upper and guess != candidate:
+            candidate = guess
+        elif hi is None:
+            if lo >= 2.0:
+                break
+            candidate, step = min(2.0, lo + step), step * 2
+        else:
+            candidate = (lo + hi) / 2
+    return lo, best, passes
 
 
 # --- exact L2 near-duplicate filter for large pools -----------------------------------------------
