@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(PY) bench/select_bench.py
 	$(PY) bench/embed_bench.py
 	$(PY) bench/train_bench.py
+	$(PY) bench/methods_bench.py
+	$(PY) bench/embed_reference_bench.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check datasets_spec curate train bench tests
