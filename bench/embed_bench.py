@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from curate.clip_model import load_model
 from curate.dataset_store import write_dataset
-from curate.embed import _image_size, embed_workspace, load_model, sample_text
-from curate.workspace import Workspace
+from curate.embed import _image_size, embed_workspace, sample_text
 from datasets_spec.schema import rows_to_table
+from datasets_spec.workspace import Workspace
 
 
 def make_workspace(root: Path, n: int, size: int) -> Workspace:

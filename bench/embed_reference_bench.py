@@ -22,8 +22,8 @@ import torch
 from curate.embed import embed_workspace
 from curate.embed_reference import _Encoder, _Rows, collate, pooled_features
 from curate.ingest import ingest_synthetic
-from curate.workspace import Workspace
 from datasets_spec.parts import write_json
+from datasets_spec.workspace import Workspace
 
 
 def model_only(

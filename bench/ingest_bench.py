@@ -70,7 +70,7 @@ def child(kind: str, path: Path, workspace: Path) -> None:
         rows = len(data)
     else:
         from curate.ingest_llava import ingest_llava
-        from curate.workspace import Workspace
+        from datasets_spec.workspace import Workspace
 
         rows = ingest_llava(Workspace(workspace), path, overwrite=True)["rows"]
     seconds = time.perf_counter() - start

@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from curate.ingest import ingest_synthetic  # noqa: E402
-from curate.workspace import Workspace  # noqa: E402
+from datasets_spec.workspace import Workspace  # noqa: E402
 from train.data import (  # noqa: E402
     LlavaCollator,
     ModalityLengthGroupedSampler,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import typer
 
-from curate.cli_common import WorkspaceOption, invoked_command
-from curate.workspace import Workspace, resolve_workspace
+from datasets_spec.cli_common import WorkspaceOption, invoked_command
 from datasets_spec.errors import exit_on_user_error
+from datasets_spec.workspace import Workspace, resolve_workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Callable, Iterable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 from datasets_spec.fingerprint import combine_digests, row_digests, table_fingerprint
 from datasets_spec.parts import (
@@ -30,17 +27,7 @@ from datasets_spec.schema import (
     SCHEMA_VERSION,
     validate_table,
 )
-
-
-def tool_version() -> str:
-    try:
-        return version("llava-curate")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-def now_utc() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+from datasets_spec.workspace import Workspace, now_utc, tool_version
 
 
 def split_counts(table: pa.Table) -> dict[str, int]:

@@ -21,7 +21,6 @@ parts hash, ``complete: true``).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import shutil
@@ -33,13 +32,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.dataset_store import now_utc, tool_version
-from curate.workspace import Workspace
+from curate.clip_model import load_model, resolve_device
+from datasets_spec.distributed import barrier, init_distributed, world_size
+from datasets_spec.distributed import rank as dist_rank
 from datasets_spec.errors import UserError
-from datasets_spec.parts import hash_parts, list_parts, part_name, read_json, write_json, write_part
+from datasets_spec.parts import (
+    atomic_file,
+    hash_parts,
+    list_parts,
+    part_name,
+    read_json,
+    write_json,
+    write_part,
+)
 from datasets_spec.schema import IMAGE_TOKEN, check_image_path
+from datasets_spec.workspace import Workspace, now_utc, tool_version
 
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 DEFAULT_POINTER = "DEFAULT"
 INFO_NAME = "embeddings.json"
 PROGRESS_NAME = "progress.json"
@@ -53,14 +61,6 @@ FUSE_RULES = {
 # 665k-row dataset is ~160 files.
 DEFAULT_ROWS_PER_PART = 4096
 TEXT_RULE = "human turns joined by a blank line, <image> removed, truncated to the model's context length"
-
-
-def register_model_configs() -> None:
-    """Make the bundled configs (``tiny-clip``) known to open_clip; idempotent."""
-    import open_clip
-
-    if "tiny-clip" not in open_clip.list_models():
-        open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
 def default_tag(model: str, pretrained: str | None) -> str:
@@ -80,64 +80,6 @@ def sample_text(conversations: list[dict]) -> str:
     """What the human turns say, without ``<image>``, whitespace collapsed."""
     human = [t["value"].replace(IMAGE_TOKEN, " ") for t in conversations if t["from"] == "human"]
     return "\n\n".join(" ".join(v.split()) for v in human).strip()
-
-
-# --- model -----------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def load_model(model: str, pretrained: str | None, *, device: str = "cpu", seed: int = 0):
-    """Return ``(model, preprocess, tokenizer)``; weights problems become one-line UserErrors."""
-    import open_clip
-    import torch
-
-    register_model_configs()
-    if model not in open_clip.list_models():
-        raise UserError(f"unknown open_clip model {model!r} (e.g. ViT-B-32, ViT-L-14, tiny-clip)")
-    weights = None if not pretrained or pretrained.lower() == "none" else pretrained
-    if weights is not None and not os.path.isfile(weights):
-        tags = open_clip.list_pretrained_tags_by_model(model)
-        if weights not in tags:
-            raise UserError(
-                f"--pretrained {weights!r}: not a file and not a known tag for {model} "
-                f"(known: {', '.join(tags) or 'none'}); pass a checkpoint path or `none`"
-            )
-    # Random weights must be reproducible: a resumed `--pretrained none` run has to match the first.
-    torch.manual_seed(seed)
-    try:
-        # open_clip logs its own messages (random init, failed download) on the root logger; the
-        # outcome is reported here instead, as one line.
-        with _quiet_logging():
-            net, _, preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=weights, device=device
-            )
-    except Exception as exc:  # open_clip raises RuntimeError/OSError/hub errors for missing weights
-        if weights is not None and not os.path.isfile(weights):
-            raise UserError(
-                f"weights {model}/{weights} are not available offline (not in the open_clip/Hugging Face "
-                f"cache); download them once, or pass a local checkpoint file with --pretrained PATH"
-            ) from None
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"--pretrained {weights}: cannot load checkpoint into {model}: {first}") from None
-    net.eval()
-    return net, preprocess, open_clip.get_tokenizer(model)
-
-
-@contextlib.contextmanager
-def _quiet_logging() -> Iterator[None]:
-    previous = logging.root.manager.disable
-    logging.disable(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -198,27 +140,6 @@ def _image_size(preprocess) -> int:
 # --- distributed -----------------------------------------------------------------------------------
 
 
-def _dist_setup() -> tuple[int, int, bool]:
-    """(rank, world_size, initialised_here); gloo on CPU, nccl on GPU, from torchrun's environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, False
-    import torch
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), True
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 # --- embedding -------------------------------------------------------------------------------------
 
 
@@ -257,9 +178,8 @@ def _write_embedding_part(path: Path, ids: list[str], vectors: np.ndarray) -> No
     table = pa.table(
         {"sample_id": pa.array(ids, pa.string()), "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)}
     )
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write_part(table, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        write_part(table, tmp)
 
 
 def _run_parts(net, loader, parts_rows: dict[int, tuple[int, int]], ids, out_dir, fuse, device, progress):
@@ -269,7 +189,7 @@ def _run_parts(net, loader, parts_rows: dict[int, tuple[int, int]], ids, out_dir
     row_part = {}
     for p, (a, b) in parts_rows.items():
         row_part.update({r: p for r in range(a, b)})
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device == "cuda" else _null()
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device == "cuda" else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         for idx, pixels, has_image, tokens in loader:
             has_image = has_image.bool()
@@ -285,14 +205,6 @@ def _run_parts(net, loader, parts_rows: dict[int, tuple[int, int]], ids, out_dir
                     rows = pending.pop(p)
                     vectors = np.stack([rows[r] for r in range(a, b)])
                     _write_embedding_part(out_dir / part_name(p), ids[a:b], vectors)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def embed_workspace(
@@ -364,7 +276,8 @@ def embed_workspace(
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    rank, world, owns_group = _dist_setup()
+    owns_group = init_distributed()
+    rank, world = dist_rank(), world_size()
     try:
         return _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, show_progress,
                       stats, rank, world)
@@ -398,7 +311,7 @@ def _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, s
             shutil.rmtree(partial)
         partial.mkdir(parents=True, exist_ok=True)
         write_json(progress_path, params)
-    _barrier(world)
+    barrier()
 
     ids = table.column("sample_id").to_pylist()
     n_rows, rpp = len(ids), params["rows_per_part"]
@@ -421,11 +334,11 @@ def _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, s
     if stats is not None:
         stats.update(seconds_model_load=t_load, seconds_loop=time.perf_counter() - t1,
                      rows=sum(b - a for a, b in parts_rows.values()))
-    _barrier(world)
+    barrier()
     complete = len(list_parts(partial)) == n_parts
     if rank == 0 and complete:
         _finalise(ws, partial, final, tag, params, n_rows, n_parts, world)
-    _barrier(world)
+    barrier()
     return final if complete else partial
 
 
@@ -460,9 +373,8 @@ def _finalise(ws, partial, final, tag, params, n_rows, n_parts, world, *, rule: 
 
 def _write_default(ws: Workspace, tag: str) -> None:
     path = ws.embeddings_dir / DEFAULT_POINTER
-    tmp = path.with_name(f".{DEFAULT_POINTER}.tmp-{os.getpid()}")
-    tmp.write_text(tag + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(tag + "\n")
 
 
 class _progress:

@@ -27,11 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from curate import embed as clip_embed
-from curate.embed import INFO_NAME, PROGRESS_NAME, _barrier, _dist_setup, _progress, _write_embedding_part
-from curate.workspace import Workspace
+from curate.embed import INFO_NAME, PROGRESS_NAME, _progress, _write_embedding_part
+from datasets_spec.distributed import barrier, init_distributed, world_size
+from datasets_spec.distributed import rank as dist_rank
 from datasets_spec.errors import UserError
 from datasets_spec.parts import list_parts, part_name, read_json, write_json
 from datasets_spec.schema import IMAGE_TOKEN
+from datasets_spec.workspace import Workspace
 
 KINDS = ("llava", "lm")
 POOLING_RULE = (
@@ -250,7 +252,8 @@ def embed_reference(
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    rank, world, owns_group = _dist_setup()
+    owns_group = init_distributed()
+    rank, world = dist_rank(), world_size()
     try:
         return _run(
             ws,
@@ -322,7 +325,7 @@ def _run(
             shutil.rmtree(partial)
         partial.mkdir(parents=True, exist_ok=True)
         write_json(partial / PROGRESS_NAME, params)
-    _barrier(world)
+    barrier()
     rows = table.to_pylist()
     ids = [r["sample_id"] for r in rows]
     n_rows, rpp = len(ids), params["rows_per_part"]
@@ -351,7 +354,7 @@ def _run(
             seconds_loop=time.perf_counter() - t1,
             rows=sum(b - a for a, b in parts_rows.values()),
         )
-    _barrier(world)
+    barrier()
     complete = len(list_parts(partial)) == n_parts
     if rank == 0 and complete:
         clip_embed._finalise(
@@ -366,7 +369,7 @@ def _run(
             rule=POOLING_RULE,
             text_rule=_text_rule(kind),
         )
-    _barrier(world)
+    barrier()
     return final if complete else partial
 
 

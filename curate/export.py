@@ -11,7 +11,6 @@ temporary name and rename at the end.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path, PurePosixPath
 
@@ -19,9 +18,9 @@ import pyarrow as pa
 
 from curate.ingest_llava import read_original_ids
 from curate.stats import read_target
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
-from datasets_spec.parts import atomic_directory
+from datasets_spec.parts import atomic_directory, atomic_file
+from datasets_spec.workspace import Workspace
 
 EXPORT_FORMATS = ("llava-json", "scienceqa")
 SCIENCEQA_FIELDS = ("question", "choices", "answer")
@@ -43,24 +42,19 @@ def export_llava_json(
     _refuse_existing(out, overwrite)
     original_ids = original_ids or {}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     rows = 0
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write("[")
-            columns = table.select(["sample_id", "image", "conversations"])
-            for batch in columns.to_batches(max_chunksize=10_000):
-                for row in batch.to_pylist():
-                    item = {"id": _original_id(row["sample_id"], original_ids)}
-                    if row["image"] is not None:
-                        item["image"] = row["image"]
-                    item["conversations"] = row["conversations"]
-                    fh.write(("," if rows else "") + "\n" + json.dumps(item, ensure_ascii=False))
-                    rows += 1
-            fh.write("\n]\n")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(out) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        fh.write("[")
+        columns = table.select(["sample_id", "image", "conversations"])
+        for batch in columns.to_batches(max_chunksize=10_000):
+            for row in batch.to_pylist():
+                item = {"id": _original_id(row["sample_id"], original_ids)}
+                if row["image"] is not None:
+                    item["image"] = row["image"]
+                item["conversations"] = row["conversations"]
+                fh.write(("," if rows else "") + "\n" + json.dumps(item, ensure_ascii=False))
+                rows += 1
+        fh.write("\n]\n")
     return {"format": "llava-json", "out": str(out), "rows": rows}
 
 

@@ -10,12 +10,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from curate.dataset_store import write_dataset
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 from datasets_spec.fingerprint import table_fingerprint
 from datasets_spec.parts import atomic_directory, read_json
 from datasets_spec.scienceqa import DEFAULT_PROMPT_FORMAT, load_scienceqa
 from datasets_spec.synthetic import generate_synthetic_scienceqa
+from datasets_spec.workspace import Workspace
 
 SYNTHETIC_SOURCE_DIR = "synthetic-source"
 # Defaults of the demo dataset: large enough that a tiny model learns every family, small enough that

@@ -7,9 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from curate.dataset_store import write_dataset_batches
-from curate.workspace import Workspace
 from datasets_spec.llava_json import LlavaJsonReader
 from datasets_spec.parts import write_part
+from datasets_spec.workspace import Workspace
 
 # Side file in dataset/ mapping sample_id -> the file's own id as JSON text, for ids that were integers or
 # renamed duplicates; export reads it to write the input's ids back exactly.

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from curate.dataset_store import write_dataset_batches
-from curate.workspace import Workspace
 from datasets_spec.vqa import VqaReader
+from datasets_spec.workspace import Workspace
 
 
 def ingest_vqa(

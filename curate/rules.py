@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 from curate.select import build_pool, optional_coverage
 from curate.shards import write_subset
 from curate.strategies import check_k
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
+from datasets_spec.workspace import Workspace
 
 GROUP_COLUMNS = ("subject", "topic", "category", "skill")
 PREFERENCES = ("hard", "easy", "none")

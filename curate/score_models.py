@@ -16,8 +16,8 @@ from curate.embed import (
     resolve_device,
     sample_text,
 )
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
+from datasets_spec.workspace import Workspace
 
 
 def clip_similarity(ws: Workspace, model: str, pretrained: str | None, *, batch_size: int, device: str,

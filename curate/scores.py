@@ -25,10 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.dataset_store import now_utc, tool_version
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 from datasets_spec.parts import atomic_directory, hash_parts, part_name, read_json, write_json, write_part
+from datasets_spec.workspace import Workspace, now_utc, tool_version
 
 SCORE_KINDS = ("length", "clip-sim", "loss", "ppl")
 INFO_NAME = "scores.json"

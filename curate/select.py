@@ -17,21 +17,32 @@ from curate.embed import load_embeddings
 from curate.registry import check_options, get_record
 from curate.shards import write_subset
 from curate.strategies import check_k, coverage_report, dedup_pool
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
+from datasets_spec.workspace import Workspace
 
 ALL_SPLITS = "all"
 
 
-def build_pool(ws: Workspace, split: str, require_image: bool) -> tuple[pa.Table, np.ndarray]:
-    """The whole dataset table and the row indices of the pool (dataset order)."""
-    table = ws.read_dataset()
+def pool_rows(table: pa.Table, split: str, require_image: bool) -> np.ndarray:
+    """Row indices (dataset order) of the pool: rows of ``split`` (``all``: every row), image-bearing only
+    when ``require_image``. ``table`` needs the ``split`` and ``image`` columns."""
     mask = np.ones(table.num_rows, dtype=bool)
     if split != ALL_SPLITS:
         mask &= pc.equal(table.column("split"), split).to_numpy(zero_copy_only=False)
     if require_image:
         mask &= pc.is_valid(table.column("image")).to_numpy(zero_copy_only=False)
-    pool = np.flatnonzero(mask).astype(np.int64)
+    return np.flatnonzero(mask).astype(np.int64)
+
+
+def pool_size(ws: Workspace, split: str, require_image: bool) -> int:
+    """Number of samples in the pool :func:`build_pool` draws from (before near-duplicate removal)."""
+    return len(pool_rows(ws.read_dataset(columns=["split", "image"]), split, require_image))
+
+
+def build_pool(ws: Workspace, split: str, require_image: bool) -> tuple[pa.Table, np.ndarray]:
+    """The whole dataset table and the row indices of the pool (dataset order)."""
+    table = ws.read_dataset()
+    pool = pool_rows(table, split, require_image)
     if len(pool) == 0:
         splits = sorted(set(table.column("split").to_pylist()))
         image_rule = " with an image" if require_image else ""
@@ -43,6 +54,8 @@ def build_pool(ws: Workspace, split: str, require_image: bool) -> tuple[pa.Table
 
 
 def resolve_k(k: int | None, fraction: float | None, pool_size: int) -> int:
+    """Samples to select: ``k``, or ``fraction`` of the pool (rounded, at least 1); above the pool is an
+    error."""
     if (k is None) == (fraction is None):
         raise UserError("pass exactly one of --k N or --fraction F")
     if fraction is not None:

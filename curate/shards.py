@@ -8,17 +8,18 @@ and seed; the manifest records how the subset was made and a hash of the parts.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.dataset_store import now_utc, tool_version
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 from datasets_spec.parts import atomic_directory, hash_parts, read_json, read_parts, write_json, write_parts
 from datasets_spec.schema import COLUMNS
+from datasets_spec.workspace import Workspace, now_utc, tool_version
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -74,10 +75,29 @@ def write_subset(
     return target
 
 
+def read_manifest(subset_dir: str | Path) -> dict:
+    """The subset's ``manifest.json`` (a UserError naming the file when absent or malformed)."""
+    return read_json(Path(subset_dir) / MANIFEST)
+
+
+def manifest_value(manifest: Mapping, path: str) -> Any:
+    """The manifest entry at a dotted ``path`` (e.g. ``coverage.radius``); None where it is absent (a
+    subset selected without embeddings has no coverage)."""
+    node: Any = manifest
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def subset_hash(manifest: Mapping) -> str:
+    """The hash of the subset's parts, which identifies exactly the rows it holds."""
+    return manifest["parts_hash"]
+
+
 def read_subset(path: str | Path) -> tuple[pa.Table, dict]:
     """The subset's rows (canonical columns + rank, in rank order) and its manifest."""
     path = Path(path)
-    manifest = read_json(path / MANIFEST)
+    manifest = read_manifest(path)
     table = read_parts(path)
     if "rank" not in table.column_names:
         raise UserError(f"{path}: parts have no `rank` column; not a subset directory")

@@ -7,10 +7,10 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 from datasets_spec.parts import list_parts, read_json, read_parts
 from datasets_spec.schema import COLUMNS
+from datasets_spec.workspace import Workspace
 
 DIFFICULTY_BINS = 10
 STAT_COLUMNS = ["split", "subject", "topic", "grade", "image", "difficulty", "n_tokens_est"]

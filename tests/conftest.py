@@ -14,7 +14,7 @@ def synthetic_workspace(tmp_path_factory):
     Session-scoped and shared: tests must not modify its dataset/ (copy it or make their own workspace).
     """
     from curate.ingest import ingest_synthetic
-    from curate.workspace import Workspace
+    from datasets_spec.workspace import Workspace
 
     ws = Workspace(tmp_path_factory.mktemp("synthetic-ws"))
     ingest_synthetic(ws, seed=0, n_train=120, n_val=30, n_test=40, prompt_format="QCM-A")
@@ -33,7 +33,7 @@ def embedded_workspace(synthetic_workspace, tmp_path_factory):
     import shutil
 
     from curate.embed import embed_workspace
-    from curate.workspace import Workspace
+    from datasets_spec.workspace import Workspace
 
     ws = Workspace(tmp_path_factory.mktemp("embedded-ws") / "ws")
     shutil.copytree(synthetic_workspace.root, ws.root)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from curate.workspace import Workspace
+from datasets_spec.workspace import Workspace
 
 
 def run_curate(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

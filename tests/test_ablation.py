@@ -6,16 +6,32 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from curate.dataset_store import write_dataset
-from curate.workspace import Workspace
+from curate.select import pool_rows
+from curate.shards import read_manifest, write_subset
 from datasets_spec.errors import UserError
-from datasets_spec.parts import write_json, write_parts
+from datasets_spec.parts import write_json
 from datasets_spec.schema import rows_to_table
+from datasets_spec.workspace import Workspace
 from train import ablation, cli, report
-from train.ablation import Backend, Budget, grid_from_dict, load_grid, plan_ablation, run_ablation
+from train.ablation import (
+    Backend,
+    Budget,
+    describe_plan,
+    grid_from_dict,
+    load_grid,
+    plan_ablation,
+    run_ablation,
+)
+from train.config import TrainConfig
+from train.evaluate import select_problems
+from train.scoring import CATEGORIES, problems_from_rows, score_predictions
 
 BASE_GRID = """
 name = "t"
@@ -158,7 +174,7 @@ BAD_GRIDS = {
     "unknown override": (BASE_GRID.replace("epochs = 1", "epoch = 1"), "unknown override 'epoch'"),
     "budget above pool": (
         BASE_GRID.replace("budgets = [4,", "budgets = [13,"),
-        "larger than the training pool",
+        "larger than the pool",
     ),
     "fraction out of range": (BASE_GRID.replace("budgets = [4,", "budgets = [1.5,"), "fraction must be in"),
     "colliding run names": (
@@ -211,59 +227,38 @@ def test_missing_grid_file_exits_2(tmp_path, ws, monkeypatch, capsys):
 # --- running with a fake trainer: resume -----
 
 
-class FakeBackend(Backend):
-    """Subsets, training and evaluation that only write the files the real ones write, and log calls."""
+class FakeBackend:
+    """Subsets, training and evaluation that write the files the real ones write (a subset through
+    ``write_subset``, a run's config.json / projector / train_metrics.json, metrics scored by the real
+    scorer), without training a model; it logs its calls."""
 
     def __init__(self):
-        super().__init__(build_config=self._config)
         self.calls: list[tuple[str, str]] = []
+        self.backend = Backend(make_subset=self.make_subset, train=self.train, evaluate=self.evaluate)
 
-    @staticmethod
-    def _config(grid, *, llm, stage, seed, run, projector_path):
-        spec = grid.stage1 if stage == "pretrain" else grid.train
-        return {
-            "llm": llm,
-            "stage": stage,
-            "seed": seed,
-            "run_name": run,
-            "preset": spec.hparams,
-            "projector_path": None if projector_path is None else str(projector_path),
-            **spec.overrides,
-        }
-
-    def make_subset(self, ws, grid, plan, *, command=""):  # noqa: D102
+    def make_subset(self, ws, grid, plan, *, command=""):
         self.calls.append(("subset", plan.name))
-        out = ws.shards_dir / plan.name
-        table = (
-            ws.read_dataset()
-            .filter(pl.Series(ws.read_dataset(columns=["split"])["split"].to_pylist()).eq("train").to_arrow())
-            .slice(0, plan.k)
-        )
-        write_parts(table, out)
-        write_json(
-            out / "manifest.json",
-            {
-                "k": plan.k,
-                "image_fraction": 0.5,
-                "coverage_radius": 1.0 / plan.k,
-                "parts_hash": f"hash-{plan.name}",
-            },
-        )
-        return out
+        table = ws.read_dataset()
+        rows = pool_rows(table, grid.split, grid.require_image)[: plan.k]
+        strategy = "random" if plan.strategy is None else plan.strategy.strategy
+        manifest = {"kind": "select", "strategy": strategy, "k": plan.k, "coverage": {"radius": 1.0 / plan.k}}
+        return write_subset(ws, plan.name, table, rows, manifest)
 
-    def run_training(self, ws, subset_dir, config, *, command=""):
-        self.calls.append(("train", config["run_name"]))
-        run_dir = ws.runs_dir / config["run_name"]
+    def train(self, ws, subset_dir, config: TrainConfig, *, command=""):
+        self.calls.append(("train", config.run_name))
+        run_dir = ws.runs_dir / config.run_name
         run_dir.mkdir(parents=True)
-        (run_dir / "config.json").write_text(json.dumps(config))
-        if config["stage"] == "pretrain":
-            (run_dir / "projector.safetensors").write_bytes(b"p")
+        write_json(run_dir / "config.json", {"config": config.to_dict(), "command": command})
+        save_file({"linear_1.weight": torch.zeros(2, 2)}, str(run_dir / "projector.safetensors"))
+        write_json(run_dir / "train_metrics.json", {config.stage: {"steps": 1}})
         return run_dir
 
-    def evaluate_run(self, ws, run_dir, spec):
+    def evaluate(self, ws, run_dir, spec):
+        # A fixed answer per run: "A" for every problem, scored against the workspace's real problems.
         self.calls.append(("eval", run_dir.name))
-        k = len(run_dir.name)
-        metrics = {"Avg": 30.0 + k, **{c: 30.0 + k for c in report.CATEGORIES}}
+        rows = select_problems(ws.read_dataset(), split=spec.split, limit=spec.limit)
+        predictions = {str(r["sample_id"]): "The answer is A." for r in rows}
+        metrics = score_predictions(predictions, problems_from_rows(rows), list(predictions))
         write_json(run_dir / "metrics.json", metrics)
         return metrics
 
@@ -271,7 +266,7 @@ class FakeBackend(Backend):
 def test_ablation_resumes_without_retraining_finished_cells(tmp_path, ws):
     grid = load_grid(_grid_file(tmp_path))
     fake = FakeBackend()
-    md = run_ablation(ws, grid, backend=fake, log=lambda m: None, plots=False)
+    md = run_ablation(ws, grid, backend=fake.backend, log=lambda m: None, plots=False)
     trained = [name for kind, name in fake.calls if kind == "train"]
     assert trained == [
         "stage1__tiny-llama",
@@ -289,7 +284,7 @@ def test_ablation_resumes_without_retraining_finished_cells(tmp_path, ws):
 
     shutil.rmtree(ws.runs_dir / "full__tiny-llama__s0")
     fake.calls.clear()
-    run_ablation(ws, grid, backend=fake, log=lambda m: None, plots=False)
+    run_ablation(ws, grid, backend=fake.backend, log=lambda m: None, plots=False)
     assert fake.calls == [
         ("eval", "rules-k4__tiny-llama__s0"),
         ("train", "full__tiny-llama__s0"),
@@ -300,7 +295,7 @@ def test_ablation_resumes_without_retraining_finished_cells(tmp_path, ws):
     # A changed training config invalidates every cell (and stage 1 stays: its config did not change).
     changed = load_grid(_grid_file(tmp_path, BASE_GRID.replace("epochs = 1", "epochs = 2")))
     fake.calls.clear()
-    run_ablation(ws, changed, backend=fake, log=lambda m: None, plots=False)
+    run_ablation(ws, changed, backend=fake.backend, log=lambda m: None, plots=False)
     assert [n for kind, n in fake.calls if kind == "train"] == [
         "random-k4__tiny-llama__s0",
         "rules-k4__tiny-llama__s0",
@@ -310,10 +305,9 @@ def test_ablation_resumes_without_retraining_finished_cells(tmp_path, ws):
 
 def test_existing_subset_of_another_size_is_refused(tmp_path, ws):
     grid = load_grid(_grid_file(tmp_path))
-    (ws.shards_dir / "random-k4").mkdir(parents=True)
-    write_json(ws.shards_dir / "random-k4" / "manifest.json", {"k": 5})
+    write_subset(ws, "random-k4", ws.read_dataset(), np.arange(5), {"strategy": "random", "k": 5})
     with pytest.raises(UserError, match="k=5"):
-        run_ablation(ws, grid, backend=FakeBackend(), log=lambda m: None, plots=False)
+        run_ablation(ws, grid, backend=FakeBackend().backend, log=lambda m: None, plots=False)
 
 
 # --- tables -----
@@ -329,7 +323,7 @@ def _run(strategy, k, llm, seed, avg, budget=None):
         "run": f"{strategy}{k}{llm}{seed}",
         "subset": f"{strategy}-k{k}",
         "Avg": avg,
-        **{c: avg - 1 for c in report.CATEGORIES},
+        **{c: avg - 1 for c in CATEGORIES},
         "steps": 10 * k,
         "image_fraction": 0.5,
         "coverage_radius": 0.1,
@@ -443,10 +437,9 @@ def test_real_tiny_ablation_resumes_after_interruption(tmp_path, monkeypatch):
 
 def test_existing_subset_of_another_strategy_is_refused(tmp_path, ws):
     grid = load_grid(_grid_file(tmp_path))
-    (ws.shards_dir / "random-k4").mkdir(parents=True)
-    write_json(ws.shards_dir / "random-k4" / "manifest.json", {"k": 4, "strategy": "l2-maxdiverse"})
+    write_subset(ws, "random-k4", ws.read_dataset(), np.arange(4), {"strategy": "l2-maxdiverse", "k": 4})
     with pytest.raises(UserError, match="made by 'l2-maxdiverse'"):
-        run_ablation(ws, grid, backend=FakeBackend(), log=lambda m: None, plots=False)
+        run_ablation(ws, grid, backend=FakeBackend().backend, log=lambda m: None, plots=False)
 
 
 def test_parallel_cells_give_the_same_results_as_sequential(tmp_path):
@@ -466,7 +459,20 @@ def test_parallel_cells_give_the_same_results_as_sequential(tmp_path):
     assert predictions[2] == predictions[1]
 
 
+def test_pool_split_all_draws_from_every_split(tmp_path, ws):
+    # 12 train + 6 test rows: `[pool] split = "all"` is the whole dataset, as for `curate select --split all`.
+    text = BASE_GRID.replace("[strategies.random]", '[pool]\nsplit = "all"\n\n[strategies.random]')
+    grid = load_grid(_grid_file(tmp_path, text))
+    assert describe_plan(ws, grid).startswith("grid 't': pool 18 samples (all), 3 subsets")
+    plan = plan_ablation(grid, lambda require_image: Backend().pool_size(ws, grid.split, require_image))
+    assert {c.k for c in plan.cells if c.strategy == "full"} == {18}
+    full = next(s for s in plan.subsets if s.name == "full")
+    made = Backend().make_subset(ws, grid, full)  # the real curate selection of the whole pool
+    assert read_manifest(made)["rows"] == 18
+    assert sorted(read_manifest(made)["counts"]["split"].items()) == [("test", 6), ("train", 12)]
+
+
 def test_jobs_must_be_positive(tmp_path, ws):
     grid = load_grid(_grid_file(tmp_path))
     with pytest.raises(UserError, match="--jobs must be at least 1"):
-        run_ablation(ws, grid, backend=FakeBackend(), log=lambda m: None, plots=False, jobs=0)
+        run_ablation(ws, grid, backend=FakeBackend().backend, log=lambda m: None, plots=False, jobs=0)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
+import tomllib
 
 from curate.registry import REGISTRY
 from curate.scores import score_workspace
 from curate.shards import read_subset
 from datasets_spec.errors import UserError
 from tests.curate_helpers import copy_workspace
-from train.ablation import grid_from_dict, load_grid, make_subset, plan_ablation, strategy_option_keys
+from train.ablation import grid_from_dict, load_grid, plan_ablation
+from train.ablation.grid import strategy_option_keys
+from train.ablation.run import make_subset
 
 GRID = """
 name = "methods"

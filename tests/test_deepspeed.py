@@ -73,7 +73,7 @@ def _torchrun(ws, zero: str, *extra: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_two_process_training_saves_a_loadable_model(ws, zero):
     from train.model import build_llava, load_bundle
-    from train.runner import read_log
+    from train.rundir import read_log
 
     result = _torchrun(ws, zero)
     assert result.returncode == 0, result.stderr[-3000:]

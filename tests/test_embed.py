@@ -13,10 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from curate_helpers import assert_user_error, copy_workspace, run_curate
 
-from curate.embed import default_tag, embed_workspace, load_embeddings, load_model, resolve_tag, sample_text
-from curate.workspace import Workspace
+from curate.clip_model import load_model
+from curate.embed import default_tag, embed_workspace, load_embeddings, resolve_tag, sample_text
 from datasets_spec.errors import UserError
 from datasets_spec.parts import list_parts, read_json
+from datasets_spec.workspace import Workspace
 
 TAG = "tiny-clip_none"
 

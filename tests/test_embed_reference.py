@@ -13,9 +13,9 @@ import torch
 
 from curate.embed import embed_workspace, load_embeddings
 from curate.embed_reference import parse_layers, sample_dialogue
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 from datasets_spec.parts import read_json, write_json
+from datasets_spec.workspace import Workspace
 from tests.curate_helpers import assert_user_error, run_curate
 
 N_ROWS = 24

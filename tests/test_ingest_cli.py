@@ -213,7 +213,7 @@ def test_synthetic_ingest_prompt_format_and_fingerprint(tmp_path: Path, capsys, 
         assert code == 0, err
         fps.append(json.loads((tmp_path / name / "dataset" / "dataset.json").read_text())["fingerprint"])
     assert fps[0] == fps[1]
-    from curate.workspace import Workspace
+    from datasets_spec.workspace import Workspace
 
     ws = Workspace(tmp_path / "a")
     rows = ws.read_dataset().to_pylist()

@@ -11,10 +11,10 @@ from PIL import Image
 
 from curate.cli import app
 from curate.ingest_llava import ingest_llava
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
 from datasets_spec.fingerprint import table_fingerprint
 from datasets_spec.llava_json import LlavaJsonReader
+from datasets_spec.workspace import Workspace
 from tests.cli_helpers import run_app
 
 SAMPLES = [

@@ -43,7 +43,7 @@ max_new_tokens = 20
 @pytest.fixture(scope="module")
 def ablation_workspace(tmp_path_factory):
     from curate.ingest import ingest_synthetic
-    from curate.workspace import Workspace
+    from datasets_spec.workspace import Workspace
 
     ws = Workspace(tmp_path_factory.mktemp("nb") / "ws")
     ingest_synthetic(ws, seed=1, n_train=40, n_val=4, n_test=12, prompt_format="QCM-A")

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from tests.train_helpers import TINY, cli, logits, private_workspace, sample_batch
 from train.config import TrainConfig
-from train.runner import merge_run, read_log, run_training
+from train.rundir import read_log
+from train.runner import merge_run, run_training
 
 # 2 CPU cores: runs stay at a handful of steps of the 2-layer models.
 
@@ -170,7 +171,7 @@ def test_planned_steps_raise_epochs_to_min_steps_and_cap_at_max_steps():
 
 
 def test_resume_continues_an_interrupted_run(ws, monkeypatch):
-    from train.trainer_setup import LlavaTrainer
+    from train.trainer import LlavaTrainer
 
     config = dict(stage="finetune", max_steps=4, save_steps=2, **TINY)
     done = run_training(ws, ws.shards_dir / "k12", TrainConfig(run_name="whole", **config))
@@ -371,3 +372,25 @@ def test_presets_resolve_with_overrides_and_exact_batches():
         batch_layout(hp, 3)
     with pytest.raises(UserError, match="llava-1.5"):
         TrainConfig(llm="x/y", vision="tiny-clip", preset="nope")
+
+
+def test_run_flags_are_the_train_config_fields():
+    import dataclasses
+
+    import typer
+
+    from train import cli as train_cli
+
+    params = {p.name: p for p in typer.main.get_command(train_cli.app).commands["run"].params}
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(params)
+    # Defaults as documented in the README, not read back from TrainConfig.
+    assert params["lora_dropout"].default == 0.05 and params["eval_limit"].default == 64
+    assert params["max_length"].default == 2048 and params["preset"].default == "llava-1.5"
+    assert params["llm"].default == "tiny-llama" and params["vision"].default == "tiny-clip"
+    assert params["global_batch_size"].opts == ["--batch-size"]
+    assert params["projector_path"].opts == ["--projector"]
+    assert "LoRA rank for stage 2" in params["lora_r"].help
+    config = train_cli._config_from_flags(
+        {"eval_split": "", "bf16": "false", "warmup_ratio": 0.1, "template": None}
+    )
+    assert config.eval_split is None and config.bf16 is False and config.warmup_ratio == 0.1

@@ -9,7 +9,8 @@ import torch
 
 from tests.train_helpers import private_workspace
 from train.config import TrainConfig
-from train.runner import read_log, run_training
+from train.rundir import read_log
+from train.runner import run_training
 
 pytestmark = [
     pytest.mark.slow,

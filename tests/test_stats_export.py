@@ -10,8 +10,8 @@ import pyarrow as pa
 
 from curate.ingest import ingest_scienceqa
 from curate.stats import dataset_stats
-from curate.workspace import Workspace
 from datasets_spec.parts import write_json, write_parts
+from datasets_spec.workspace import Workspace
 from tests.test_llava_json import cli
 
 

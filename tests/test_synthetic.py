@@ -10,15 +10,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from datasets_spec.synthetic import (
-    BAR,
-    COLOR_NAMES,
-    COLORS,
-    FAMILIES,
-    SEA,
-    family_of,
-    generate_synthetic_scienceqa,
-)
+from datasets_spec.synthetic import family_of, generate_synthetic_scienceqa
+from datasets_spec.synthetic_families import BAR, COLOR_NAMES, COLORS, FAMILIES, SEA
 
 SCIENCEQA_FIELDS = {
     "question", "choices", "answer", "hint", "image", "task", "grade", "subject", "topic", "category",

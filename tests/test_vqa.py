@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from curate.ingest_vqa import ingest_vqa
-from curate.workspace import Workspace
 from datasets_spec.vqa import most_frequent_answer
+from datasets_spec.workspace import Workspace
 from tests.test_llava_json import cli
 
 QUESTIONS = {

@@ -10,8 +10,8 @@ import pyarrow.compute as pc
 import torch
 
 from curate.shards import write_subset
-from curate.workspace import Workspace
 from datasets_spec.parts import read_json, write_json
+from datasets_spec.workspace import Workspace
 from tests.cli_helpers import run_app
 
 TINY = dict(llm="tiny-llama", vision="tiny-clip", preset="tiny-cpu", max_length=512, eval_limit=0)

@@ -5,13 +5,17 @@ Errors a user can cause arrive as UserError and leave as one line on stderr with
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
 from pathlib import Path
 
 import typer
 
-from curate.cli_common import WorkspaceOption, invoked_command
-from curate.workspace import Workspace, resolve_workspace
+from datasets_spec.cli_common import WorkspaceOption, invoked_command
+from datasets_spec.distributed import rank
 from datasets_spec.errors import exit_on_user_error
+from datasets_spec.workspace import Workspace, resolve_workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -27,55 +31,59 @@ def _workspace(path: Path | None) -> Workspace:
 
 # Commands are registered below, one block per concern.
 # --- run / merge / dry-run ----------------------------------------------------------------------------
-@app.command("run")
+# `train run` has one flag per TrainConfig field (--lora-r sets lora_r), with the field's default and its
+# docstring as help, so a default lives in one place. Two flags keep their established names:
+FLAG_NAMES = {"global_batch_size": "--batch-size", "projector_path": "--projector"}
+
+
+def _cli_type(hint: object) -> object:
+    """The type typer parses a field as: ``X | None`` -> Optional[X]; bf16's ``str | bool`` -> str."""
+    args = typing.get_args(hint)
+    if not args:
+        return hint
+    kinds = [a for a in args if a is not type(None)]
+    if len(kinds) > 1:
+        return str
+    return typing.Optional[kinds[0]]  # noqa: UP045 - typer needs a runtime Optional, not a string
+
+
+def _config_parameters() -> list[inspect.Parameter]:
+    from train.config import TrainConfig, field_docs
+
+    docs, hints = field_docs(TrainConfig), typing.get_type_hints(TrainConfig)
+    params = []
+    for f in dataclasses.fields(TrainConfig):
+        flag = FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
+        option = typer.Option(f.default, flag, help=docs[f.name])
+        kind = inspect.Parameter.KEYWORD_ONLY
+        params.append(inspect.Parameter(f.name, kind, default=option, annotation=_cli_type(hints[f.name])))
+    return params
+
+
+def _config_from_flags(values: dict) -> object:
+    """The TrainConfig the flags ask for: '' means None for an optional text field (``--eval-split ''``
+    turns the between-epoch evaluation off); ``--bf16 true/false`` are booleans."""
+    from train.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for name, value in values.items():
+        if value == "" and type(None) in typing.get_args(hints[name]):
+            values[name] = None
+    if isinstance(values.get("bf16"), str) and values["bf16"].lower() in ("true", "false"):
+        values["bf16"] = values["bf16"].lower() == "true"
+    return TrainConfig(**values)
+
+
 def run_command(
     subset: Path = typer.Option(..., "--subset", help="A subset dir, or a dir of them."),
-    llm: str = typer.Option("tiny-llama", "--llm", help="LLM preset, hub id or local directory."),
-    vision: str = typer.Option("tiny-clip", "--vision", help="Vision preset, hub id or local directory."),
-    stage: str = typer.Option("finetune", "--stage", help="pretrain | finetune | both."),
-    preset: str = typer.Option("llava-1.5", "--preset", help="llava-1.5 | scienceqa | tiny-cpu."),
-    lora_r: int | None = typer.Option(None, "--lora-r", help="LoRA rank (stage 2); omit for full tuning."),
-    lora_alpha: int | None = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2 x rank)."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate override."),
-    projector_lr: float | None = typer.Option(None, "--projector-lr", help="Stage-2 projector lr."),
-    epochs: float | None = typer.Option(None, "--epochs", help="Epochs override."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size override."),
-    per_device_batch_size: int | None = typer.Option(None, "--per-device-batch-size"),
-    max_length: int = typer.Option(2048, "--max-length", help="Token limit per sample."),
-    max_mismatch: int = typer.Option(0, "--max-mismatch", help="Tolerated tokenization mismatches."),
-    drop_overlong: bool = typer.Option(False, "--drop-overlong", help="Drop samples over --max-length."),
-    image_aspect: str = typer.Option("pad", "--image-aspect", help="pad | resize | crop."),
-    template: str | None = typer.Option(None, "--template", help="Stage-2 template (default: the LLM's)."),
-    deepspeed: str | None = typer.Option(None, "--deepspeed", help="zero2|zero3|zero3-offload|PATH."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
-    resume: str | None = typer.Option(None, "--resume", help="Unfinished run to continue."),
-    eval_split: str = typer.Option("val", "--eval-split", help="Split evaluated between epochs ('' = none)."),
-    eval_limit: int = typer.Option(64, "--eval-limit", help="Problems evaluated between epochs (0 = none)."),
-    projector: str | None = typer.Option(None, "--projector", help="Stage-1 projector file or run dir."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Estimate only; train nothing."),
-    seed: int = typer.Option(0, "--seed"),
-    run_name: str | None = typer.Option(None, "--run-name", help="Run directory name (one subset only)."),
-    gpus: int | None = typer.Option(None, "--gpus", help="GPU count for --dry-run estimates."),
-    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop each stage after N steps."),
-    min_steps: int | None = typer.Option(
-        None, "--min-steps", help="Train each stage at least N steps (more epochs for small subsets)."
-    ),
-    save_steps: int | None = typer.Option(None, "--save-steps", help="Checkpoint every N steps."),
     workspace: Path | None = WorkspaceOption,
+    **fields: object,
 ) -> None:
     """Train one run per subset (stage 1, 2 or both); several GPUs: `torchrun ... -m train.cli run`."""
-    from train.config import TrainConfig
     from train.runner import run_subsets
 
-    config = TrainConfig(
-        llm=llm, vision=vision, stage=stage, preset=preset, lora_r=lora_r, lora_alpha=lora_alpha, lr=lr,
-        projector_lr=projector_lr, epochs=epochs, global_batch_size=batch_size,
-        per_device_batch_size=per_device_batch_size, max_length=max_length, max_mismatch=max_mismatch,
-        drop_overlong=drop_overlong, image_aspect=image_aspect, template=template, deepspeed=deepspeed,
-        gradient_checkpointing=gradient_checkpointing, resume=resume, eval_split=eval_split or None,
-        eval_limit=eval_limit, projector_path=projector, seed=seed, run_name=run_name, gpus=gpus,
-        max_steps=max_steps, min_steps=min_steps, save_steps=save_steps,
-    )
+    config = _config_from_flags(dict(fields))
     if dry_run:
         from curate.shards import find_subsets
         from train.dryrun import dry_run as estimate
@@ -85,8 +93,13 @@ def run_command(
             typer.echo(format_dry_run(estimate(config, path)))
         return
     for run in run_subsets(_workspace(workspace), subset, config, command=command_line()):
-        if int(os_environ().get("RANK", "0")) == 0:
+        if rank() == 0:
             typer.echo(f"wrote {run}")
+
+
+_own = [p for p in inspect.signature(run_command).parameters.values() if p.kind is not p.VAR_KEYWORD]
+run_command.__signature__ = inspect.Signature([*_own, *_config_parameters()])
+app.command("run")(run_command)
 
 
 @app.command("merge")
@@ -99,12 +112,6 @@ def merge_command(
     from train.runner import merge_run
 
     typer.echo(f"wrote {merge_run(run, out, overwrite=overwrite)}")
-
-
-def os_environ() -> dict:
-    import os
-
-    return dict(os.environ)
 
 
 
@@ -171,6 +178,7 @@ def eval_command(
     import json
 
     from train.evaluate import evaluate_run
+    from train.rundir import METRICS_FILE, PREDICTIONS_FILE
 
     metrics = evaluate_run(
         _workspace(workspace), run, split=split, limit=limit, batch_size=batch_size,
@@ -180,7 +188,7 @@ def eval_command(
         typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
     else:
         _print_metrics(metrics, f"ScienceQA {split}: {run.name}")
-        typer.echo(f"wrote {run / 'predictions.jsonl'} and {run / 'metrics.json'}")
+        typer.echo(f"wrote {run / PREDICTIONS_FILE} and {run / METRICS_FILE}")
 
 
 

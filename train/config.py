@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
+import inspect
 import math
-from dataclasses import dataclass, field
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 from datasets_spec.errors import UserError
 from train.hparams import OVERRIDABLE, StageHparams, hparam_preset, resolve_stage
+from train.rundir import projector_file
 
 RUN_STAGES = ("pretrain", "finetune", "both")
 DEEPSPEED_DIR = Path(__file__).parent / "deepspeed_configs"
@@ -21,9 +25,10 @@ IMAGE_ASPECTS = ("pad", "resize", "crop")
 class TrainConfig:
     """Everything that decides what a training run does; recorded in the run's config.json."""
 
-    llm: str
+    # The tiny presets by default: built from configs, they need no download and train on a CPU.
+    llm: str = "tiny-llama"
     """LLM preset (tiny-llama, smollm2-135m, mistral-7b, ...), hub id, or local directory."""
-    vision: str
+    vision: str = "tiny-clip"
     """Vision tower preset (tiny-clip, clip-vit-l-336, siglip-so400m), hub id, or local directory."""
     stage: str = "finetune"
     """pretrain (stage 1: projector only), finetune (stage 2: projector + LLM), or both in sequence."""
@@ -97,8 +102,6 @@ class TrainConfig:
     """Train each stage for at least N optimiser steps, adding epochs to small subsets, so that subsets of
     different sizes are compared at a minimum compute rather than at equal epochs (where a 100-sample subset
     gets a twelfth of the steps of a 1,200-sample pool); None = the epochs decide."""
-    extra: dict = field(default_factory=dict)
-    """Free-form notes recorded with the config."""
 
     def __post_init__(self) -> None:
         if self.stage not in RUN_STAGES:
@@ -186,6 +189,22 @@ class TrainConfig:
         return cls(**{k: v for k, v in payload.items() if k in names})
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """Each dataclass field's docstring (the string literal under it in the class body), by field name."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
+
+
 def deepspeed_config_path(name_or_path: str) -> Path:
     """The JSON file of a shipped DeepSpeed config name, or the given path if it is a file."""
     if name_or_path in DEEPSPEED_NAMES:
@@ -197,18 +216,6 @@ def deepspeed_config_path(name_or_path: str) -> Path:
         f"--deepspeed {name_or_path!r}: neither a shipped config ({', '.join(DEEPSPEED_NAMES)}) "
         "nor a JSON file"
     )
-
-
-def projector_file(path: str | Path) -> Path:
-    """``path`` itself, or ``path/projector.safetensors`` for a run directory; it must exist."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "projector.safetensors"
-    if not path.is_file():
-        raise UserError(
-            f"--projector {path}: not found (give a projector.safetensors or a stage-1 run directory)"
-        )
-    return path
 
 
 def _check_qlora(config: TrainConfig) -> None:

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from curate.workspace import resolve_workspace
 from datasets_spec.errors import exit_on_user_error
+from datasets_spec.workspace import resolve_workspace
 
 # Sizes of the synthetic dataset: large enough that `full` clearly beats the 100- and 300-sample subsets,
 # small enough that the whole demo (20 trainings + 18 evaluations) stays within 15 minutes on 2 CPU cores.
@@ -72,10 +72,12 @@ def _signal_check(report_dir: Path) -> str:
 
     import polars as pl
 
+    from train.ablation import FULL
+
     info = json.loads((report_dir / "ablation.json").read_text())
     chance = info.get("chance")
     summary = pl.read_csv(report_dir / "ablation.csv")
-    full = summary.filter(pl.col("strategy") == "full")
+    full = summary.filter(pl.col("strategy") == FULL)
     if chance is None or full.height == 0:
         return "signal check: no full-data row or no chance estimate"
     parts = [

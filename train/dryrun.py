@@ -32,6 +32,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import torch
 
+from datasets_spec.distributed import world_size
 from datasets_spec.errors import UserError
 from train.config import TrainConfig, deepspeed_config_path
 from train.hparams import batch_layout
@@ -117,7 +118,7 @@ def dry_run(config: TrainConfig, subset: Path) -> dict:
     if table.num_rows == 0:
         raise UserError(f"{subset}: the subset is empty (0 samples)")
     model, n_image_tokens, text = _meta_model(config)
-    gpus = config.gpus or _world_size()
+    gpus = config.gpus or world_size()
     zero = _zero_stage(config)
     offload = _offload(config)
     report = {
@@ -298,12 +299,6 @@ def _built_model(config: TrainConfig):
 
     bundle = build_llava(config.llm, config.vision, seed=config.seed)
     return bundle.model, bundle.num_image_tokens, bundle.model.config.text_config
-
-
-def _world_size() -> int:
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _zero_stage(config: TrainConfig) -> int:

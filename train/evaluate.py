@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.workspace import Workspace
 from datasets_spec.errors import UserError
-from datasets_spec.parts import read_json, write_json
+from datasets_spec.parts import atomic_file, read_json, write_json
+from datasets_spec.workspace import Workspace
+from train.rundir import CONFIG_FILE, METRICS_FILE, MODEL_DIR, PREDICTIONS_FILE
 from train.scoring import FAILED, letter_of, parse_prediction, problems_from_rows, score_predictions
 
-PREDICTIONS_FILE = "predictions.jsonl"
-METRICS_FILE = "metrics.json"
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_BATCH_SIZE = 16
 # LLaVA-1.5's zero-shot ScienceQA prompt line (model_vqa_science --single-pred-prompt).
@@ -57,13 +55,13 @@ def load_run_bundle(run_dir: Path):
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
-    model_dir = run_dir / "model"
+    model_dir = run_dir / MODEL_DIR
     return load_bundle(model_dir if model_dir.is_dir() else run_dir)
 
 
 def run_config(run_dir: Path) -> dict:
     """The run's config.json as the trainer writes it ({} for a bare model directory)."""
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / CONFIG_FILE
     return read_json(path) if path.exists() else {}
 
 
@@ -331,8 +329,6 @@ def evaluate_run(
 
 def write_jsonl(path: Path, records: Sequence[Mapping]) -> None:
     """JSON lines written to a temporary name and renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as fh:
+    with atomic_file(path) as tmp, tmp.open("w") as fh:
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)

@@ -31,7 +31,7 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from datasets_spec.errors import UserError
-from datasets_spec.parts import atomic_directory, write_json
+from datasets_spec.parts import atomic_directory, atomic_file, write_json
 from datasets_spec.schema import IMAGE_TOKEN
 from train.presets import (
     LLMPreset,
@@ -47,7 +47,6 @@ from train.templates import get_template, stop_token_ids
 from train.tokenizers import char_tokenizer
 
 BUNDLE_FILE = "llava_bundle.json"
-PROJECTOR_FILE = "projector.safetensors"
 
 
 @dataclass
@@ -259,10 +258,9 @@ def projector_state_dict(model: LlavaForConditionalGeneration) -> dict[str, torc
 
 
 def save_projector(model: LlavaForConditionalGeneration, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(projector_state_dict(model), str(tmp), metadata={"format": "pt", "kind": "llava-projector"})
-    tmp.replace(path)
+    """Write the projector weights to ``path`` atomically (safetensors)."""
+    with atomic_file(Path(path)) as tmp:
+        save_file(projector_state_dict(model), str(tmp), metadata={"format": "pt", "kind": "llava-projector"})
 
 
 def load_projector(model: LlavaForConditionalGeneration, path: Path) -> None:
@@ -352,10 +350,3 @@ def load_bundle(directory: Path, *, dtype: torch.dtype = torch.float32) -> Llava
     return LlavaBundle(model, tokenizer, image_processor, info["template"], int(info["num_image_tokens"]),
                        llm_preset_from_dict(info["llm_preset"]),
                        vision_preset_from_dict(info["vision_preset"]))
-
-
-def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, total

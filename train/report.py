@@ -6,20 +6,24 @@ Every row keeps the subset's manifest hash, so each number traces back to the ex
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from curate.workspace import Workspace
-from datasets_spec.parts import write_json
+from curate.shards import manifest_value, subset_hash
+from datasets_spec.parts import read_json, write_json
+from datasets_spec.workspace import Workspace
+from train.ablation.grid import FULL
+from train.rundir import METRICS_FILE, TRAIN_METRICS_FILE
+from train.scoring import ACCURACY, CATEGORIES, metrics_value
 
-CATEGORIES = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
-ACCURACY = "Avg"
+if TYPE_CHECKING:
+    from train.ablation.grid import AblationGrid
+    from train.ablation.plan import Plan
+
 GROUP_KEYS = ("strategy", "budget", "k", "llm")
-FULL = "full"
 CSV_NAME = "ablation.csv"
 RUNS_CSV_NAME = "ablation_runs.csv"
 MD_NAME = "ablation.md"
@@ -30,17 +34,15 @@ CATEGORY_PNG = "category_accuracy.png"
 # --- tables -------------------------------------------------------------------------------------------
 
 
-def run_rows(ws: Workspace, plan: Any, manifests: Mapping[str, Mapping]) -> list[dict]:
+def run_rows(ws: Workspace, plan: Plan, manifests: Mapping[str, Mapping]) -> list[dict]:
     """One dict per evaluated cell of ``plan``: cell identity, metrics, and its subset's manifest facts."""
-    from train.ablation import manifest_value, metrics_value, subset_hash
-
     rows = []
     for cell in plan.cells:
-        path = ws.runs_dir / cell.run / "metrics.json"
+        path = ws.runs_dir / cell.run / METRICS_FILE
         if not path.exists():
             continue
-        metrics = json.loads(path.read_text())
-        manifest = manifests.get(cell.subset, {})
+        metrics = read_json(path)
+        manifest = manifests[cell.subset]
         row = {
             "strategy": cell.strategy,
             "budget": cell.budget,
@@ -51,25 +53,18 @@ def run_rows(ws: Workspace, plan: Any, manifests: Mapping[str, Mapping]) -> list
             "subset": cell.subset,
         }
         for name in (*CATEGORIES, ACCURACY):
-            value = metrics_value(metrics, name)
-            row[name] = None if value is None else float(value)
+            row[name] = _float(metrics_value(metrics, name))
         row["steps"] = _stage2_steps(ws.runs_dir / cell.run)
-        row["image_fraction"] = _float(manifest_value(manifest, "image_fraction", "counts.image_fraction"))
-        row["coverage_radius"] = _float(
-            manifest_value(manifest, "coverage_radius", "coverage.radius", "coverage.coverage_radius")
-        )
+        row["image_fraction"] = _float(manifest_value(manifest, "image_fraction"))
+        row["coverage_radius"] = _float(manifest_value(manifest, "coverage.radius"))
         row["manifest_hash"] = subset_hash(manifest)
         rows.append(row)
     return rows
 
 
-def _stage2_steps(run_dir: Path) -> int | None:
+def _stage2_steps(run_dir: Path) -> int:
     """Optimiser steps of the run's stage 2 (what the cell paid for), from train_metrics.json."""
-    path = run_dir / "train_metrics.json"
-    if not path.exists():
-        return None
-    steps = json.loads(path.read_text()).get("finetune", {}).get("steps")
-    return None if steps is None else int(steps)
+    return int(read_json(run_dir / TRAIN_METRICS_FILE)["finetune"]["steps"])
 
 
 def _float(value: Any) -> float | None:
@@ -196,8 +191,8 @@ def chance_accuracy(ws: Workspace, split: str, limit: int | None) -> float | Non
 
 def write_reports(
     ws: Workspace,
-    grid: Any,
-    plan: Any,
+    grid: AblationGrid,
+    plan: Plan,
     manifests: Mapping[str, Mapping],
     *,
     plots: bool = True,

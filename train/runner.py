@@ -1,62 +1,41 @@
 """Two-stage LLaVA training on one subset per run, HF Trainer underneath.
 
-Run directory layout (``<workspace>/runs/<run>/``; ``<run>`` = ``<subset>-<llm>-<stage>`` unless named):
-
-```
-runs/.<run>.partial/          where a run trains; renamed to runs/<run>/ only when every stage finished,
-                              so runs/<run>/ is always complete. `--resume runs/.<run>.partial` continues it.
-runs/<run>/
-  config.json                 {"config": TrainConfig fields, "llm": LLM preset, "vision": vision preset,
-                               "stages": [...], "subset": {"path", "name", "rows", "manifest_sha256",
-                               "parts_hash"}, "dataset_fingerprint", "command", "tool_version", "world_size",
-                               "created_at", "finished_at"}
-  model/                      the final model as a standalone checkpoint (train.model.save_bundle, LoRA
-                              merged): LlavaForConditionalGeneration + processor + bundle metadata;
-                              train.model.load_bundle(run/"model") loads it. Stage-1-only runs have it too.
-  projector.safetensors       the final projector (train.model.projector_state_dict keys); a stage-1 run's
-                              projector is what `train run --projector runs/<run>` starts stage 2 from
-  adapter/                    LoRA runs: the stage-2 adapter in peft format (adapter_config.json,
-                              adapter_model.safetensors; includes the trained projector copy)
-  stage1/projector.safetensors, stage1/done.json, stage2/done.json
-                              per-stage outputs; done.json = the stage's summary (resume skips done stages)
-  trainer_log.jsonl           one JSON object per log event: {"stage", "step", "epoch", and "loss",
-                              "learning_rate", "grad_norm" | "eval_loss" | "eval_scienceqa_accuracy",
-                              "eval_scienceqa_unparsed" | the end-of-stage "train_runtime" ...}
-  train_metrics.json          per stage: steps, samples, tokens, epochs, runtime_s, steps_per_s,
-                              first_loss, last_loss, train_loss, eval history, dataset counts (kept, dropped)
-```
-
-Trainer checkpoints live in ``stage<N>/checkpoints/checkpoint-<step>/`` of the partial directory and are
-deleted when the run completes. They store only the trainable weights (the projector in stage 1; projector
-+ LLM, or the LoRA adapter, in stage 2) plus optimiser state; frozen parts are rebuilt from the presets.
+A run trains in ``runs/.<run>.partial/`` and is renamed to ``runs/<run>/`` when every stage finished
+(``<run>`` = ``<subset>-<llm>-<stage>`` unless named); the directory layout is :mod:`train.rundir`'s.
+Trainer checkpoints store only the trainable weights (the projector in stage 1; projector + LLM, or the
+LoRA adapter, in stage 2) plus optimiser state; frozen parts are rebuilt from the presets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
-import json
 import os
 import re
 import shutil
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from curate.dataset_store import now_utc, tool_version
-from curate.workspace import Workspace
+from datasets_spec.distributed import barrier, init_distributed, world_size
+from datasets_spec.distributed import rank as dist_rank
 from datasets_spec.errors import UserError
 from datasets_spec.parts import hash_parts, read_json, write_json
-from train.config import TrainConfig, deepspeed_config_path, projector_file
-
-PROJECTOR_FILE = "projector.safetensors"
-CONFIG_FILE = "config.json"
-LOG_FILE = "trainer_log.jsonl"
-METRICS_FILE = "train_metrics.json"
-STAGE_DIRS = {"pretrain": "stage1", "finetune": "stage2"}
-PROJECTOR_KEY = "multi_modal_projector"
-
+from datasets_spec.workspace import Workspace, now_utc, tool_version
+from train.config import TrainConfig, deepspeed_config_path
+from train.rundir import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    DONE_FILE,
+    MODEL_DIR,
+    PROJECTOR_FILE,
+    STAGE_DIRS,
+    TRAIN_METRICS_FILE,
+    partial_dir,
+    projector_file,
+)
 
 # --- public entry points ----------------------------------------------------------------------------
 
@@ -80,8 +59,8 @@ def run_training(ws: Workspace, subset_dir: Path, config: TrainConfig, *, comman
     # Names and offline availability are checked before anything is written.
     resolve_llm(config.llm)
     resolve_vision(config.vision)
-    _init_distributed(config)
-    rank, world = _rank(), _world_size()
+    init_distributed(deepspeed=bool(config.deepspeed))
+    rank, world = dist_rank(), world_size()
     if config.resume:
         partial, final = _resume_target(ws, config)
     else:
@@ -94,20 +73,20 @@ def run_training(ws: Workspace, subset_dir: Path, config: TrainConfig, *, comman
                 f"{partial}: an unfinished run of this name exists; continue it with --resume {partial}"
             )
     record = _run_record(ws, subset_info, config, command, world)
-    _barrier()  # every rank has checked the run directories before rank 0 creates one
+    barrier()  # every rank has checked the run directories before rank 0 creates one
     created = False
     try:
         if rank == 0 and not partial.exists():
             partial.mkdir(parents=True)
             created = True
             write_json(partial / CONFIG_FILE, record)
-        _barrier()
+        barrier()
         summaries = {}
         for stage in config.stages():
             summaries[stage] = _run_stage(ws, table, config, stage, partial, rank)
         if rank == 0:
             _finish(partial, final, record, summaries)
-        _barrier()
+        barrier()
     except UserError:
         # Bad input found before any training step: leave nothing behind.
         if created and not any(partial.glob("stage*/checkpoints/checkpoint-*")):
@@ -128,7 +107,7 @@ def merge_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():
         raise UserError(f"{run_dir}: not a finished training run (no {CONFIG_FILE})")
-    model_dir = run_dir / "model"
+    model_dir = run_dir / MODEL_DIR
     if not model_dir.is_dir():
         raise UserError(f"{run_dir}: has no model/ directory to merge")
     bundle = load_bundle(model_dir)
@@ -152,10 +131,6 @@ def default_run_name(subset_dir: Path, config: TrainConfig) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
 
 
-def partial_dir(final: Path) -> Path:
-    return final.with_name(f".{final.name}.partial")
-
-
 # --- subset checks ----------------------------------------------------------------------------------
 
 
@@ -171,7 +146,7 @@ def load_subset(ws: Workspace, subset_dir: Path) -> tuple[pa.Table, dict]:
     table, manifest = read_subset(subset_dir)
     if table.num_rows == 0:
         raise UserError(f"{subset_dir}: the subset is empty (0 samples)")
-    recorded = subset_dataset_fingerprint(manifest)
+    recorded = manifest.get("dataset_fingerprint")
     current = ws.dataset_fingerprint()
     if recorded != current:
         raise UserError(
@@ -189,16 +164,6 @@ def load_subset(ws: Workspace, subset_dir: Path) -> tuple[pa.Table, dict]:
     return table, info
 
 
-def subset_dataset_fingerprint(manifest: dict) -> str | None:
-    for key in ("dataset_fingerprint", "dataset"):
-        value = manifest.get(key)
-        if isinstance(value, str):
-            return value
-        if isinstance(value, dict) and isinstance(value.get("fingerprint"), str):
-            return value["fingerprint"]
-    return None
-
-
 # --- one stage --------------------------------------------------------------------------------------
 
 
@@ -206,16 +171,16 @@ def _run_stage(
     ws: Workspace, table: pa.Table, config: TrainConfig, stage: str, run_dir: Path, rank: int
 ) -> dict:
     stage_dir = run_dir / STAGE_DIRS[stage]
-    done = stage_dir / "done.json"
+    done = stage_dir / DONE_FILE
     if done.exists():
         return read_json(done)
-    from train.trainer_setup import train_stage
+    from train.trainer import train_stage
 
     projector = _stage_projector(config, stage, run_dir)
     summary = train_stage(ws, table, config, stage, stage_dir, run_dir, projector_path=projector, rank=rank)
     if rank == 0:
         write_json(done, summary)
-    _barrier()
+    barrier()
     gc.collect()
     return summary
 
@@ -228,15 +193,15 @@ def _stage_projector(config: TrainConfig, stage: str, run_dir: Path) -> Path | N
 
 def _finish(partial: Path, final: Path, record: dict, summaries: dict) -> None:
     last = STAGE_DIRS[list(summaries)[-1]]
-    for name in (PROJECTOR_FILE, "model", "adapter"):
+    for name in (PROJECTOR_FILE, MODEL_DIR, ADAPTER_DIR):
         src = partial / last / name
         if src.exists():
             os.replace(src, partial / name)
     for stage_dir in STAGE_DIRS.values():
-        shutil.rmtree(partial / stage_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(partial / stage_dir / CHECKPOINTS_DIR, ignore_errors=True)
         if stage_dir != last:
-            shutil.rmtree(partial / stage_dir / "model", ignore_errors=True)
-    write_json(partial / METRICS_FILE, summaries)
+            shutil.rmtree(partial / stage_dir / MODEL_DIR, ignore_errors=True)
+    write_json(partial / TRAIN_METRICS_FILE, summaries)
     record = dict(read_json(partial / CONFIG_FILE), finished_at=now_utc())
     write_json(partial / CONFIG_FILE, record)
     if final.exists():
@@ -274,11 +239,6 @@ def _resume_target(ws: Workspace, config: TrainConfig) -> tuple[Path, Path]:
     return run, run.with_name(match.group(1))
 
 
-def latest_checkpoint(checkpoints: Path) -> Path | None:
-    found = [p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
 # --- records ----------------------------------------------------------------------------------------
 
 
@@ -289,7 +249,7 @@ def _run_record(ws: Workspace, subset_info: dict, config: TrainConfig, command: 
     vision = VISION_PRESETS.get(config.vision)
     return {
         "config": config.to_dict(),
-        "hparams": {s: _asdict(config.stage_hparams(s)) for s in config.stages()},
+        "hparams": {s: dataclasses.asdict(config.stage_hparams(s)) for s in config.stages()},
         "llm": preset_to_dict(llm) if llm else {"name": config.llm},
         "vision": preset_to_dict(vision) if vision else {"name": config.vision},
         "stages": config.stages(),
@@ -301,59 +261,3 @@ def _run_record(ws: Workspace, subset_info: dict, config: TrainConfig, command: 
         "deepspeed": str(deepspeed_config_path(config.deepspeed)) if config.deepspeed else None,
         "created_at": now_utc(),
     }
-
-
-def _asdict(obj) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(obj)
-
-
-def append_log(run_dir: Path, entry: dict) -> None:
-    with (run_dir / LOG_FILE).open("a") as fh:
-        fh.write(json.dumps(entry, sort_keys=True) + "\n")
-
-
-def read_log(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / LOG_FILE
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
-
-
-def split_rows(table: pa.Table, split: str) -> pa.Table:
-    return table.filter(pc.equal(table.column("split"), split))
-
-
-# --- distributed ------------------------------------------------------------------------------------
-
-
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def _init_distributed(config: TrainConfig) -> None:
-    """Join the launcher's process group (torchrun/deepspeed set WORLD_SIZE) before any file is written."""
-    import torch
-    import torch.distributed as dist
-
-    if _world_size() == 1 or (dist.is_available() and dist.is_initialized()):
-        return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if config.deepspeed:
-        import deepspeed
-
-        deepspeed.init_distributed(dist_backend=backend)
-    else:
-        dist.init_process_group(backend=backend)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

@@ -34,8 +34,10 @@ SCORER_OPTIONS = "ABCDE"
 ANSWER_PATTERN = re.compile(r"The answer is ([A-Z]).")
 
 SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
-# Column order of ScienceQA's results table.
-CATEGORIES = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12", "Avg")
+# Column order of ScienceQA's results table: the categories, then the overall accuracy.
+CATEGORIES = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
+ACCURACY = "Avg"
+COLUMNS = (*CATEGORIES, ACCURACY)
 CATEGORY_HELP = {
     "NAT": "natural science",
     "SOC": "social science",
@@ -78,7 +80,7 @@ class ProblemInfo:
             cats.append("NO")
         if self.grade is not None:
             cats.append("G1-6" if self.grade <= 6 else "G7-12")
-        cats.append("Avg")
+        cats.append(ACCURACY)
         return cats
 
 
@@ -291,7 +293,7 @@ def score_predictions(
     ``total``, ``correct``, ``unparsed`` (a prediction that parsed to no valid option), ``missing`` (no
     prediction; counted wrong) and ``extra`` (predictions for pids outside the split; ignored).
     """
-    counts = {cat: {"correct": 0, "total": 0} for cat in CATEGORIES}
+    counts = {cat: {"correct": 0, "total": 0} for cat in COLUMNS}
     unparsed = missing = 0
     for pid in pids:
         if pid not in problems:
@@ -311,8 +313,8 @@ def score_predictions(
     return {
         "accuracy": {cat: percent(c["correct"], c["total"]) for cat, c in counts.items()},
         "counts": counts,
-        "total": counts["Avg"]["total"],
-        "correct": counts["Avg"]["correct"],
+        "total": counts[ACCURACY]["total"],
+        "correct": counts[ACCURACY]["correct"],
         "unparsed": unparsed,
         "missing": missing,
         "extra": sum(1 for pid in predictions if pid not in split),
@@ -335,9 +337,14 @@ def score_files(
 def metrics_rows(metrics: Mapping) -> list[tuple[str, str, str, str]]:
     """(category, meaning, accuracy, correct/total) for display."""
     rows = []
-    for cat in CATEGORIES:
+    for cat in COLUMNS:
         acc = metrics["accuracy"][cat]
         c = metrics["counts"][cat]
         shown = "-" if acc is None else f"{acc:.2f}"
         rows.append((cat, CATEGORY_HELP[cat], shown, f"{c['correct']}/{c['total']}"))
     return rows
+
+
+def metrics_value(metrics: Mapping, name: str) -> float | None:
+    """Accuracy (%) of category ``name`` (or ``Avg``) in a run's metrics.json (:func:`score_predictions`)."""
+    return metrics["accuracy"][name]

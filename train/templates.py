@@ -326,13 +326,6 @@ def generation_prompt(
     return expand_image_tokens(ids, None, image_token_id(tokenizer), num_image_tokens)[0]
 
 
-def generation_prompt_text(human_text: str, tokenizer, template: str | Template, *,
-                           system: str | None = None) -> str:
-    """The prompt as text (one `<image>` placeholder, not expanded; no BOS)."""
-    tmpl = get_template(template) if isinstance(template, str) else template
-    return tmpl.prompt(human_text, tokenizer, system=system)
-
-
 def stop_token_ids(tokenizer, template: str | Template) -> list[int]:
     """Token ids that end an assistant reply (for generation's eos_token_id)."""
     tmpl = get_template(template) if isinstance(template, str) else template

@@ -1,12 +1,15 @@
 """The workspace: one directory holding dataset/, embeddings/<tag>/, shards/<subset>/, runs/, reports/.
 
-Resolved from ``--workspace/-w``, else ``$CURATE_WORKSPACE``, else the current directory.
+Resolved from ``--workspace/-w``, else ``$CURATE_WORKSPACE``, else the current directory. Shared by
+curate/ and train/, with the provenance every manifest and run record carries (tool version, UTC time).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pyarrow as pa
@@ -64,3 +67,16 @@ def resolve_workspace(path: str | os.PathLike | None = None) -> Workspace:
     """``path`` if given, else ``$CURATE_WORKSPACE``, else the current directory."""
     chosen = path if path is not None else os.environ.get(WORKSPACE_ENV) or "."
     return Workspace(Path(chosen).resolve())
+
+
+def tool_version() -> str:
+    """The installed llava-curate version, recorded in every manifest and run record."""
+    try:
+        return version("llava-curate")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def now_utc() -> str:
+    """The current UTC time to the second, ISO 8601 (manifests' ``created_at``)."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()

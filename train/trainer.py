@@ -1,4 +1,4 @@
-"""HF Trainer wiring for one stage: freezing/LoRA, parameter groups, sampler, callbacks, saving.
+"""The trainer of one stage: HF Trainer with freezing/LoRA, parameter groups, sampler, callbacks, saving.
 
 Stage 1 (``pretrain``): only the projector trains; vision tower and LLM are frozen; the `plain` template
 (image, then the answer) on image samples only, since text-only samples give the projector no gradient.
@@ -20,10 +20,21 @@ import torch
 from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from curate.workspace import Workspace
+from datasets_spec.distributed import barrier, world_size
 from datasets_spec.errors import UserError
+from datasets_spec.workspace import Workspace
 from train.config import TrainConfig, deepspeed_config_path
 from train.hparams import batch_layout
+from train.rundir import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    MODEL_DIR,
+    PROJECTOR_FILE,
+    append_log,
+    latest_checkpoint,
+    split_rows,
+)
+from train.scoring import ACCURACY
 
 PROJECTOR_KEY = "multi_modal_projector"
 VISION_KEY = "vision_tower"
@@ -142,8 +153,6 @@ class JsonlLog(TrainerCallback):
         self.run_dir, self.stage = run_dir, stage
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        from train.runner import append_log
-
         if state.is_world_process_zero and logs:
             append_log(
                 self.run_dir, {"stage": self.stage, "step": state.global_step, "epoch": state.epoch, **logs}
@@ -180,7 +189,7 @@ class ScienceQAAccuracy(TrainerCallback):
             bundle.model.train(was_training)
         self.trainer.log(
             {
-                "eval_scienceqa_accuracy": metrics["accuracy"]["Avg"],
+                "eval_scienceqa_accuracy": metrics["accuracy"][ACCURACY],
                 "eval_scienceqa_unparsed": metrics["unparsed"],
                 "eval_scienceqa_total": metrics["total"],
             }
@@ -204,12 +213,11 @@ def train_stage(
     """Train one stage into ``stage_dir``; return its summary. Every rank calls this."""
     from train.data import prepare_dataset
     from train.model import build_llava
-    from train.runner import latest_checkpoint, split_rows
 
     if config.qlora:
         raise UserError("--qlora: the model assembly cannot load the LLM in 4 bit; use --lora-r alone")
     hp = config.stage_hparams(stage)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     per_device, accum = batch_layout(hp, world)
     rows = image_rows(table) if stage == "pretrain" else table
     if rows.num_rows == 0:
@@ -227,7 +235,7 @@ def train_stage(
     )
     if len(train_ds) == 0:
         raise UserError(f"no training samples left after dropping overlong ones ({counts})")
-    eval_table = _eval_table(ws, config, stage, split_rows)
+    eval_table = _eval_table(ws, config, stage)
     eval_ds = None
     if eval_table is not None:
         try:
@@ -266,7 +274,7 @@ def train_stage(
         accuracy = ScienceQAAccuracy(bundle, eval_table, ws.image_root(), template, config)
         accuracy.trainer = trainer
         trainer.add_callback(accuracy)
-    checkpoint = latest_checkpoint(stage_dir / "checkpoints") if config.resume else None
+    checkpoint = latest_checkpoint(stage_dir / CHECKPOINTS_DIR) if config.resume else None
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     elapsed = time.perf_counter() - started
@@ -282,9 +290,9 @@ def train_stage(
         "gradient_accumulation_steps": accum,
         "world_size": world,
         "parameters": params,
-        "data": _plain(counts),
+        "data": dict(counts),
         "samples": len(train_ds),
-        "tokens_per_epoch": _tokens(train_ds),
+        "tokens_per_epoch": int(sum(train_ds.lengths)),
         "steps": output.global_step,
         "epochs": trainer.state.epoch,
         "train_loss": output.training_loss,
@@ -305,7 +313,7 @@ def image_rows(table: pa.Table) -> pa.Table:
     return table.filter(pc.is_valid(table.column("image")))
 
 
-def _eval_table(ws: Workspace, config: TrainConfig, stage: str, split_rows) -> pa.Table | None:
+def _eval_table(ws: Workspace, config: TrainConfig, stage: str) -> pa.Table | None:
     if not config.eval_split or config.eval_limit == 0:
         return None
     table = split_rows(ws.read_dataset(), config.eval_split)
@@ -342,7 +350,7 @@ def _training_args(
     if bf16 and not cuda:
         raise UserError("bf16 training needs a GPU that supports it; this machine has none (use --bf16 auto)")
     return TrainingArguments(
-        output_dir=str(stage_dir / "checkpoints"),
+        output_dir=str(stage_dir / CHECKPOINTS_DIR),
         per_device_train_batch_size=per_device,
         per_device_eval_batch_size=per_device,
         gradient_accumulation_steps=accum,
@@ -408,34 +416,15 @@ def _save_stage(
     trainer: Trainer, bundle, config: TrainConfig, stage: str, stage_dir: Path, rank: int, *, save_model: bool
 ) -> None:
     """Projector (always), LoRA adapter and the merged standalone model (last stage); rank 0 writes."""
-    from train.model import projector_state_dict, save_bundle
+    from train.model import save_bundle, save_projector
 
     model = trainer.model
     with gathered(model, _zero3(config)):
         if rank == 0:
             if stage == "finetune" and config.lora:
-                model.save_pretrained(str(stage_dir / "adapter"))
+                model.save_pretrained(str(stage_dir / ADAPTER_DIR))
                 model = model.merge_and_unload()
-            save_file(
-                _contiguous(projector_state_dict(model)),
-                str(stage_dir / "projector.safetensors"),
-                metadata={"format": "pt"},
-            )
+            save_projector(model, stage_dir / PROJECTOR_FILE)
             if save_model:
-                save_bundle(dataclasses.replace(bundle, model=model), stage_dir / "model")
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
-def _contiguous(state: dict) -> dict:
-    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
-
-
-def _tokens(dataset) -> int:
-    return int(sum(dataset.lengths))
-
-
-def _plain(counts) -> dict:
-    if dataclasses.is_dataclass(counts):
-        return dataclasses.asdict(counts)
-    return dict(counts) if isinstance(counts, dict) else {"counts": str(counts)}
+                save_bundle(dataclasses.replace(bundle, model=model), stage_dir / MODEL_DIR)
+    barrier()

@@ -1,4 +1,7 @@
-"""Pieces shared by the `curate` and `train` command lines (CLI-only: this module imports typer)."""
+"""Pieces shared by the `curate` and `train` command lines.
+
+CLI-only: this module imports typer, and only the ``cli.py`` wrappers import it; the library never does.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,13 @@ import sys
 
 import typer
 
+from datasets_spec.workspace import WORKSPACE_ENV
+
 WorkspaceOption = typer.Option(
     None,
     "--workspace",
     "-w",
-    envvar="CURATE_WORKSPACE",
+    envvar=WORKSPACE_ENV,
     help="Workspace directory (default: current directory).",
 )
 
