@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from curate.embed import embed_workspace
-from curate.embed_reference import _Encoder, _Rows, collate, pooled_features
+from curate.embed_reference import _Encoder, _Rows, collate, embed_reference, pooled_features
 from curate.ingest import ingest_synthetic
 from datasets_spec.parts import write_json
 from datasets_spec.workspace import Workspace
@@ -49,7 +48,7 @@ def pipeline(
     ws: Workspace, model: str, layers: str, batch_size: int, workers: int, tag: str
 ) -> tuple[int, float]:
     stats: dict = {}
-    embed_workspace(
+    embed_reference(
         ws,
         model=model,
         layers=layers,

@@ -224,9 +224,9 @@ def embed(
 ) -> None:
     """Embed every sample (open_clip image + text, or a reference model's hidden states) into
     embeddings/<tag>/; resumable, torchrun-sharded."""
-    from curate.embed import embed_workspace
+    from curate.embed_reference import embed_any
 
-    out = embed_workspace(
+    out = embed_any(
         _workspace(workspace), model=model, pretrained=pretrained, fuse=fuse, batch_size=batch_size,
         device=device, num_workers=num_workers, tag=tag, overwrite=overwrite, rows_per_part=rows_per_part,
         seed=seed, threads=threads, layers=layers, max_length=max_length,

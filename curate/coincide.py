@@ -31,6 +31,7 @@ import math
 
 import numpy as np
 
+from curate.budget import check_k
 from curate.clustering import assign, check_clusters, kmeans, members, unit_rows
 from datasets_spec.errors import UserError
 
@@ -127,8 +128,6 @@ def coincide(
     report: dict | None = None,
 ) -> np.ndarray:
     """k samples chosen by COINCIDE (module docstring); int64 indices in selection order."""
-    from curate.strategies import check_k
-
     n = len(embeddings)
     check_k(k, n)
     if temp <= 0 or gamma <= 0:

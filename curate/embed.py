@@ -224,26 +224,15 @@ def embed_workspace(
     show_progress: bool = True,
     stats: dict | None = None,
     threads: int | None = None,
-    layers: str = "-1",
-    max_length: int = 4096,
 ) -> Path:
     """Embed every dataset sample; return ``embeddings/<tag>/``.
 
-    ``model`` = ``llava:<run dir>`` or ``lm:<dir or preset>`` embeds with a reference model instead
-    (curate/embed_reference.py; ``layers`` and ``max_length`` apply there, ``pretrained``/``fuse`` do not).
+    (``llava:<run>`` / ``lm:<dir>`` models: :func:`curate.embed_reference.embed_any`.)
     ``max_parts`` stops after that many new parts (the run resumes later; returns the partial directory).
     ``stats`` (optional dict) receives timings: ``seconds_model_load``, ``seconds_loop``, ``rows``.
     ``threads``: torch intra-op threads on CPU (None: torch's default). One thread is much faster for
     tiny models on a busy machine, where multi-threaded kernels wait on descheduled threads.
     """
-    from curate.embed_reference import embed_reference, is_reference
-
-    if is_reference(model):
-        return embed_reference(ws, model=model, layers=layers, batch_size=batch_size, device=device,
-                               num_workers=num_workers, tag=tag, overwrite=overwrite,
-                               rows_per_part=rows_per_part,
-                               max_length=max_length, seed=seed, max_parts=max_parts,
-                               show_progress=show_progress, stats=stats, threads=threads)
     if fuse not in FUSE_RULES:
         raise UserError(f"unknown --fuse {fuse!r}; valid: {', '.join(FUSE_RULES)}")
     if batch_size <= 0 or rows_per_part <= 0:

@@ -395,3 +395,11 @@ def _fill_parts(model, loader, parts_rows, ids, out_dir, layers, device, advance
                 _write_embedding_part(
                     out_dir / part_name(p), ids[a:b], np.stack([got[r] for r in range(a, b)])
                 )
+
+
+def embed_any(ws: Workspace, *, model: str, layers: str = "-1", max_length: int = 4096, pretrained=None,
+              fuse: str = "mean", **common) -> Path:
+    """``curate embed``: a reference model (``llava:`` / ``lm:``) here, any other name through open_clip."""
+    if is_reference(model):
+        return embed_reference(ws, model=model, layers=layers, max_length=max_length, **common)
+    return clip_embed.embed_workspace(ws, model=model, pretrained=pretrained, fuse=fuse, **common)

@@ -164,6 +164,15 @@ REGISTRY: dict[str, StrategyRecord] = {
 }
 
 
+# The plain functions by name, and whether each reads an embedding set.
+STRATEGIES: dict[str, Callable[..., np.ndarray]] = {name: r.fn for name, r in REGISTRY.items()}
+NEEDS_EMBEDDINGS: dict[str, bool] = {name: r.needs == "embeddings" for name, r in REGISTRY.items()}
+
+
+def get_strategy(name: str) -> Callable[..., np.ndarray]:
+    return get_record(name).fn
+
+
 def get_record(name: str) -> StrategyRecord:
     try:
         return REGISTRY[name]

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.budget import check_k
 from datasets_spec.errors import UserError
 from datasets_spec.parts import atomic_directory, hash_parts, part_name, read_json, write_json, write_part
 from datasets_spec.workspace import Workspace, now_utc, tool_version
@@ -48,8 +49,6 @@ def top_score(
     Samples without a score (NaN) are never picked. ``embeddings`` only gives the pool size; ``seed`` is
     recorded but unused (the order is fully determined by the scores).
     """
-    from curate.strategies import check_k
-
     values = np.asarray(scores, dtype=np.float64)
     if len(values) != len(embeddings):
         raise ValueError("top_score: one score per pool sample")

@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from curate.budget import check_k
 from curate.clustering import assign, block_sq_dists, check_clusters, kmeans, members, unit_rows
 from datasets_spec.errors import UserError
 
@@ -130,8 +131,6 @@ def semdedup(
     report: dict | None = None,
 ) -> np.ndarray:
     """k samples after semantic deduplication (see the module docstring); int64 indices, seeded order."""
-    from curate.strategies import check_k
-
     n = len(embeddings)
     check_k(k, n)
     if eps is not None:

@@ -1,7 +1,7 @@
 """Selection strategies: plain functions ``(embeddings, k, *, seed, **opts) -> int64 indices``.
 
-Registered by exact name in :data:`curate.registry.REGISTRY` (``STRATEGIES`` here is a view of it);
-:func:`get_strategy` lists the valid names on a typo.
+Registered by exact name in :data:`curate.registry.REGISTRY`; ``curate.registry.get_strategy`` lists
+the valid names on a typo.
 Indices are returned in selection order (the subset's ``rank``).
 
 ``l2-maxdiverse`` is exact greedy k-center (farthest-point sampling) in L2:
@@ -22,22 +22,14 @@ difference formula. On continuous data that set is almost always a single sample
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
+from curate.budget import check_k
 from datasets_spec.errors import UserError
 
 # Unit roundoff of float32 and float64.
 _U32 = 2.0**-24
 _U64 = 2.0**-53
-
-
-def check_k(k: int, n: int) -> None:
-    if k <= 0:
-        raise UserError(f"k must be positive (got {k})")
-    if k > n:
-        raise UserError(f"k={k} is larger than the pool ({n} samples after filters)")
 
 
 def _as_matrix(embeddings: np.ndarray) -> np.ndarray:
@@ -179,24 +171,6 @@ def kmeans_balanced(
         used[i] = True
         picks[j] = i
     return picks
-
-
-def get_strategy(name: str) -> Callable[..., np.ndarray]:
-    """The function registered as ``name`` (curate/registry.py holds every strategy's record)."""
-    from curate.registry import get_record
-
-    return get_record(name).fn
-
-
-def __getattr__(name: str):
-    # STRATEGIES / NEEDS_EMBEDDINGS are views of the registry, built on first use (it imports this module).
-    if name not in ("STRATEGIES", "NEEDS_EMBEDDINGS"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from curate.registry import REGISTRY
-
-    if name == "STRATEGIES":
-        return {key: record.fn for key, record in REGISTRY.items()}
-    return {key: record.needs == "embeddings" for key, record in REGISTRY.items()}
 
 
 # Above this many rows the N x N range search (O(N^2 d)) gives way to the exact cluster-pruned search of

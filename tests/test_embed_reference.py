@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from curate.embed import embed_workspace, load_embeddings
-from curate.embed_reference import parse_layers, sample_dialogue
+from curate.embed import load_embeddings
+from curate.embed_reference import embed_reference, parse_layers, sample_dialogue
 from datasets_spec.errors import UserError
 from datasets_spec.parts import read_json, write_json
 from datasets_spec.workspace import Workspace
@@ -58,7 +58,7 @@ def test_lm_features_equal_one_sample_forward(small_ws, tmp_path) -> None:
 
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(small_ws.root, ws.root)
-    out = embed_workspace(
+    out = embed_reference(
         ws,
         model="lm:tiny-llama",
         layers="1,-1",
@@ -89,7 +89,7 @@ def test_llava_features_equal_one_sample_forward_and_resume_is_identical(small_w
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(small_ws.root, ws.root)
     model = f"llava:{ws.runs_dir / run_dir.name}"
-    partial = embed_workspace(
+    partial = embed_reference(
         ws,
         model=model,
         layers="0,-1",
@@ -100,14 +100,14 @@ def test_llava_features_equal_one_sample_forward_and_resume_is_identical(small_w
         show_progress=False,
     )
     assert partial.name.endswith(".partial")
-    final = embed_workspace(
+    final = embed_reference(
         ws, model=model, layers="0,-1", batch_size=4, num_workers=0, rows_per_part=8, show_progress=False
     )
     matrix, _, info = load_embeddings(ws)
     # an uninterrupted run in another workspace gives the same bytes
     other = Workspace(tmp_path / "other")
     shutil.copytree(small_ws.root, other.root)
-    embed_workspace(
+    embed_reference(
         other,
         model=f"llava:{other.runs_dir / run_dir.name}",
         layers="0,-1",
@@ -199,5 +199,5 @@ def test_torchrun_two_ranks_write_one_reference_set(small_ws, tmp_path) -> None:
     assert info["world_size"] == 2 and info["parts"] == 3
     single = Workspace(tmp_path / "single")
     shutil.copytree(small_ws.root, single.root)
-    embed_workspace(single, model="lm:tiny-llama", num_workers=0, rows_per_part=8, show_progress=False)
+    embed_reference(single, model="lm:tiny-llama", num_workers=0, rows_per_part=8, show_progress=False)
     np.testing.assert_allclose(matrix, load_embeddings(single)[0], atol=1e-5)

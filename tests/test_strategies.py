@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from curate.registry import STRATEGIES, get_strategy
 from curate.strategies import (
-    STRATEGIES,
     coverage_report,
     dedup_pool,
     exact_sq_dists,
-    get_strategy,
     kmeans_balanced,
     l2_maxdiverse,
     random_subset,

@@ -79,7 +79,7 @@ class StrategySpec:
     label: str
     """Name used in subset and run names and in the table (the TOML key)."""
     strategy: str
-    """Registered strategy name (curate.strategies.STRATEGIES) or ``rules``."""
+    """Registered strategy name (curate.registry.REGISTRY) or ``rules``."""
     options: dict = field(default_factory=dict)
     """Keyword options passed to ``select_subset`` / ``rules_subset`` (seed, require_image, ...)."""
 
