@@ -57,6 +57,10 @@ def ingest(
     decode_images: bool = typer.Option(
         False, "--decode-images", help="llava/vqa: decode every image, not only check it exists (slow)."
     ),
+    follow_symlinks: bool = typer.Option(
+        False, "--follow-symlinks",
+        help="Accept images whose real path leaves --image-root (folders linked on purpose); recorded.",
+    ),
     duplicate_ids: str = typer.Option(
         "error", "--duplicate-ids",
         help="llava: `error` refuses repeated ids; `suffix` renames them id#2, id#3.",
@@ -72,7 +76,7 @@ def ingest(
         ws, source, path, prompt_format=prompt_format, splits=splits, skip_bad_images=skip_bad_images,
         overwrite=overwrite, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, questions=questions,
         annotations=annotations, image_root=image_root, split=split, decode_images=decode_images,
-        duplicate_ids=duplicate_ids, image_pattern=image_pattern,
+        duplicate_ids=duplicate_ids, image_pattern=image_pattern, follow_symlinks=follow_symlinks,
     )
     _print_ingest_summary(ws, info)
 
@@ -90,7 +94,8 @@ def _run_ingest(ws: Workspace, source: str, path: Path | None, **opt) -> dict:
 
         split_list = [s.strip() for s in opt["splits"].split(",") if s.strip()] if opt["splits"] else None
         return ingest_scienceqa(ws, path, prompt_format=opt["prompt_format"], splits=split_list,
-                                skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"])
+                                skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"],
+                                follow_symlinks=opt["follow_symlinks"])
     if source == "synthetic":
         from curate.ingest import ingest_synthetic
 
@@ -102,14 +107,16 @@ def _run_ingest(ws: Workspace, source: str, path: Path | None, **opt) -> dict:
 
         return ingest_llava(ws, path, image_root=opt["image_root"], split=opt["split"],
                             skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"],
-                            decode_images=opt["decode_images"], duplicate_ids=opt["duplicate_ids"])
+                            decode_images=opt["decode_images"], duplicate_ids=opt["duplicate_ids"],
+                            follow_symlinks=opt["follow_symlinks"])
     from curate.ingest_vqa import ingest_vqa
 
     if opt["questions"] is None or opt["annotations"] is None:
         raise UserError("curate ingest vqa: give --questions and --annotations")
     return ingest_vqa(ws, opt["questions"], opt["annotations"], image_root=opt["image_root"],
                       split=opt["split"], skip_bad_images=opt["skip_bad_images"], overwrite=opt["overwrite"],
-                      decode_images=opt["decode_images"], image_pattern=opt["image_pattern"])
+                      decode_images=opt["decode_images"], image_pattern=opt["image_pattern"],
+                      follow_symlinks=opt["follow_symlinks"])
 
 
 def _print_ingest_summary(ws: Workspace, info: dict) -> None:
@@ -135,14 +142,23 @@ def _print_ingest_summary(ws: Workspace, info: dict) -> None:
 def stats(
     target: Path | None = typer.Argument(None, help="A subset directory (default: the workspace dataset)"),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON on stdout."),
+    verify: bool = typer.Option(
+        False, "--verify", help="First check every part against the hashes recorded when it was written."
+    ),
     workspace: Path | None = WorkspaceOption,
 ) -> None:
     """Counts by split/subject/topic/grade, image fraction, difficulty histogram, token lengths."""
     import json
 
-    from curate.stats import stats_target
+    from curate.stats import resolve_target, stats_target
 
-    result = stats_target(_workspace(workspace), target)
+    ws = _workspace(workspace)
+    if verify:
+        from curate.check import verify_output
+
+        checked = verify_output(resolve_target(ws, target)[1])
+        typer.echo(f"verified {checked['files']} files ({checked['method']}): {checked['path']}", err=True)
+    result = stats_target(ws, target)
     if as_json:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -195,6 +211,15 @@ def export(
 
     summary = export_target(_workspace(workspace), target, fmt=fmt, out=out, overwrite=overwrite)
     typer.echo(f"exported {summary['rows']} samples ({summary['format']}) to {summary['out']}")
+
+
+@app.command()
+def check(workspace: Path | None = WorkspaceOption) -> None:
+    """Verify the dataset, embedding sets and subsets against the hashes recorded when they were written."""
+    from curate.check import verify_workspace
+
+    for item in verify_workspace(_workspace(workspace)):
+        typer.echo(f"ok  {item['path']}  ({item['files']} files, {item['method']})")
 
 
 # --- embed / select / rules -------------------------------------------------------------------------

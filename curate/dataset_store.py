@@ -11,9 +11,11 @@ import pyarrow.compute as pc
 
 from datasets_spec.errors import UserError
 from datasets_spec.fingerprint import combine_digests, row_digests, table_fingerprint
+from datasets_spec.outputs import check_apart_from_sources, clean_stale_temps
 from datasets_spec.parts import (
     DEFAULT_ROWS_PER_PART,
     atomic_directory,
+    part_hashes,
     part_name,
     read_json,
     write_json,
@@ -56,6 +58,7 @@ def write_dataset(
     validate_table(table, where=f"{source} dataset")
     fingerprint = table_fingerprint(table)
     target = workspace.dataset_dir
+    _check_target(target, [*source_paths.values(), image_root])
     info_path = target / "dataset.json"
     if info_path.exists():
         existing = read_json(info_path)
@@ -66,8 +69,6 @@ def write_dataset(
                 f"{target}: already holds a different dataset ({existing.get('source')}, "
                 f"{existing.get('rows')} rows); pass --overwrite to replace it"
             )
-    elif target.exists() and any(target.iterdir()) and not overwrite:
-        raise UserError(f"{target}: exists and is not a dataset; pass --overwrite to replace it")
     info = {
         "schema_version": SCHEMA_VERSION,
         "source": source,
@@ -84,8 +85,20 @@ def write_dataset(
     }
     with atomic_directory(target, overwrite=True) as tmp:
         write_parts(table, tmp)
+        info["part_hashes"] = part_hashes(tmp)
         write_json(tmp / "dataset.json", info)
     return info
+
+
+def _check_target(target: Path, sources: list) -> None:
+    """The dataset folder never overlaps the ingest's own inputs, and only a dataset is ever replaced."""
+    check_apart_from_sources(target, sources, option="the dataset folder")
+    clean_stale_temps(target.parent, target.name)  # a killed --overwrite may have moved the dataset aside
+    if target.is_dir() and not (target / "dataset.json").is_file() and any(target.iterdir()):
+        raise UserError(
+            f"{target}: exists and is not a dataset (no dataset.json); ingest only replaces a dataset it "
+            "wrote: move the folder away first"
+        )
 
 
 class _SameDataset(Exception):
@@ -114,9 +127,8 @@ def write_dataset_batches(
     """
     target = workspace.dataset_dir
     info_path = target / "dataset.json"
+    _check_target(target, [*source_paths.values(), image_root])
     existing = read_json(info_path) if info_path.exists() else None
-    if existing is None and target.exists() and any(target.iterdir()) and not overwrite:
-        raise UserError(f"{target}: exists and is not a dataset; pass --overwrite to replace it")
     try:
         with atomic_directory(target, overwrite=True) as tmp:
             info = _stream_parts(batches, tmp, where=where, rows_per_part=rows_per_part)
@@ -138,6 +150,7 @@ def write_dataset_batches(
                 "created_at": now_utc(),
                 **info,
                 **extra,
+                "part_hashes": part_hashes(tmp),
             }
             write_json(tmp / "dataset.json", payload)
     except _SameDataset:

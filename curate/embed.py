@@ -36,12 +36,15 @@ from curate.clip_model import load_model, resolve_device
 from datasets_spec.distributed import barrier, init_distributed, world_size
 from datasets_spec.distributed import rank as dist_rank
 from datasets_spec.errors import UserError
+from datasets_spec.outputs import check_replaceable, clean_stale_temps, has_file
 from datasets_spec.parts import (
     atomic_file,
     hash_parts,
     list_parts,
+    part_hashes,
     part_name,
     read_json,
+    read_part,
     write_json,
     write_part,
 )
@@ -257,6 +260,8 @@ def embed_workspace(
             _write_default(ws, tag)
             return final
         raise UserError(f"{final}: holds a different embedding set; pass --overwrite or another --tag")
+    check_replaceable(final, kind="embedding set", overwrite=True, is_previous=has_file(INFO_NAME),
+                      marker=INFO_NAME)
 
     import torch
 
@@ -345,11 +350,13 @@ def _finalise(ws, partial, final, tag, params, n_rows, n_parts, world, *, rule: 
         "rows": n_rows,
         "parts": n_parts,
         "parts_hash": hash_parts(partial),
+        "part_hashes": part_hashes(partial),
         "world_size": world,
         "complete": True,
         "tool_version": tool_version(),
         "created_at": now_utc(),
     }
+    clean_stale_temps(partial)  # part files of killed ranks/runs never reach the finished set
     (partial / PROGRESS_NAME).unlink()
     write_json(partial / INFO_NAME, info)
     if final.exists():
@@ -421,7 +428,10 @@ def resolve_tag(ws: Workspace, tag: str | None = None) -> str:
 
 def _iter_matrix(d: Path, dim: int) -> Iterator[tuple[list[str], np.ndarray]]:
     for part in list_parts(d):
-        t = pq.read_table(part)
+        t = read_part(part, columns=["sample_id", "embedding"])
+        kind = t.schema.field("embedding").type
+        if not pa.types.is_fixed_size_list(kind) or kind.list_size != dim:
+            raise UserError(f"{part}: column embedding is {kind}, expected {dim} float32 values per row")
         col = t.column("embedding").combine_chunks()
         yield t.column("sample_id").to_pylist(), col.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
 

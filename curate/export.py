@@ -17,10 +17,17 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 
 from curate.ingest_llava import read_original_ids
-from curate.stats import read_target
+from curate.stats import read_target, resolve_target
 from datasets_spec.errors import UserError
+from datasets_spec.outputs import (
+    EXPORT_MARKER,
+    check_output_path,
+    check_replaceable,
+    export_marker_path,
+    is_previous_export,
+)
 from datasets_spec.parts import atomic_directory, atomic_file
-from datasets_spec.workspace import Workspace
+from datasets_spec.workspace import Workspace, now_utc, tool_version
 
 EXPORT_FORMATS = ("llava-json", "scienceqa")
 SCIENCEQA_FIELDS = ("question", "choices", "answer")
@@ -39,7 +46,7 @@ def export_llava_json(
     Rows are written batch by batch, so exporting mix665k does not build the whole list in memory.
     """
     out = Path(out)
-    _refuse_existing(out, overwrite)
+    _refuse_existing(out, "llava-json", overwrite)
     original_ids = original_ids or {}
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
@@ -55,6 +62,8 @@ def export_llava_json(
                 fh.write(("," if rows else "") + "\n" + json.dumps(item, ensure_ascii=False))
                 rows += 1
         fh.write("\n]\n")
+        # The marker goes before the rename: a file is only replaced when its marker says it is an export.
+        _write_json(export_marker_path(out), _marker("llava-json", rows))
     return {"format": "llava-json", "out": str(out), "rows": rows}
 
 
@@ -71,7 +80,7 @@ def export_scienceqa(
     Every row needs ScienceQA fields (question, choices, answer); images are copied from ``image_root``.
     """
     out_dir = Path(out_dir)
-    _refuse_existing(out_dir, overwrite)
+    _refuse_existing(out_dir, "scienceqa", overwrite)
     problems: dict[str, dict] = {}
     pid_splits: dict[str, list[str]] = {}
     images = 0
@@ -91,6 +100,7 @@ def export_scienceqa(
                 images += 1
         _write_json(tmp / "problems.json", problems)
         _write_json(tmp / "pid_splits.json", pid_splits)
+        _write_json(tmp / EXPORT_MARKER, _marker("scienceqa", len(problems)))
     return {"format": "scienceqa", "out": str(out_dir), "rows": len(problems), "images": images}
 
 
@@ -136,9 +146,15 @@ def _write_json(path: Path, payload: object) -> None:
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _refuse_existing(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise UserError(f"{out}: already exists (pass --overwrite to replace it)")
+def _marker(fmt: str, rows: int) -> dict:
+    return {"kind": "export", "format": fmt, "rows": rows, "tool_version": tool_version(),
+            "created_at": now_utc()}
+
+
+def _refuse_existing(out: Path, fmt: str, overwrite: bool) -> None:
+    """Only a previous export of the same format (its marker says so) is ever replaced."""
+    check_replaceable(out, kind=f"{fmt} export", overwrite=overwrite, is_previous=is_previous_export(fmt),
+                      marker=f"{EXPORT_MARKER} marker")
 
 
 def export_target(
@@ -147,7 +163,10 @@ def export_target(
     """Export the workspace dataset (``target`` None) or a subset directory in format ``fmt``."""
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    _refuse_existing(Path(out), overwrite)
+    _, source = resolve_target(ws, target)
+    image_root = ws.image_root() if (ws.dataset_dir / "dataset.json").is_file() else None
+    check_output_path(out, workspaces=[ws.root], sources=[source, ws.dataset_dir, image_root])
+    _refuse_existing(Path(out), fmt, overwrite)
     kind, path, table = read_target(ws, target)
     if fmt == "llava-json":
         ids = read_original_ids(ws.dataset_dir) if ws.dataset_dir.is_dir() else {}

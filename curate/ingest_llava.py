@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from curate.dataset_store import write_dataset_batches
 from datasets_spec.llava_json import LlavaJsonReader
-from datasets_spec.parts import write_part
+from datasets_spec.parts import read_part, write_part
 from datasets_spec.workspace import Workspace
 
 # Side file in dataset/ mapping sample_id -> the file's own id as JSON text, for ids that were integers or
@@ -26,6 +26,7 @@ def ingest_llava(
     skip_bad_images: bool = False,
     overwrite: bool = False,
     decode_images: bool = False,
+    follow_symlinks: bool = False,
     duplicate_ids: str = "error",
 ) -> dict:
     """Write ``path`` (LLaVA conversation JSON) as the workspace dataset; return dataset.json's payload.
@@ -40,6 +41,7 @@ def ingest_llava(
         split=split,
         skip_bad_images=skip_bad_images,
         decode_images=decode_images,
+        follow_symlinks=follow_symlinks,
         duplicate_ids=duplicate_ids,
     )
 
@@ -47,6 +49,7 @@ def ingest_llava(
         write_original_ids(directory, reader.original_ids)
         return {
             "skipped_images": reader.skipped_images,
+            "follow_symlinks": follow_symlinks,
             "ignored_keys": dict(sorted(reader.ignored_keys.items())),
             "renamed_or_int_ids": len(reader.original_ids),
             "duplicate_ids": duplicate_ids,
@@ -74,11 +77,9 @@ def write_original_ids(directory: Path, original_ids: dict[str, str]) -> None:
 
 def read_original_ids(dataset_dir: Path) -> dict[str, str]:
     """sample_id -> original id JSON text ({} when the dataset has no such file)."""
-    import pyarrow.parquet as pq
-
     path = Path(dataset_dir) / ORIGINAL_IDS_FILE
     if not path.exists():
         return {}
-    table = pq.read_table(path)
+    table = read_part(path, columns=["sample_id", "original_id"])
     ids, originals = table.column("sample_id").to_pylist(), table.column("original_id").to_pylist()
     return dict(zip(ids, originals, strict=True))

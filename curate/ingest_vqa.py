@@ -20,6 +20,7 @@ def ingest_vqa(
     overwrite: bool = False,
     image_pattern: str | None = None,
     decode_images: bool = False,
+    follow_symlinks: bool = False,
 ) -> dict:
     """Write one conversation per question as the workspace dataset; return dataset.json's payload.
 
@@ -34,12 +35,14 @@ def ingest_vqa(
         split=split,
         skip_bad_images=skip_bad_images,
         decode_images=decode_images,
+        follow_symlinks=follow_symlinks,
         image_pattern=image_pattern,
     )
 
     def finish(directory: Path) -> dict:
         return {
             "skipped_images": reader.skipped_images,
+            "follow_symlinks": follow_symlinks,
             "annotations_without_question": reader.unanswered_annotations,
             "image_pattern": image_pattern,
         }

@@ -17,7 +17,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datasets_spec.errors import UserError
-from datasets_spec.parts import atomic_directory, hash_parts, read_json, read_parts, write_json, write_parts
+from datasets_spec.outputs import check_replaceable, has_file
+from datasets_spec.parts import (
+    atomic_directory,
+    hash_parts,
+    part_hashes,
+    read_json,
+    read_parts,
+    write_json,
+    write_parts,
+)
 from datasets_spec.schema import COLUMNS
 from datasets_spec.workspace import Workspace, now_utc, tool_version
 
@@ -68,9 +77,12 @@ def write_subset(
         "tool_version": tool_version(),
         "created_at": now_utc(),
     }
+    check_replaceable(target, kind="subset", overwrite=overwrite, is_previous=has_file(MANIFEST),
+                      marker=MANIFEST)
     with atomic_directory(target, overwrite=overwrite) as tmp:
         full["parts"] = write_parts(table, tmp)
         full["parts_hash"] = hash_parts(tmp)
+        full["part_hashes"] = part_hashes(tmp)
         write_json(tmp / MANIFEST, full)
     return target
 
@@ -98,9 +110,7 @@ def read_subset(path: str | Path) -> tuple[pa.Table, dict]:
     """The subset's rows (canonical columns + rank, in rank order) and its manifest."""
     path = Path(path)
     manifest = read_manifest(path)
-    table = read_parts(path)
-    if "rank" not in table.column_names:
-        raise UserError(f"{path}: parts have no `rank` column; not a subset directory")
+    table = read_parts(path, columns=[*COLUMNS, "rank"])
     return table, manifest
 
 

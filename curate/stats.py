@@ -86,10 +86,8 @@ def read_target(ws: Workspace, target: Path | None) -> tuple[str, Path, pa.Table
     kind, path = resolve_target(ws, target)
     if not list_parts(path):
         raise UserError(f"{path}: no part-*.parquet files")
-    table = read_parts(path)
-    missing = [c for c in COLUMNS if c not in table.column_names]
-    if missing:
-        raise UserError(f"{path}: parts lack canonical columns {missing}")
+    # Named columns: a part lacking them (a foreign file) is an error naming that part.
+    table = read_parts(path, columns=[*COLUMNS, "rank"] if kind == "subset" else list(COLUMNS))
     if "rank" in table.column_names:
         table = table.sort_by("rank")
     return kind, path, table.select(list(COLUMNS))

@@ -19,7 +19,6 @@ original_ids` so that export writes the file's own ids back.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,12 +33,21 @@ from datasets_spec.difficulty import (
     tokens_from_counts,
 )
 from datasets_spec.errors import UserError
-from datasets_spec.schema import CANONICAL_SCHEMA, IMAGE_TOKEN, check_image_path
+from datasets_spec.schema import (
+    CANONICAL_SCHEMA,
+    IMAGE_TOKEN,
+    check_image_path,
+    image_file_status,
+    outside_root_error,
+)
 
 # One batch is one Parquet part by default (see datasets_spec.parts.DEFAULT_ROWS_PER_PART).
 DEFAULT_BATCH_SIZE = 50_000
 DUPLICATE_ID_POLICIES = ("error", "suffix")
 SAMPLE_KEYS = ("id", "image", "conversations")
+# Turn roles LLaVA's training code understands; a `system` turn is accepted only as the first turn.
+ROLES = ("human", "gpt")
+SYSTEM_ROLE = "system"
 FILLED_COLUMNS = ("sample_id", "image", "conversations", "difficulty", "n_tokens_est")
 
 
@@ -102,6 +110,7 @@ class LlavaJsonReader:
         duplicate_ids: str = "error",
         batch_size: int = DEFAULT_BATCH_SIZE,
         source: str = "llava",
+        follow_symlinks: bool = False,
     ) -> None:
         if duplicate_ids not in DUPLICATE_ID_POLICIES:
             valid = ", ".join(DUPLICATE_ID_POLICIES)
@@ -116,6 +125,7 @@ class LlavaJsonReader:
         self.duplicate_ids = duplicate_ids
         self.batch_size = batch_size
         self.source = source
+        self.follow_symlinks = follow_symlinks
         self.skipped_images = 0
         self.original_ids: dict[str, str] = {}
         self.ignored_keys: Counter = Counter()
@@ -186,8 +196,8 @@ class LlavaJsonReader:
             if type(turn) is not dict:
                 return self._add(item, index, columns)
             speaker, value = turn.get("from"), turn.get("value")
-            if type(speaker) is not str or type(value) is not str:
-                return self._add(item, index, columns)
+            if type(speaker) is not str or type(value) is not str or speaker not in ROLES:
+                return self._add(item, index, columns)  # a `system` turn too: _add checks its place
             if IMAGE_TOKEN in value:
                 found = value.count(IMAGE_TOKEN)
                 images += found
@@ -273,7 +283,8 @@ class LlavaJsonReader:
 
     def _image_ok(self, image: str, here: str) -> bool:
         return image_usable(
-            self.image_root, image, here, decode=self.decode_images, skip=self.skip_bad_images
+            self.image_root, image, here, decode=self.decode_images, skip=self.skip_bad_images,
+            follow_symlinks=self.follow_symlinks,
         )
 
 
@@ -282,14 +293,20 @@ class LlavaJsonReader:
         return _columns_to_table({**columns, "split": [self.split] * n, "source": [self.source] * n})
 
 
-def image_usable(image_root: Path, image: str, here: str, *, decode: bool, skip: bool) -> bool:
+def image_usable(
+    image_root: Path, image: str, here: str, *, decode: bool, skip: bool, follow_symlinks: bool = False
+) -> bool:
     """True if ``image`` exists under ``image_root`` (and decodes, when ``decode``); False to skip it when
-    ``skip``; otherwise a UserError naming the sample (``here``) and the file."""
+    ``skip``; otherwise a UserError naming the sample (``here``) and the file. Unless ``follow_symlinks``,
+    an image whose real path leaves the image root is refused (not skipped: it is a setup problem)."""
     path = image_root / image
     problem = None
-    if not os.path.isfile(path):
+    is_file, outside = image_file_status(image_root, image)
+    if not is_file:
         problem = f"image {image!r} not found under {image_root}"
-    elif decode:
+    elif outside is not None and not follow_symlinks:
+        raise outside_root_error(image_root, image, outside, where=here)
+    if problem is None and decode:
         reason = image_decode_problem(path)
         problem = f"image {image!r} does not decode ({reason})" if reason else None
     if problem is None:
@@ -320,8 +337,20 @@ def _conversations(value: object, here: str) -> list[dict[str, str]]:
             turn.get("value"), str
         ):
             raise UserError(f"{here}: turn {i} must be an object with string 'from' and 'value'")
+        _check_role(turn["from"], i, here)
         turns.append({"from": turn["from"], "value": turn["value"]})
     return turns
+
+
+def _check_role(role: str, i: int, here: str) -> None:
+    if role in ROLES or (role == SYSTEM_ROLE and i == 0):
+        return
+    if role == SYSTEM_ROLE:
+        raise UserError(f"{here}: turn {i} is a 'system' turn; 'system' is allowed only as the first turn")
+    raise UserError(
+        f"{here}: turn {i} has role {role!r}; turns must be 'human' or 'gpt' ('system' only as the first "
+        "turn)"
+    )
 
 
 def _check_image_tokens(conversations: list[dict[str, str]], has_image: bool, here: str) -> None:
@@ -332,9 +361,10 @@ def _check_image_tokens(conversations: list[dict[str, str]], has_image: bool, he
         return
     first_human = next((t for t in conversations if t["from"] == "human"), None)
     if first_human is None or first_human["value"].count(IMAGE_TOKEN) != 1 or total != 1:
+        found = [f"turn {i} ({t['from']})" for i, t in enumerate(conversations) if IMAGE_TOKEN in t["value"]]
         raise UserError(
             f"{here}: an image sample needs {IMAGE_TOKEN} exactly once, in its first human turn "
-            f"(found {total})"
+            f"(found {total}{': ' + ', '.join(found) if found else ''})"
         )
 
 

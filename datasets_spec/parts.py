@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datasets_spec.errors import UserError
+from datasets_spec.outputs import clean_stale_temps
 
 PART_PATTERN = "part-{:05d}.parquet"
 # 50k rows keeps a part of canonical ScienceQA/LLaVA rows in the tens of MB: small enough to rewrite on
@@ -51,13 +52,73 @@ def list_parts(directory: Path) -> list[Path]:
     return sorted(directory.glob("part-*.parquet"))
 
 
+def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file; a corrupt, truncated or foreign file is a UserError naming it."""
+    try:
+        table = pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        reason = " ".join(str(exc).replace(str(path), "").split())
+        detail = f": {reason}" if reason and len(reason) <= 120 else ""
+        raise UserError(
+            f"{path}: not a readable Parquet file ({type(exc).__name__}{detail}); corrupt, truncated or "
+            "foreign"
+        ) from None
+    if columns is not None:
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise UserError(f"{path}: lacks columns {missing}; not a part this tool wrote")
+    return table
+
+
 def read_parts(directory: Path, columns: list[str] | None = None) -> pa.Table:
-    """Read all parts of ``directory`` in order as one table."""
+    """Read all parts of ``directory`` in order as one table; every part must have the first one's schema."""
     parts = list_parts(directory)
     if not parts:
         raise UserError(f"{directory}: no part-*.parquet files")
-    tables = [pq.read_table(p, columns=columns) for p in parts]
+    tables = [read_part(p, columns=columns) for p in parts]
+    for path, table in zip(parts[1:], tables[1:], strict=True):
+        if not table.schema.equals(tables[0].schema, check_metadata=False):
+            raise UserError(f"{path}: its columns differ from {parts[0].name}'s; not a part of this table")
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parquet_files(directory: Path) -> list[Path]:
+    """The parts and side tables (e.g. dataset/original_ids.parquet) of an output directory."""
+    return sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
+
+
+def part_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every Parquet file in ``directory`` by name, recorded at write time so that
+    :func:`verify_parts` can name the first file that changed since."""
+    return {p.name: file_sha256(p) for p in parquet_files(directory)}
+
+
+def verify_parts(directory: Path, recorded: dict[str, str]) -> int:
+    """Check ``directory``'s files against hashes recorded at write time; return how many were checked.
+
+    The first missing, changed or unrecorded part is a UserError naming it.
+    """
+    for name, expected in recorded.items():
+        path = directory / name
+        if not path.is_file():
+            raise UserError(f"{path}: missing (recorded when the output was written)")
+        if file_sha256(path) != expected:
+            raise UserError(f"{path}: content differs from the hash recorded at write time (corrupt or "
+                            "replaced)")
+    for path in parquet_files(directory):
+        if path.name not in recorded:
+            raise UserError(f"{path}: not one of the parts recorded at write time")
+    return len(recorded)
 
 
 def hash_parts(directory: Path) -> str:
@@ -76,7 +137,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; it replaces ``path`` only if the block succeeds.
 
     A reader never sees a half-written file: on any exception the temporary file is removed and ``path``
-    keeps its old content (or stays absent).
+    keeps its old content (or stays absent). Success also removes temporaries of dead writers of ``path``.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -85,6 +146,8 @@ def atomic_file(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    # Temporaries of killed writers of this file go with the next successful write.
+    clean_stale_temps(path.parent, path.name)
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -101,6 +164,8 @@ def read_json(path: Path) -> dict:
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno} column {exc.colno}"
         raise UserError(f"{path}: malformed JSON at {where}: {exc.msg}") from None
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise UserError(f"{path}: not a JSON text file ({type(exc).__name__})") from None
 
 
 @contextlib.contextmanager
@@ -111,6 +176,8 @@ def atomic_directory(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     content is complete. On any exception the temporary directory is deleted.
     """
     final = Path(final)
+    # A killed earlier run may have left temporaries, or moved the previous output aside: settle that first.
+    clean_stale_temps(final.parent, final.name)
     if final.exists() and not overwrite:
         raise UserError(f"{final}: already exists (pass --overwrite to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)

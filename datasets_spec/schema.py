@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import stat
 from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
@@ -98,6 +101,47 @@ def check_image_path(image: str, *, where: str) -> None:
         raise UserError(f"{where}: image path {image!r} is absolute; it must be relative to the image root")
     if ".." in PurePosixPath(image.replace("\\", "/")).parts:
         raise UserError(f"{where}: image path {image!r} escapes the image root")
+
+
+@functools.lru_cache(maxsize=65536)
+def _real_dir(directory: str) -> str:
+    return os.path.realpath(directory)
+
+
+def image_file_status(image_root: str | os.PathLike, image: str) -> tuple[bool, str | None]:
+    """(``image`` is a file under ``image_root``, its real path if that lies outside the real root).
+
+    One ``lstat`` per image, the cost of the plain existence check it replaces: folders are resolved once
+    each (cached), and the file itself only when it is a link.
+    """
+    path = os.path.join(image_root, image)
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False, None
+    if stat.S_ISLNK(mode):
+        real = os.path.realpath(path)
+        is_file = os.path.isfile(real)
+    else:
+        real = os.path.join(_real_dir(os.path.dirname(path)), os.path.basename(path))
+        is_file = stat.S_ISREG(mode)
+    root = _real_dir(os.fspath(image_root))
+    return is_file, None if real.startswith(root.rstrip(os.sep) + os.sep) else real
+
+
+def outside_root_error(image_root: str | os.PathLike, image: str, real: str, *, where: str) -> UserError:
+    return UserError(
+        f"{where}: image {image!r} resolves to {real}, outside the image root "
+        f"{_real_dir(os.fspath(image_root))} (a symlink); pass --follow-symlinks if the image folders are "
+        "linked on purpose"
+    )
+
+
+def check_resolves_inside(image_root: str | os.PathLike, image: str, *, where: str) -> None:
+    """Refuse an image whose real path (symlinks resolved) lies outside the real image root."""
+    _, outside = image_file_status(image_root, image)
+    if outside is not None:
+        raise outside_root_error(image_root, image, outside, where=where)
 
 
 def _check_row(row: dict, where: str) -> None:

@@ -35,7 +35,7 @@ from PIL import Image
 
 from datasets_spec.difficulty import estimate_tokens, scienceqa_difficulty
 from datasets_spec.errors import UserError
-from datasets_spec.schema import IMAGE_TOKEN, check_image_path, rows_to_table
+from datasets_spec.schema import IMAGE_TOKEN, check_image_path, check_resolves_inside, rows_to_table
 
 PRIMARY_SPLITS = ("train", "val", "test")
 MINI_SPLITS = ("minitrain", "minival", "minitest")
@@ -195,6 +195,7 @@ def load_scienceqa(
     splits: Iterable[str] | None = None,
     skip_bad_images: bool = False,
     source: str = "scienceqa",
+    follow_symlinks: bool = False,
 ) -> ScienceQALoad:
     """Read a ScienceQA folder into canonical rows (see module doc).
 
@@ -221,6 +222,8 @@ def load_scienceqa(
         where = f"{problems_path}: problem {pid!r}"
         _check_problem(problem, where)
         image = _resolve_image(problem, pid, split, image_root, where, skip_bad_images)
+        if image and not follow_symlinks:
+            check_resolves_inside(image_root, image, where=where)
         if image is False:
             skipped.append(pid)
             continue

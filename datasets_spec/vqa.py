@@ -109,6 +109,7 @@ class VqaReader:
         decode_images: bool = False,
         image_pattern: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        follow_symlinks: bool = False,
     ) -> None:
         self.questions = Path(questions)
         self.annotations = Path(annotations)
@@ -118,6 +119,7 @@ class VqaReader:
         self.decode_images = decode_images
         self.image_pattern = image_pattern
         self.batch_size = batch_size
+        self.follow_symlinks = follow_symlinks
         self.skipped_images = 0
         self.unanswered_annotations = 0
 
@@ -193,5 +195,6 @@ class VqaReader:
 
     def _image_ok(self, image: str, here: str) -> bool:
         return image_usable(
-            self.image_root, image, here, decode=self.decode_images, skip=self.skip_bad_images
+            self.image_root, image, here, decode=self.decode_images, skip=self.skip_bad_images,
+            follow_symlinks=self.follow_symlinks,
         )

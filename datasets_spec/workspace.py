@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from datasets_spec.errors import UserError
 from datasets_spec.parts import read_json, read_parts
+from datasets_spec.schema import COLUMNS
 
 WORKSPACE_ENV = "CURATE_WORKSPACE"
 
@@ -48,6 +49,10 @@ class Workspace:
         """The dataset's ``dataset.json``; a clear error naming the command that makes it if absent."""
         path = self.dataset_dir / "dataset.json"
         if not path.exists():
+            aside = sorted(self.root.glob(".dataset.old-*"))
+            if aside:
+                raise UserError(f"{self.dataset_dir}: missing; a killed ingest left the previous dataset in "
+                                f"{aside[0]}; rerun the ingest and it is put back first")
             raise UserError(f"{self.dataset_dir}: no dataset here; run `curate ingest ...` first")
         return read_json(path)
 
@@ -60,7 +65,8 @@ class Workspace:
 
     def read_dataset(self, columns: list[str] | None = None) -> pa.Table:
         self.dataset_info()
-        return read_parts(self.dataset_dir, columns=columns)
+        # Asking for the canonical columns by name turns a foreign part into an error naming it.
+        return read_parts(self.dataset_dir, columns=list(COLUMNS) if columns is None else columns)
 
 
 def resolve_workspace(path: str | os.PathLike | None = None) -> Workspace:

@@ -21,6 +21,7 @@ import pyarrow as pa
 from datasets_spec.distributed import barrier, init_distributed, world_size
 from datasets_spec.distributed import rank as dist_rank
 from datasets_spec.errors import UserError
+from datasets_spec.outputs import check_output_path, check_replaceable, has_file
 from datasets_spec.parts import hash_parts, read_json, write_json
 from datasets_spec.workspace import Workspace, now_utc, tool_version
 from train.config import TrainConfig, deepspeed_config_path
@@ -102,9 +103,14 @@ def merge_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
     ``AutoProcessor.from_pretrained(out_dir)`` alone. LoRA runs are merged from ``adapter/`` onto the
     base model the run records; full fine-tuning runs re-save ``model/``.
     """
-    from train.model import load_bundle, save_bundle
+    from train.model import BUNDLE_FILE, load_bundle, save_bundle
 
     run_dir = Path(run_dir)
+    # The run's own workspace (runs/<run>) is protected, and so is the run being merged.
+    owner = run_dir.resolve().parent
+    check_output_path(out_dir, workspaces=[owner.parent] if owner.name == "runs" else [], sources=[run_dir])
+    check_replaceable(out_dir, kind="merged model", overwrite=overwrite, is_previous=has_file(BUNDLE_FILE),
+                      marker=BUNDLE_FILE)
     if not (run_dir / CONFIG_FILE).exists():
         raise UserError(f"{run_dir}: not a finished training run (no {CONFIG_FILE})")
     model_dir = run_dir / MODEL_DIR
@@ -115,9 +121,7 @@ def merge_run(run_dir: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
     if hasattr(model, "merge_and_unload"):
         bundle.model = model.merge_and_unload()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise UserError(f"{out_dir}: already exists (pass --overwrite to replace it)")
-    save_bundle(bundle, out_dir, overwrite=overwrite)  # itself atomic: temporary name, then rename
+    save_bundle(bundle, out_dir, overwrite=True)  # itself atomic: temporary name, then rename
     return Path(out_dir)
 
 

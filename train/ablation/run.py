@@ -19,6 +19,7 @@ from pathlib import Path
 from curate.select import pool_size as workspace_pool_size
 from curate.shards import MANIFEST, read_manifest, subset_hash
 from datasets_spec.errors import UserError
+from datasets_spec.outputs import check_ablation_owned
 from datasets_spec.parts import read_json, write_json
 from datasets_spec.workspace import Workspace
 from train.ablation.grid import RULES, AblationGrid, EvalSpec, check_names
@@ -139,12 +140,14 @@ def _prepare_run(ws: Workspace, config: TrainConfig) -> TrainConfig:
     final = ws.runs_dir / config.run_name
     partial = partial_dir(final)
     if final.exists():
+        check_ablation_owned(final, CELL_FILE)
         shutil.rmtree(final)
     if partial.exists():
         record = partial / CONFIG_FILE
         recorded = read_json(record).get("config") if record.exists() else None
         if recorded == json_stable(config.to_dict()):
             return dataclasses.replace(config, resume=str(partial))
+        check_ablation_owned(partial, CELL_FILE)
         shutil.rmtree(partial)
     return config
 
