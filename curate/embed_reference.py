@@ -31,6 +31,7 @@ from curate.embed import INFO_NAME, PROGRESS_NAME, _progress, _write_embedding_p
 from datasets_spec.distributed import barrier, init_distributed, world_size
 from datasets_spec.distributed import rank as dist_rank
 from datasets_spec.errors import UserError
+from datasets_spec.outputs import check_replaceable, has_file
 from datasets_spec.parts import list_parts, part_name, read_json, write_json
 from datasets_spec.schema import IMAGE_TOKEN
 from datasets_spec.workspace import Workspace
@@ -245,6 +246,8 @@ def embed_reference(
             clip_embed._write_default(ws, tag)
             return final
         raise UserError(f"{final}: holds a different embedding set; pass --overwrite or another --tag")
+    check_replaceable(final, kind="embedding set", overwrite=True, is_previous=has_file(INFO_NAME),
+                      marker=INFO_NAME)
     if kind == "llava":
         from train.evaluate import check_run_dataset
 

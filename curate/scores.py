@@ -23,11 +23,20 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.budget import check_k
 from datasets_spec.errors import UserError
-from datasets_spec.parts import atomic_directory, hash_parts, part_name, read_json, write_json, write_part
+from datasets_spec.outputs import check_replaceable, has_file
+from datasets_spec.parts import (
+    atomic_directory,
+    hash_parts,
+    part_hashes,
+    part_name,
+    read_json,
+    read_part,
+    write_json,
+    write_part,
+)
 from datasets_spec.workspace import Workspace, now_utc, tool_version
 
 SCORE_KINDS = ("length", "clip-sim", "loss", "ppl")
@@ -85,7 +94,7 @@ def load_scores(ws: Workspace, name: str, sample_ids: list[str] | None = None) -
     if info.get("dataset_fingerprint") != fingerprint:
         raise UserError(f"{d}: scores were computed for dataset {str(info.get('dataset_fingerprint'))[:12]} "
                         f"but the workspace dataset is {fingerprint[:12]}; run `curate score --overwrite`")
-    table = pq.read_table(d / part_name(0))
+    table = read_part(d / part_name(0), columns=["sample_id", "score"])
     ids = table.column("sample_id").to_pylist()
     values = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
     if sample_ids is None:
@@ -113,9 +122,12 @@ def write_scores(ws: Workspace, name: str, ids: list[str], values: np.ndarray, i
     full = {"name": name, **info, "dataset_fingerprint": ws.dataset_fingerprint(), "rows": len(ids),
             "nulls": int(np.isnan(values).sum()), "tool_version": tool_version(), "created_at": now_utc()}
     scores_dir(ws).mkdir(parents=True, exist_ok=True)
+    check_replaceable(target, kind="score set", overwrite=overwrite, is_previous=has_file(INFO_NAME),
+                      marker=INFO_NAME)
     with atomic_directory(target, overwrite=overwrite) as tmp:
         write_part(table, tmp / part_name(0))
-        full.update(parts=[part_name(0)], parts_hash=hash_parts(tmp), complete=True)
+        full.update(parts=[part_name(0)], parts_hash=hash_parts(tmp), part_hashes=part_hashes(tmp),
+                    complete=True)
         write_json(tmp / INFO_NAME, full)
     return target
 
