@@ -253,3 +253,15 @@ def test_scores_of_another_dataset_are_refused(ws, tmp_path) -> None:
     write_json(path, dict(read_json(path), dataset_fingerprint="0" * 64))
     with pytest.raises(UserError, match="scores were computed for dataset 000000000000"):
         load_scores(bad, "length")
+
+
+def test_score_overwrite_replaces_only_a_score_set(ws, tmp_path) -> None:
+    other = copy_workspace(ws, tmp_path)
+    foreign = other.root / "scores" / "notes"
+    foreign.mkdir(parents=True)
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="score set"):
+        score_workspace(other, "length", name="notes", overwrite=True)
+    assert (foreign / "keep.txt").read_text() == "mine"
+    again = score_workspace(other, "length", overwrite=True)  # a previous score set is replaced
+    assert load_scores(other, again.name)[1]["by"] == "length"
