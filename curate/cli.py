@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from datasets_spec.cli_common import WorkspaceOption, invoked_command
+from datasets_spec.distributed import rank
 from datasets_spec.errors import exit_on_user_error
 from datasets_spec.workspace import Workspace, resolve_workspace
 
@@ -244,6 +245,7 @@ def embed(
     rows_per_part: int = typer.Option(4096, help="Rows per Parquet part (unit of resume and of torchrun)."),
     seed: int = typer.Option(0, help="Seed for random weights (--pretrained none)."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    dtype: str = typer.Option("float32", help="Stored vectors: float32 or float16 (half the bytes)."),
     layers: str = typer.Option("-1", help="llava:/lm: hidden-state layers to mean-pool, e.g. -1 or 4,8,-1."),
     max_length: int = typer.Option(4096, help="llava:/lm: a longer sample is an error."),
 ) -> None:
@@ -254,7 +256,7 @@ def embed(
     out = embed_any(
         _workspace(workspace), model=model, pretrained=pretrained, fuse=fuse, batch_size=batch_size,
         device=device, num_workers=num_workers, tag=tag, overwrite=overwrite, rows_per_part=rows_per_part,
-        seed=seed, threads=threads, layers=layers, max_length=max_length,
+        seed=seed, threads=threads, dtype=dtype, layers=layers, max_length=max_length,
     )
     typer.echo(str(out))
 
@@ -271,17 +273,28 @@ def _select(
     name: str | None = typer.Option(None, help="Subset directory name (default: <strategy>-k<k>)."),
     embeddings: str | None = typer.Option(None, "--embeddings", help="Embedding set tag (default set)."),
     overwrite: bool = typer.Option(False, help="Replace an existing subset directory."),
+    device: str = typer.Option("auto", help="l2-maxdiverse: auto, cpu, cuda, cuda:N (torch) or numpy."),
+    memory_budget: float | None = typer.Option(
+        None, "--memory-budget", help="l2-maxdiverse: GB one process may use (default: free RAM/GPU memory)."
+    ),
+    checkpoint_every: int = typer.Option(1000, help="l2-maxdiverse: picks between resumable checkpoints."),
+    progress: bool = typer.Option(True, help="l2-maxdiverse: progress bar (picks/s, ETA) on stderr."),
     **strategy_options: object,
 ) -> None:
+    from curate.kcenter.select import KCenterOptions
     from curate.select import select_subset
 
     given = {key: v for key, v in strategy_options.items() if v is not None and v is not False}
     out = select_subset(
         _workspace(workspace), strategy, k=k, fraction=fraction, seed=seed, split=split,
         require_image=require_image, dedup_eps=dedup_eps, name=name, embeddings_tag=embeddings,
-        overwrite=overwrite, command=command_line(), **given,
+        overwrite=overwrite, command=command_line(),
+        kcenter=KCenterOptions(device=device, memory_budget_gb=memory_budget,
+                               checkpoint_every=checkpoint_every, show_progress=progress),
+        **given,
     )
-    typer.echo(str(out))
+    if rank() == 0:  # under torchrun rank 0 wrote the subset
+        typer.echo(str(out))
 
 
 def _with_strategy_options(fn):
@@ -312,7 +325,9 @@ def _with_strategy_options(fn):
         [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in base] + extra
     )
     wrapper.__annotations__ = {**typing_hints(fn), **hints}
-    wrapper.__doc__ = ("Select a subset with a strategy and write shards/<strategy>-k<k>/. Strategies: "
+    wrapper.__doc__ = ("Select a subset with a strategy and write shards/<strategy>-k<k>/. l2-maxdiverse "
+                       "shards over processes under `torchrun --nproc-per-node N -m curate.cli select ...` "
+                       "and resumes from its checkpoints when rerun after a kill. Strategies: "
                        + _strategies_help())
     return wrapper
 

@@ -31,8 +31,8 @@ import math
 
 import numpy as np
 
-from curate.budget import check_k
 from curate.clustering import assign, check_clusters, kmeans, members, unit_rows
+from curate.kcenter import check_k
 from datasets_spec.errors import UserError
 
 # 10,000 clusters for 665K samples in the paper: about 66 samples per cluster.

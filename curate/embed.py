@@ -1,8 +1,8 @@
 """Embed every sample of the workspace dataset with open_clip: image and text in one space.
 
 Output: ``embeddings/<tag>/`` holding Parquet parts (``sample_id`` + ``embedding``, a fixed-size list of
-float32) and ``embeddings.json`` (model, pretrained, fuse rule, dim, dtype, dataset fingerprint, rows,
-parts hash, ``complete: true``).
+float32, or float16 with ``dtype="float16"``) and ``embeddings.json`` (model, pretrained, fuse rule, dim,
+dtype, dataset fingerprint, rows, parts hash, ``complete: true``).
 
 * Default tag: ``<model>_<pretrained>`` with unsafe characters replaced (``ViT-B-32_laion2b_s34b_b79k``,
   ``tiny-clip_none``; a checkpoint file contributes ``ckpt-<file stem>``).
@@ -63,6 +63,8 @@ FUSE_RULES = {
 # 4096 rows is 8 MB of float32 at d=512: a killed run loses at most a few seconds of GPU work, and a
 # 665k-row dataset is ~160 files.
 DEFAULT_ROWS_PER_PART = 4096
+# Storage dtypes: float16 halves the bytes every k-center pass reads (exactness: curate.kcenter).
+DTYPES = ("float32", "float16")
 TEXT_RULE = "human turns joined by a blank line, <image> removed, truncated to the model's context length"
 
 
@@ -175,9 +177,10 @@ def _batches(parts: list[int], n_rows: int, rows_per_part: int, batch_size: int)
     return out
 
 
-def _write_embedding_part(path: Path, ids: list[str], vectors: np.ndarray) -> None:
+def _write_embedding_part(path: Path, ids: list[str], vectors: np.ndarray, dtype: str = "float32") -> None:
     dim = vectors.shape[1]
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
+    arrow = pa.float16() if dtype == "float16" else pa.float32()
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=dtype).reshape(-1), type=arrow)
     table = pa.table(
         {"sample_id": pa.array(ids, pa.string()), "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)}
     )
@@ -185,7 +188,8 @@ def _write_embedding_part(path: Path, ids: list[str], vectors: np.ndarray) -> No
         write_part(table, tmp)
 
 
-def _run_parts(net, loader, parts_rows: dict[int, tuple[int, int]], ids, out_dir, fuse, device, progress):
+def _run_parts(net, loader, parts_rows: dict[int, tuple[int, int]], ids, out_dir, fuse, device, progress,
+               dtype: str = "float32"):
     import torch
 
     pending: dict[int, dict[int, np.ndarray]] = {p: {} for p in parts_rows}
@@ -207,7 +211,7 @@ def _run_parts(net, loader, parts_rows: dict[int, tuple[int, int]], ids, out_dir
                 if len(pending[p]) == b - a:
                     rows = pending.pop(p)
                     vectors = np.stack([rows[r] for r in range(a, b)])
-                    _write_embedding_part(out_dir / part_name(p), ids[a:b], vectors)
+                    _write_embedding_part(out_dir / part_name(p), ids[a:b], vectors, dtype)
 
 
 def embed_workspace(
@@ -227,6 +231,7 @@ def embed_workspace(
     show_progress: bool = True,
     stats: dict | None = None,
     threads: int | None = None,
+    dtype: str = "float32",
 ) -> Path:
     """Embed every dataset sample; return ``embeddings/<tag>/``.
 
@@ -235,7 +240,10 @@ def embed_workspace(
     ``stats`` (optional dict) receives timings: ``seconds_model_load``, ``seconds_loop``, ``rows``.
     ``threads``: torch intra-op threads on CPU (None: torch's default). One thread is much faster for
     tiny models on a busy machine, where multi-threaded kernels wait on descheduled threads.
+    ``dtype``: storage of the vectors, float32 or float16 (rounded once, when written).
     """
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     if fuse not in FUSE_RULES:
         raise UserError(f"unknown --fuse {fuse!r}; valid: {', '.join(FUSE_RULES)}")
     if batch_size <= 0 or rows_per_part <= 0:
@@ -253,6 +261,7 @@ def embed_workspace(
         "dataset_fingerprint": fingerprint,
         "rows_per_part": rows_per_part,
         "seed": seed,
+        "dtype": dtype,
     }
     if (final / INFO_NAME).exists() and not overwrite:
         info = read_json(final / INFO_NAME)
@@ -324,7 +333,7 @@ def _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, s
     parts_rows = {p: (p * rpp, min(n_rows, (p + 1) * rpp)) for p in todo}
     t1 = time.perf_counter()
     with _progress(sum(b - a for a, b in parts_rows.values()), show_progress and rank == 0) as advance:
-        _run_parts(net, loader, parts_rows, ids, partial, params["fuse"], dev, advance)
+        _run_parts(net, loader, parts_rows, ids, partial, params["fuse"], dev, advance, params["dtype"])
     if stats is not None:
         stats.update(seconds_model_load=t_load, seconds_loop=time.perf_counter() - t1,
                      rows=sum(b - a for a, b in parts_rows.values()))
@@ -346,7 +355,6 @@ def _finalise(ws, partial, final, tag, params, n_rows, n_parts, world, *, rule: 
         "fuse_rule": rule or FUSE_RULES[params["fuse"]],
         "text_rule": text_rule,
         "dim": dim,
-        "dtype": "float32",
         "rows": n_rows,
         "parts": n_parts,
         "parts_hash": hash_parts(partial),

@@ -401,8 +401,10 @@ def _fill_parts(model, loader, parts_rows, ids, out_dir, layers, device, advance
 
 
 def embed_any(ws: Workspace, *, model: str, layers: str = "-1", max_length: int = 4096, pretrained=None,
-              fuse: str = "mean", **common) -> Path:
+              fuse: str = "mean", dtype: str = "float32", **common) -> Path:
     """``curate embed``: a reference model (``llava:`` / ``lm:``) here, any other name through open_clip."""
     if is_reference(model):
+        if dtype != "float32":
+            raise UserError(f"--dtype {dtype}: reference-model features are stored as float32")
         return embed_reference(ws, model=model, layers=layers, max_length=max_length, **common)
-    return clip_embed.embed_workspace(ws, model=model, pretrained=pretrained, fuse=fuse, **common)
+    return clip_embed.embed_workspace(ws, model=model, pretrained=pretrained, fuse=fuse, dtype=dtype, **common)

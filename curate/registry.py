@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from curate.coincide import coincide
+from curate.kcenter import l2_maxdiverse
 from curate.scores import top_score
 from curate.semdedup import check_eps, semdedup
-from curate.strategies import kmeans_balanced, l2_maxdiverse, random_subset
+from curate.strategies import kmeans_balanced, random_subset
 from datasets_spec.errors import UserError
 
 NEEDS = ("embeddings", "scores", "nothing")

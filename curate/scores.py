@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate.budget import check_k
+from curate.kcenter import check_k
 from datasets_spec.errors import UserError
 from datasets_spec.outputs import check_replaceable, has_file
 from datasets_spec.parts import (

@@ -14,13 +14,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.embed import load_embeddings
-from curate.registry import check_options, get_record
-from curate.shards import write_subset
+from curate.kcenter.select import KCenterOptions, run_kcenter
+from curate.registry import StrategyRecord, check_options, get_record
+from curate.shards import MANIFEST, check_subset_name, write_subset
 from curate.strategies import check_k, coverage_report, dedup_pool
+from datasets_spec.distributed import world_size
 from datasets_spec.errors import UserError
+from datasets_spec.outputs import check_replaceable, has_file
 from datasets_spec.workspace import Workspace
 
 ALL_SPLITS = "all"
+# The strategy that runs on the sharded, resumable k-center engine.
+KCENTER = "l2-maxdiverse"
 
 
 def pool_rows(table: pa.Table, split: str, require_image: bool) -> np.ndarray:
@@ -103,10 +108,13 @@ def select_subset(
     embeddings_tag: str | None = None,
     overwrite: bool = False,
     command: str = "",
+    kcenter: KCenterOptions | None = None,
     **strategy_opts: object,
-) -> Path:
+) -> Path | None:
     """Select a subset with ``strategy``; return ``shards/<name or strategy-k<k>>/``.
 
+    ``l2-maxdiverse`` without dedup runs on :mod:`curate.kcenter` (``kcenter`` options: device, memory
+    budget, checkpoints, progress; sharded under torchrun); None when it stopped early to resume later.
     ``strategy_opts`` are the registry record's options (curate/registry.py); a scores strategy reads
     the score set named by ``score`` for the pool (every pool sample must have a row).
     """
@@ -115,28 +123,27 @@ def select_subset(
     if k is not None and k <= 0:
         raise UserError(f"k must be positive (got {k})")
     table, pool = build_pool(ws, split, require_image)
-    needs = record.needs == "embeddings" or (dedup_eps is not None and dedup_eps > 0)
-    matrix = info = None
-    if needs:
-        matrix, _, info = load_embeddings(ws, embeddings_tag)
-    kept = pool
-    if dedup_eps is not None:
-        kept = pool[dedup_pool(matrix[pool], dedup_eps)]
-    k = resolve_k(k, fraction, len(kept))
-    x = matrix[kept] if matrix is not None else np.empty((len(kept), 0), dtype=np.float32)
-    fn_opts, scores_summary = _score_inputs(ws, record, strategy_opts, table, kept)
-    report: dict = {}
-    if record.takes_report():
-        fn_opts["report"] = report
-    picks = np.asarray(record.fn(x, k, seed=seed, **fn_opts), dtype=np.int64)
-    rows = kept[picks]
-    if info is not None:
-        emb_summary = embeddings_summary(info)
-        position = np.full(matrix.shape[0], -1, dtype=np.int64)
-        position[pool] = np.arange(len(pool))
-        coverage = coverage_report(matrix[pool], position[rows])
+    sharded = strategy == KCENTER and not dedup_eps
+    if world_size() > 1 and not sharded:
+        raise UserError("under torchrun only l2-maxdiverse without --dedup-eps runs (sharded); run others "
+                        "in one process")
+    run = None
+    scores_summary, report = None, {}
+    if sharded:
+        k = resolve_k(k, fraction, len(pool))
+        name = name or f"{strategy}-k{k}"
+        # the output guard before hours of picks, on every rank (write_subset checks again)
+        check_replaceable(ws.shards_dir / check_subset_name(name), kind="subset", overwrite=overwrite,
+                          is_previous=has_file(MANIFEST), marker=MANIFEST)
+        run = run_kcenter(ws, pool, k, name, embeddings_tag, kcenter or KCenterOptions())
+        if run.picks is None:
+            run.finish(written=False)
+            return None
+        kept, rows, emb_summary, coverage = pool, pool[run.picks], embeddings_summary(run.info), run.coverage
     else:
-        emb_summary, coverage = optional_coverage(ws, embeddings_tag, pool, rows)
+        kept, k, rows, emb_summary, coverage, scores_summary, report = _in_memory(
+            ws, record, table, pool, k, fraction, seed, dedup_eps, embeddings_tag, kcenter, strategy_opts
+        )
     manifest = {
         "kind": "select",
         "strategy": strategy,
@@ -154,11 +161,46 @@ def select_subset(
         "coverage": coverage,
         "command": command,
     }
-    return write_subset(ws, name or f"{strategy}-k{k}", table, rows, manifest, overwrite=overwrite)
+    path = ws.shards_dir / (name or f"{strategy}-k{k}")
+    if run is None or run.comm.rank == 0:
+        path = write_subset(ws, path.name, table, rows, manifest, overwrite=overwrite)
+    if run is not None:
+        run.finish(written=True)
+    return path
+
+
+def _in_memory(ws, record: StrategyRecord, table, pool, k, fraction, seed, dedup_eps, tag, kcenter,
+               strategy_opts):
+    """Any strategy on the pool's rows loaded in memory (after the optional dedup); one process."""
+    needs = record.needs == "embeddings" or (dedup_eps is not None and dedup_eps > 0)
+    matrix = info = None
+    if needs:
+        matrix, _, info = load_embeddings(ws, tag)
+    kept = pool
+    if dedup_eps is not None:
+        kept = pool[dedup_pool(matrix[pool], dedup_eps)]
+    k = resolve_k(k, fraction, len(kept))
+    x = matrix[kept] if matrix is not None else np.empty((len(kept), 0), dtype=np.float32)
+    fn_opts, scores_summary = _score_inputs(ws, record, strategy_opts, table, kept)
+    if record.name == KCENTER and kcenter is not None:
+        fn_opts["device"] = kcenter.device
+    report: dict = {}
+    if record.takes_report():
+        fn_opts["report"] = report
+    picks = np.asarray(record.fn(x, k, seed=seed, **fn_opts), dtype=np.int64)
+    rows = kept[picks]
+    if info is not None:
+        emb_summary = embeddings_summary(info)
+        position = np.full(matrix.shape[0], -1, dtype=np.int64)
+        position[pool] = np.arange(len(pool))
+        coverage = coverage_report(matrix[pool], position[rows])
+    else:
+        emb_summary, coverage = optional_coverage(ws, tag, pool, rows)
+    return kept, k, rows, emb_summary, coverage, scores_summary, report
 
 
 def _score_inputs(
-    ws: Workspace, record, opts: dict, table: pa.Table, kept: np.ndarray
+    ws: Workspace, record: StrategyRecord, opts: dict, table: pa.Table, kept: np.ndarray
 ) -> tuple[dict, dict | None]:
     """The function's keyword options; for a scores strategy the named set read for the pool rows."""
     fn_opts = dict(opts)

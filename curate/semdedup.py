@@ -27,8 +27,8 @@ import math
 
 import numpy as np
 
-from curate.budget import check_k
 from curate.clustering import assign, block_sq_dists, check_clusters, kmeans, members, unit_rows
+from curate.kcenter import check_k
 from datasets_spec.errors import UserError
 
 _U32 = 2.0**-24

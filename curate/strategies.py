@@ -4,32 +4,15 @@ Registered by exact name in :data:`curate.registry.REGISTRY`; ``curate.registry.
 the valid names on a typo.
 Indices are returned in selection order (the subset's ``rank``).
 
-``l2-maxdiverse`` is exact greedy k-center (farthest-point sampling) in L2:
-
-* first pick: the sample farthest from the pool mean (``np.mean(X, axis=0, dtype=float64)``); the seed
-  is recorded but does not change the result;
-* then repeatedly the unselected sample whose distance to its nearest selected sample is largest;
-* ties go to the lowest index; "distance" means the float64 sum of squared differences of the float32
-  inputs, so the selection equals a brute-force float64 reference exactly.
-
-Speed: each step is one ``sgemv`` pass over the float32 matrix (``||x||^2 - 2 X c + ||c||^2``), so the
-loop runs at memory bandwidth with O(N) extra memory (squared norms + running minimum). The float32
-values are within a rigorous bound ``T = (d + 4) u (|x| + |c|)^2`` of the exact ones; only samples whose
-running minimum is within ``2T`` of the best are re-scored, first with a float64 BLAS product against
-the selected centers and then, for values still within float64 rounding of each other, with the exact
-difference formula. On continuous data that set is almost always a single sample.
+``l2-maxdiverse`` (exact greedy k-center) lives in :mod:`curate.kcenter`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from curate.budget import check_k
+from curate.kcenter import check_k, exact_sq_dists
 from datasets_spec.errors import UserError
-
-# Unit roundoff of float32 and float64.
-_U32 = 2.0**-24
-_U64 = 2.0**-53
 
 
 def _as_matrix(embeddings: np.ndarray) -> np.ndarray:
@@ -37,102 +20,6 @@ def _as_matrix(embeddings: np.ndarray) -> np.ndarray:
     if x.ndim != 2:
         raise UserError(f"embeddings must be a 2-D matrix, got shape {x.shape}")
     return x
-
-
-def exact_sq_dists(rows: np.ndarray, point: np.ndarray) -> np.ndarray:
-    """Exact reference distance: float64 sum of squared differences, one value per row."""
-    diff = rows.astype(np.float64) - np.asarray(point, dtype=np.float64)
-    return (diff * diff).sum(axis=1)
-
-
-def _first_pick(x: np.ndarray, sqn: np.ndarray) -> int:
-    """The sample farthest from the pool mean (exact float64 distances, lowest index on ties).
-
-    One sgemv pass gives float32 distances to the mean; samples within the rounding bound of the best
-    (including the rounding of the mean to float32) are re-scored exactly.
-    """
-    mean = np.mean(x, axis=0, dtype=np.float64)
-    mean32 = mean.astype(np.float32)
-    approx = x @ mean32
-    approx *= -2.0
-    approx += sqn
-    approx += np.float32(mean32 @ mean32)
-    norm_x, norm_m = float(np.sqrt(sqn.max())), float(np.sqrt(mean @ mean))
-    reach = norm_x + norm_m
-    bound = 1.01 * ((x.shape[1] + 4) * _U32 * reach**2 + 2 * reach * _U32 * norm_m)
-    cand = np.flatnonzero(approx >= approx.max() - 2.0 * bound)
-    return int(cand[int(np.argmax(exact_sq_dists(x[cand], mean)))])
-
-
-class _Centers:
-    """Selected centers kept in float64 (O(k d)) for the exact re-scoring of near-ties."""
-
-    def __init__(self, k: int, d: int) -> None:
-        self.rows = np.empty((k, d), dtype=np.float64)
-        self.sqn = np.empty(k, dtype=np.float64)
-        self.n = 0
-
-    def add(self, row: np.ndarray) -> None:
-        r = row.astype(np.float64)
-        self.rows[self.n] = r
-        self.sqn[self.n] = r @ r
-        self.n += 1
-
-    def exact_min(self, x: np.ndarray, cand: np.ndarray) -> np.ndarray:
-        """Exact min squared distance of each candidate to the centers (two-level refinement)."""
-        c = self.rows[: self.n]
-        pts = x[cand].astype(np.float64)
-        approx = (np.einsum("ij,ij->i", pts, pts)[:, None] + self.sqn[None, : self.n] - 2.0 * pts @ c.T)
-        # float64 expansion error is ~d * u64 * (|x| + |c|)^2; anything within that of a candidate's
-        # minimum is recomputed with the exact formula.
-        scale = (np.sqrt(np.einsum("ij,ij->i", pts, pts))[:, None] + np.sqrt(self.sqn[None, : self.n])) ** 2
-        tol = (c.shape[1] + 4) * _U64 * scale * 4
-        low = approx.min(axis=1, keepdims=True)
-        out = np.empty(len(cand))
-        for j in range(len(cand)):
-            near = np.flatnonzero(approx[j] <= low[j] + tol[j] + tol[j].max())
-            out[j] = exact_sq_dists(c[near], pts[j]).min()
-        return out
-
-
-def l2_maxdiverse(embeddings: np.ndarray, k: int, *, seed: int = 0, **_: object) -> np.ndarray:
-    """Exact greedy k-center in L2; see the module docstring for the first pick and tie rules."""
-    x = _as_matrix(embeddings)
-    n, d = x.shape
-    check_k(k, n)
-    sqn = np.einsum("ij,ij->i", x, x)
-    max_norm = float(np.sqrt(sqn.max()))
-    min_d = np.full(n, np.inf, dtype=np.float32)
-    dist = np.empty(n, dtype=np.float32)
-    centers = _Centers(k, d)
-    picks = np.empty(k, dtype=np.int64)
-    bound = 0.0
-    pick = _first_pick(x, sqn)
-    for step in range(k):
-        picks[step] = pick
-        c = x[pick]
-        centers.add(c)
-        if step == k - 1:
-            break
-        np.dot(x, c, out=dist)
-        dist *= -2.0
-        dist += sqn
-        dist += sqn[pick]
-        np.minimum(min_d, dist, out=min_d)
-        min_d[pick] = -np.inf
-        bound = max(bound, (d + 4) * _U32 * 1.01 * (max_norm + float(np.sqrt(sqn[pick]))) ** 2)
-        pick = _argmax_exact(x, min_d, bound, centers)
-    return picks
-
-
-def _argmax_exact(x: np.ndarray, min_d: np.ndarray, bound: float, centers: _Centers) -> int:
-    best = int(np.argmax(min_d))
-    top = float(min_d[best])
-    cand = np.flatnonzero(min_d >= top - 2.0 * bound)
-    if len(cand) == 1:
-        return best
-    exact = centers.exact_min(x, cand)
-    return int(cand[int(np.argmax(exact))])  # argmax: first (lowest index) among exact ties
 
 
 def random_subset(embeddings: np.ndarray, k: int, *, seed: int = 0, **_: object) -> np.ndarray:

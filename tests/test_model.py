@@ -208,6 +208,10 @@ def test_image_padding_uses_the_mean_colour(bundle):
 def test_smollm2_gguf_builds_and_chat_template_masks():
     b = build_llava("smollm2-135m", "tiny-clip", seed=0)
     assert b.template == "chat_template"
+    # transformers' GGUF loader gives EOS = <|im_start|>; the file's metadata says <|im_end|> (id 2)
+    assert (b.tokenizer.eos_token, b.tokenizer.eos_token_id, b.tokenizer.bos_token) == (
+        "<|im_end|>", 2, "<|im_start|>")
+    assert b.model.generation_config.eos_token_id == [2]
     conv = CONV + [{"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "Yes."}]
     sample = tokenize_conversation(conv, b.tokenizer, b.template, num_image_tokens=b.num_image_tokens,
                                    max_length=1024)

@@ -83,9 +83,14 @@ def test_full_text_is_the_llava_vicuna_prompt(tok):
     sample = tokenize_conversation(CONV, tok, "vicuna_v1", num_image_tokens=1, max_length=1000)
     system = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
               "helpful, detailed, and polite answers to the user's questions.")
-    expected = (f"<s>{system} USER: What colour is the ball?\n<image> ASSISTANT: The answer is B.</s>"
+    # LLaVA's preprocess_multimodal moves <image> to the front of the turn, followed by a newline.
+    expected = (f"<s>{system} USER: <image>\nWhat colour is the ball? ASSISTANT: The answer is B.</s>"
                 "USER: Are you sure? ASSISTANT: Yes, it is red.</s>")
     assert tok.decode(sample.input_ids) == expected
+    kept = tokenize_conversation(CONV, tok, "vicuna_v1", num_image_tokens=1, max_length=1000,
+                                 image_placement="keep")
+    assert tok.decode(kept.input_ids) == expected.replace("<image>\nWhat colour is the ball?",
+                                                          "What colour is the ball?\n<image>")
 
 
 @pytest.mark.parametrize("system", [None, "Be brief."])
@@ -105,7 +110,7 @@ def test_system_prompt_replaces_the_default_unless_the_conversation_has_one(tok)
         )
         return tok.decode(sample.input_ids)
 
-    assert text(CONV[:2], "Be brief.").startswith("<s>Be brief. USER: What colour")
+    assert text(CONV[:2], "Be brief.").startswith("<s>Be brief. USER: <image>\nWhat colour")
     own = [{"from": "system", "value": "Own words."}, *CONV[:2]]
     assert text(own, "Be brief.").startswith("<s>Own words. USER:")
     assert text(CONV[:2], None).startswith("<s>A chat between a curious user")

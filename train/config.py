@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import importlib.util
 import inspect
+import json
 import math
 import textwrap
 from dataclasses import dataclass
@@ -14,8 +15,10 @@ from pathlib import Path
 from datasets_spec.errors import UserError
 from train.hparams import OVERRIDABLE, StageHparams, hparam_preset, resolve_stage
 from train.rundir import projector_file
+from train.templates import IMAGE_PLACEMENTS
 
 RUN_STAGES = ("pretrain", "finetune", "both")
+QLORA_RANK = 128  # LLaVA's QLoRA recipe (alpha = 2 x rank = 256 from the preset's ratio)
 DEEPSPEED_DIR = Path(__file__).parent / "deepspeed_configs"
 DEEPSPEED_NAMES = ("zero2", "zero3", "zero3-offload")
 IMAGE_ASPECTS = ("pad", "resize", "crop")
@@ -59,9 +62,13 @@ class TrainConfig:
     lora_dropout: float = 0.05
     """Dropout on the LoRA branch (LLaVA-1.5's value)."""
     qlora: bool = False
-    """Load the LLM in 4 bit and train LoRA on it (needs bitsandbytes and a CUDA GPU)."""
+    """Stage 2 on a 4-bit base: the LLM's Linear layers in NF4 with double quantization (bitsandbytes,
+    CPU or GPU), LoRA on top; without --lora-r, LLaVA's QLoRA recipe r 128 / alpha 256."""
     template: str | None = None
     """Stage-2 conversation template; None = the LLM preset's (stage 1 always uses `plain`)."""
+    image_placement: str = "front"
+    """Where `<image>` goes in each prompt, for training and evaluation: `front` (`<image>\\n` + text, as
+    LLaVA's preprocess_multimodal and its ScienceQA evaluation do) or `keep` (where the data put it)."""
     max_length: int = 2048
     """Token limit per sample (LLaVA-1.5: 2048); image tokens are never truncated."""
     max_mismatch: int = 0
@@ -107,6 +114,8 @@ class TrainConfig:
         if self.stage not in RUN_STAGES:
             raise UserError(f"unknown stage {self.stage!r}; choose one of: {', '.join(RUN_STAGES)}")
         hparam_preset(self.preset)
+        if self.qlora and self.lora_r is None and self.stage != "pretrain":
+            self.lora_r = QLORA_RANK
         if self.lora_r is not None:
             if self.stage == "pretrain":
                 raise UserError("LoRA (--lora-r) applies to stage 2 only; stage 1 trains the projector alone")
@@ -122,6 +131,9 @@ class TrainConfig:
             raise UserError(f"--max-length must be >= 8, got {self.max_length}")
         if self.max_mismatch < 0:
             raise UserError(f"--max-mismatch must be >= 0, got {self.max_mismatch}")
+        if self.image_placement not in IMAGE_PLACEMENTS:
+            raise UserError(f"unknown --image-placement {self.image_placement!r}; "
+                            f"choose one of: {', '.join(IMAGE_PLACEMENTS)}")
         if self.image_aspect not in IMAGE_ASPECTS:
             raise UserError(
                 f"unknown --image-aspect {self.image_aspect!r}; choose one of: {', '.join(IMAGE_ASPECTS)}"
@@ -219,11 +231,16 @@ def deepspeed_config_path(name_or_path: str) -> Path:
 
 
 def _check_qlora(config: TrainConfig) -> None:
-    if config.lora_r is None:
-        raise UserError("--qlora trains LoRA adapters on a 4-bit LLM; give --lora-r too")
+    if config.stage == "pretrain":
+        raise UserError("--qlora applies to stage 2; stage 1 trains the projector alone")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise UserError("--qlora needs the bitsandbytes package (pip install bitsandbytes) and a CUDA GPU")
-    import torch
+        raise UserError("--qlora needs the bitsandbytes package (pip install 'bitsandbytes>=0.50.2')")
+    if config.deepspeed is not None and _zero_stage(deepspeed_config_path(config.deepspeed)) >= 3:
+        raise UserError("--qlora cannot shard 4-bit weights with ZeRO-3; use --deepspeed zero2")
 
-    if not torch.cuda.is_available():
-        raise UserError("--qlora needs a CUDA GPU (4-bit bitsandbytes kernels); none is visible")
+
+def _zero_stage(path: Path) -> int:
+    try:
+        return int(json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage", 0))
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"--deepspeed {path}: not a readable DeepSpeed JSON config") from None

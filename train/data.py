@@ -14,7 +14,13 @@ from torch.utils.data import Dataset, Sampler
 
 from datasets_spec.errors import UserError
 from train.images import check_aspect, load_image, preprocess_image, resolve_image
-from train.templates import IGNORE_INDEX, TokenizedSample, get_template, tokenize_conversation
+from train.templates import (
+    IGNORE_INDEX,
+    TokenizedSample,
+    check_tokenizer,
+    get_template,
+    tokenize_conversation,
+)
 
 # Reasonable prompt room next to the image tokens; a max length at or below the image tokens leaves none.
 MIN_TEXT_TOKENS = 1
@@ -90,6 +96,7 @@ def prepare_dataset(
     """
     check_aspect(image_aspect)
     tmpl = get_template(template or bundle.template)
+    check_tokenizer(bundle.tokenizer, tmpl)
     n_img = bundle.num_image_tokens
     if max_length <= n_img + MIN_TEXT_TOKENS:
         raise UserError(f"--max-length {max_length} leaves no room for text: one image takes {n_img} tokens "
@@ -106,7 +113,8 @@ def prepare_dataset(
         try:
             sample = tokenize_conversation(row["conversations"], bundle.tokenizer, tmpl,
                                            num_image_tokens=n_img, max_length=max_length,
-                                           system=bundle.llm_preset.system_prompt)
+                                           system=bundle.llm_preset.system_prompt,
+                                           image_placement=bundle.image_placement)
         except ValueError as exc:
             raise UserError(f"sample {sid!r}: {exc}") from None
         if sample.mismatch:

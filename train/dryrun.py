@@ -8,7 +8,9 @@ adapted Linear layer of the LLM.
 Memory per GPU, bf16 mixed precision with Adam (the ZeRO paper's accounting), for P parameters of
 which T train, N GPUs:
 
-    weights      2 P            (ZeRO-3: 2 P / N; zero3-offload: parameters live in CPU RAM, only
+    weights      2 P            (--qlora: 0.516 bytes for each of the Q weights of the LLM's Linear
+                                 layers, NF4 + double-quantized constants: 2 (P - Q) + 0.516 Q;
+                                 ZeRO-3: 2 P / N; zero3-offload: parameters live in CPU RAM, only
                                  the layers being computed, ~2 x the largest layer, are on the GPU)
     gradients    2 T            (ZeRO-2/3: 2 T / N)
     optimiser   12 T            fp32 master weights + Adam m + v (ZeRO-2/3: 12 T / N; offload: 0 on GPU)
@@ -36,6 +38,7 @@ from datasets_spec.distributed import world_size
 from datasets_spec.errors import UserError
 from train.config import TrainConfig, deepspeed_config_path
 from train.hparams import batch_layout
+from train.qlora import QLORA_BYTES_PER_PARAM, language_model_linears
 
 GIB = 1024**3
 
@@ -146,6 +149,7 @@ def _stage_estimate(config, stage, table, model, text, n_image_tokens, gpus, zer
     rows = table.filter(pc.is_valid(table.column("image"))) if stage == "pretrain" else table
     lengths = _lengths(rows, n_image_tokens)
     total, trainable = _parameter_counts(model, config, stage)
+    quantized = _quantized_parameters(model) if config.qlora and stage == "finetune" else 0
     steps_per_epoch = math.ceil(len(lengths) / hp.global_batch_size) if lengths else 0
     steps = config.planned_steps(stage, steps_per_epoch)
     seq = min(config.max_length, max(lengths, default=0))
@@ -162,10 +166,12 @@ def _stage_estimate(config, stage, table, model, text, n_image_tokens, gpus, zer
         vocab=text.vocab_size,
         checkpointing=config.gradient_checkpointing,
         largest_layer=_largest_layer(model),
+        quantized=quantized,
     )
     return {
         "parameters": total,
         "trainable": trainable,
+        "quantized_4bit": quantized,
         "lr": hp.lr,
         "projector_lr": hp.projector_lr,
         "epochs": hp.epochs,
@@ -200,9 +206,10 @@ def memory_per_gpu(
     vocab: int,
     checkpointing: bool,
     largest_layer: int,
+    quantized: int = 0,
 ) -> dict[str, float]:
     """Bytes per GPU by term (see the module docstring for the formula)."""
-    weights = 2 * total / (gpus if zero >= 3 else 1)
+    weights = (2 * (total - quantized) + QLORA_BYTES_PER_PARAM * quantized) / (gpus if zero >= 3 else 1)
     if offload and zero >= 3:
         weights = 2 * 2 * largest_layer
     grads = 2 * trainable / (gpus if zero >= 2 else 1)
@@ -241,6 +248,11 @@ def _parameter_counts(model: torch.nn.Module, config: TrainConfig, stage: str) -
     if stage == "pretrain":
         return total, projector
     return total, llm + projector
+
+
+def _quantized_parameters(model: torch.nn.Module) -> int:
+    """Parameters --qlora stores in 4 bit: the weights of the LLM's Linear layers."""
+    return sum(m.weight.numel() for _, m in language_model_linears(model))
 
 
 def _largest_layer(model: torch.nn.Module) -> int:
@@ -339,6 +351,8 @@ def format_dry_run(report: dict) -> str:
             f"global batch {s['global_batch_size']} "
             f"= {s['per_device_batch_size']} per device x {s['gradient_accumulation_steps']} accumulation: "
             f"{s['steps']} steps, ~{s['tokens']:,} tokens, lr {s['lr']:g}",
+            *([f"[{stage}] 4-bit NF4 base (QLoRA): {s['quantized_4bit']:,} weights"]
+              if s.get("quantized_4bit") else []),
             f"[{stage}] memory per GPU ~{mem['total']:.1f} GiB (weights {mem['weights']:.1f}, gradients "
             f"{mem['gradients']:.1f}, optimizer {mem['optimizer']:.1f}, "
             f"activations {mem['activations']:.1f}, "

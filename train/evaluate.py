@@ -204,6 +204,7 @@ def generate_answers(
                         template,
                         num_image_tokens=bundle.num_image_tokens,
                         system=bundle.llm_preset.system_prompt,
+                        image_placement=bundle.image_placement,
                     )
                     for r in batch
                 ]

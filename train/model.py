@@ -43,8 +43,9 @@ from train.presets import (
     resolve_vision,
     vision_preset_from_dict,
 )
-from train.templates import get_template, stop_token_ids
+from train.templates import check_tokenizer, get_template, stop_token_ids
 from train.tokenizers import char_tokenizer
+from train.vocabs import repair_gguf_special_tokens
 
 BUNDLE_FILE = "llava_bundle.json"
 
@@ -60,6 +61,8 @@ class LlavaBundle:
     num_image_tokens: int
     llm_preset: LLMPreset
     vision_preset: VisionPreset
+    image_placement: str = "front"
+    """Where `<image>` goes in a prompt (train.templates.IMAGE_PLACEMENTS); saved with the checkpoint."""
 
     @property
     def image_token_id(self) -> int:
@@ -78,7 +81,7 @@ def _load_failure(what: str, path: str, exc: Exception) -> UserError:
 def load_language_model(preset: LLMPreset, *, dtype: torch.dtype = torch.float32):
     """(tokenizer, causal LM) for a preset; tiny models are random (seed the global RNG first)."""
     if preset.source == "tiny":
-        tokenizer = char_tokenizer()
+        tokenizer = tiny_tokenizer(preset.vocab)
         config_cls = getattr(__import__("transformers", fromlist=[preset.repo_or_path]), preset.repo_or_path)
         config = config_cls(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -97,11 +100,20 @@ def load_language_model(preset: LLMPreset, *, dtype: torch.dtype = torch.float32
     where = str(directory)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        if preset.source == "gguf":
+            repair_gguf_special_tokens(tokenizer, directory / preset.gguf_file)
         # GGUF weights are dequantized to float on load.
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_failure("language model", where, exc) from None
     return tokenizer, model
+
+
+def tiny_tokenizer(vocab: str):
+    """The tokenizer of a `tiny` preset: the character tokenizer or a real vocabulary (train.vocabs)."""
+    from train.vocabs import llama2_tokenizer, mistral_tokenizer
+
+    return {"char": char_tokenizer, "llama2": llama2_tokenizer, "mistral": mistral_tokenizer}[vocab]()
 
 
 def prepare_tokenizer(tokenizer) -> int:
@@ -196,6 +208,7 @@ def build_llava(
         torch.manual_seed(seed + 1)
         vision_model, image_processor, vis_p = load_vision_tower(vis_p, dtype=dtype)
     image_id = prepare_tokenizer(tokenizer)
+    check_tokenizer(tokenizer, template)
     if template.name == "chat_template" and not getattr(tokenizer, "chat_template", None):
         raise UserError(f"language model {llm_p.name!r} has no chat template; choose a template "
                         f"(mistral_instruct, llama_2, vicuna_v1, plain)")
@@ -291,10 +304,19 @@ def _projector(model) -> torch.nn.Module:
 # standalone checkpoints
 
 
-def make_processor(bundle: LlavaBundle) -> LlavaProcessor:
+def harness_template(bundle: LlavaBundle) -> str:
+    """The chat template that renders the prompt this bundle trains and evaluates with (train.chat_format)."""
+    from train.chat_format import harness_chat_template
+
+    return harness_chat_template(bundle.template, bundle.tokenizer, system=bundle.llm_preset.system_prompt,
+                                 image_placement=bundle.image_placement)
+
+
+def make_processor(bundle: LlavaBundle, *, chat_template: str | None = None) -> LlavaProcessor:
     """A LlavaProcessor whose image-token expansion agrees with ``bundle.num_image_tokens``."""
     vision_config = bundle.model.config.vision_config
     return LlavaProcessor(
+        chat_template=chat_template,
         image_processor=bundle.image_processor,
         tokenizer=bundle.tokenizer,
         patch_size=vision_config.patch_size,
@@ -314,11 +336,20 @@ def save_bundle(bundle: LlavaBundle, out_dir: Path, *, overwrite: bool = False,
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         model = bundle.model.get_base_model() if hasattr(bundle.model, "get_base_model") else bundle.model
         model.save_pretrained(tmp, safe_serialization=True)
-        make_processor(bundle).save_pretrained(tmp)
-        bundle.tokenizer.save_pretrained(tmp)
+        # Harnesses (lmms-eval's llava_hf, VLMEvalKit) prompt through apply_chat_template: give both the
+        # processor and the tokenizer the template that renders the trained prompt.
+        chat = harness_template(bundle)
+        own = getattr(bundle.tokenizer, "chat_template", None)
+        bundle.tokenizer.chat_template = chat
+        try:
+            make_processor(bundle, chat_template=chat).save_pretrained(tmp)
+            bundle.tokenizer.save_pretrained(tmp)
+        finally:
+            bundle.tokenizer.chat_template = own
         write_json(tmp / BUNDLE_FILE, {
             "template": bundle.template,
             "num_image_tokens": bundle.num_image_tokens,
+            "image_placement": bundle.image_placement,
             "llm_preset": preset_to_dict(bundle.llm_preset),
             "vision_preset": preset_to_dict(bundle.vision_preset),
             **(extra or {}),
@@ -349,4 +380,6 @@ def load_bundle(directory: Path, *, dtype: torch.dtype = torch.float32) -> Llava
     tokenizer.padding_side = "right"
     return LlavaBundle(model, tokenizer, image_processor, info["template"], int(info["num_image_tokens"]),
                        llm_preset_from_dict(info["llm_preset"]),
-                       vision_preset_from_dict(info["vision_preset"]))
+                       vision_preset_from_dict(info["vision_preset"]),
+                       # checkpoints written before the field existed were trained with `keep`
+                       image_placement=info.get("image_placement", "keep"))

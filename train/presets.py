@@ -12,6 +12,7 @@ from typing import Any
 from datasets_spec.errors import UserError
 
 LLM_SOURCES = ("hub", "local", "gguf", "tiny")
+TINY_VOCABS = ("char", "llama2", "mistral")
 SELECT_STRATEGIES = ("default", "full")
 
 
@@ -31,6 +32,9 @@ class LLMPreset:
     """GGUF file name inside the package / directory (source `gguf` only)."""
     tiny_config: dict[str, Any] = field(default_factory=dict)
     """Config keyword arguments for `tiny` models (vocab size comes from the tokenizer)."""
+    vocab: str = "char"
+    """Tokenizer of a `tiny` model: `char` (the character tokenizer) or a real vocabulary, `llama2` /
+    `mistral` (train.vocabs), to exercise real prompts with a model small enough for a CPU."""
     system_prompt: str | None = None
     """System message used when a conversation has none; None keeps the template's own (Vicuna's for
     `vicuna_v1`, none for `mistral_instruct`)."""
@@ -41,6 +45,9 @@ class LLMPreset:
         if self.source not in LLM_SOURCES:
             raise UserError(f"LLM preset {self.name!r}: source {self.source!r} "
                             f"is not one of {list(LLM_SOURCES)}")
+        if self.vocab not in TINY_VOCABS:
+            raise UserError(f"LLM preset {self.name!r}: vocab {self.vocab!r} "
+                            f"is not one of {list(TINY_VOCABS)}")
         if self.source == "gguf" and not self.gguf_file:
             raise UserError(f"LLM preset {self.name!r}: a gguf source needs gguf_file")
 
@@ -110,6 +117,13 @@ LLM_PRESETS: dict[str, LLMPreset] = {
         LLMPreset("tiny-mistral", "tiny", "MistralConfig", "mistral_instruct",
                   tiny_config=dict(_TINY_LLM, sliding_window=None),
                   notes="random 2-layer Mistral, character tokenizer (tests, demo)"),
+        # Real 32k vocabularies with a 64-wide model: the exact LLaVA prompts, trainable on a CPU.
+        LLMPreset("tiny-llama2-vocab", "tiny", "LlamaConfig", "llama_2", vocab="llama2",
+                  tiny_config=dict(_TINY_LLM, hidden_size=64, intermediate_size=128),
+                  notes="random 2-layer Llama, LLaMA-2's real vocabulary, llama_2 template"),
+        LLMPreset("tiny-mistral-vocab", "tiny", "MistralConfig", "mistral_instruct", vocab="mistral",
+                  tiny_config=dict(_TINY_LLM, hidden_size=64, intermediate_size=128, sliding_window=None),
+                  notes="random 2-layer Mistral, Mistral-7B's real vocabulary, mistral_instruct template"),
     ]
 }
 

@@ -92,9 +92,12 @@ class VicunaV1(Template):
 
     def segments(self, conversations, tokenizer):
         system, pairs = _turns(conversations)
-        out = [Segment((system or VICUNA_SYSTEM) + " ", False)]
-        for user, reply in pairs:
-            out.append(Segment(f"USER: {user} ASSISTANT:", False))
+        # The space after the system text starts the first "USER" segment: SentencePiece merges it into
+        # `▁US`, so a system segment ending in " " would tokenize alone to a lone `▁` that the full text
+        # does not have (every sample a mismatch).
+        out = [Segment(system or VICUNA_SYSTEM, False)]
+        for i, (user, reply) in enumerate(pairs):
+            out.append(Segment(f"{' ' if i == 0 else ''}USER: {user} ASSISTANT:", False))
             # The separating space belongs to the reply: SentencePiece writes it as the reply's first piece.
             out.append(Segment(f" {reply}{tokenizer.eos_token}", True))
         return out
@@ -104,7 +107,12 @@ class VicunaV1(Template):
 
 
 class MistralInstruct(Template):
-    """Mistral-Instruct: `[INST] q [/INST] a</s>[INST] ...` (BOS once at the start)."""
+    """Mistral-Instruct: `[INST] q [/INST] a</s>[INST] ...` (BOS once at the start).
+
+    LLaVA's `conv_mistral_instruct` writes `[/INST] a </s>`: that extra space is an extra `▁` label token
+    before `</s>` that Mistral's own chat template never produces, so a model trained on it would emit
+    the stray `▁` at inference; the reply here ends the way Mistral-Instruct was trained to end it.
+    """
 
     name = "mistral_instruct"
 
@@ -233,7 +241,81 @@ def get_template(name: str) -> Template:
     return TEMPLATES[name]
 
 
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+IMAGE_PLACEMENTS = ("front", "keep")
+"""`front`: LLaVA's layout, `<image>\n` + the turn's text (its preprocess_multimodal, used for training
+and ScienceQA evaluation alike, so checkpoints and projectors trained with LLaVA see the same prompt);
+`keep`: `<image>` where the data put it (ScienceQA's conversion writes it at the end)."""
+
+
+def place_image(text: str, placement: str = "front") -> str:
+    """``text`` with its `<image>` moved to the front as LLaVA does, or unchanged for `keep`."""
+    if placement not in IMAGE_PLACEMENTS:
+        raise UserError(f"unknown image placement {placement!r} "
+                        f"(choose one of: {', '.join(IMAGE_PLACEMENTS)})")
+    if placement == "keep" or IMAGE_TOKEN not in text:
+        return text
+    return f"{IMAGE_TOKEN}\n{text.replace(IMAGE_TOKEN, '').strip()}".strip()
+
+
+def check_tokenizer(tokenizer, template: str | Template) -> None:
+    """Refuse a tokenizer that ``template`` cannot train with: no EOS, an EOS that is the sequence-start
+    token, or an end-of-turn text that is not one token of the vocabulary (labels would end in pieces).
+
+    EOS equal to BOS is refused when the tokenizer prepends that BOS to every text itself (SentencePiece
+    vocabularies: `<s>`), which is what a swapped GGUF tokenizer looks like; GPT-style vocabularies whose
+    one `<|endoftext|>` is BOS, EOS and unk at once by design (Phi-2) and add no BOS pass.
+    """
+    tmpl = get_template(template) if isinstance(template, str) else template
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    here = f"template {tmpl.name!r}"
+    if eos is None:
+        raise UserError(f"{here}: the tokenizer has no EOS token, so no reply could end")
+    if bos is not None and eos == bos and tokenizer("a")["input_ids"][:1] == [bos]:
+        raise UserError(f"{here}: the tokenizer's EOS {tokenizer.eos_token!r} is also its BOS (id {eos}), so "
+                        "every reply would end in BOS (transformers' GGUF loader swaps them; "
+                        "train.vocabs.repair_gguf_special_tokens fixes it from the file's metadata)")
+    if tmpl.name == "llama_2" and bos is None:
+        raise UserError(f"{here}: the tokenizer has no BOS token, which starts every [INST] round")
+    if tmpl.name == "plain":
+        return  # ends each caption with a newline, which every vocabulary can spell
+    end = tmpl.end_of_turn(tokenizer)
+    ids = _encode(tokenizer, [end])[0]
+    # A chat template's end-of-turn text may be spelled in pieces (ChatML on a character vocabulary);
+    # the EOS token the other templates end with must be the one EOS id.
+    wanted = ids == [eos] if end == tokenizer.eos_token else bool(ids)
+    unk = tokenizer.unk_token_id
+    if not wanted or (unk is not None and unk != eos and unk in ids):
+        raise UserError(f"{here}: the end-of-turn token {end!r} is not in this tokenizer's vocabulary "
+                        f"(it encodes to {ids[:8]}); choose another --template")
+
+
+def _encode(tokenizer, texts: list[str], image: int | None = None) -> list[list[int]]:
+    """Token ids of each text, the pieces between `<image>` placeholders tokenized one by one.
+
+    That is LLaVA's `tokenizer_image_token`: with a non-legacy SentencePiece conversion the text after
+    `<image>` then starts with `▁` as it does in LLaVA (tokenized in one call it would not); with legacy
+    conversions and byte-level BPEs both ways give the same ids.
+    """
+    if not any(IMAGE_TOKEN in t for t in texts):
+        return _encode_batch(tokenizer, texts)
+    pieces = [t.split(IMAGE_TOKEN) for t in texts]
+    encoded = iter(_encode_batch(tokenizer, [p for ps in pieces for p in ps]))
+    image = image_token_id(tokenizer) if image is None else image
+    out = []
+    for ps in pieces:
+        ids = list(next(encoded))
+        for _ in ps[1:]:
+            ids += [image, *next(encoded)]
+        out.append(ids)
+    return out
+
+
+def _encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
+    # A fast tokenizer's __call__ is exactly its Rust backend's encode_batch plus a third of a millisecond
+    # of Python bookkeeping per call, a third of the whole per-sample budget: call the backend directly.
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if getattr(tokenizer, "is_fast", False) and backend is not None:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
@@ -250,15 +332,17 @@ def image_token_id(tokenizer) -> int:
 
 def expand_image_tokens(ids: list[int], labels: list[int] | None, image_id: int, n: int):
     """Replace every image token id by ``n`` copies (labels -100 there)."""
+    where = [k for k, tid in enumerate(ids) if tid == image_id]
     out_ids: list[int] = []
     out_labels: list[int] = []
-    for k, tid in enumerate(ids):
-        if tid == image_id:
+    start = 0
+    for k in [*where, len(ids)]:  # copy the runs between placeholders as slices (a hot loop)
+        out_ids += ids[start:k]
+        out_labels += labels[start:k] if labels is not None else []
+        if k < len(ids):
             out_ids += [image_id] * n
             out_labels += [IGNORE_INDEX] * n
-        else:
-            out_ids.append(tid)
-            out_labels.append(labels[k] if labels is not None else IGNORE_INDEX)
+        start = k + 1
     return out_ids, (out_labels if labels is not None else None)
 
 
@@ -270,19 +354,23 @@ def tokenize_conversation(
     num_image_tokens: int,
     max_length: int,
     system: str | None = None,
+    image_placement: str = "front",
 ) -> TokenizedSample:
     """Token ids and labels (-100 except assistant replies and their end-of-turn token) for one sample.
 
-    ``system`` is the system message for a conversation that has none (None = the template's default).
+    ``system`` is the system message for a conversation that has none (None = the template's default);
+    ``image_placement`` is where `<image>` goes (:data:`IMAGE_PLACEMENTS`).
     """
     tmpl = get_template(template) if isinstance(template, str) else template
-    conversations = with_system(conversations, system)
+    conversations = [{**t, "value": place_image(t["value"], image_placement)}
+                     for t in with_system(conversations, system)]
     segments = [s for s in tmpl.segments(conversations, tokenizer) if s.text]
     prefixes, text = [], ""
     for seg in segments:
         text += seg.text
         prefixes.append(text)
-    encoded = _encode(tokenizer, prefixes)
+    img = image_token_id(tokenizer)
+    encoded = _encode(tokenizer, prefixes, img)
     ids = _bos(tokenizer, tmpl)
     labels = [IGNORE_INDEX] * len(ids)
     mismatch, prev = False, []
@@ -295,12 +383,11 @@ def tokenize_conversation(
         prev = cur
     if encoded and ids[len(ids) - len(encoded[-1]):] != encoded[-1]:
         mismatch = True
-    img = image_token_id(tokenizer)
-    if any(tid == img and lab != IGNORE_INDEX for tid, lab in zip(ids, labels, strict=True)):
+    if img in labels:
         mismatch = True  # an image placeholder inside an answer cannot be learned
+    if labels.count(IGNORE_INDEX) == len(labels):
+        mismatch = True  # nothing to learn
     ids, labels = expand_image_tokens(ids, labels, img, num_image_tokens)
-    if all(lab == IGNORE_INDEX for lab in labels):
-        mismatch = True
     return TokenizedSample(ids, labels, mismatch, len(ids) > max_length)
 
 
@@ -319,11 +406,21 @@ def generation_prompt(
     *,
     num_image_tokens: int,
     system: str | None = None,
+    image_placement: str = "front",
 ) -> list[int]:
     """Token ids of the prompt up to where the assistant's reply starts (image tokens expanded)."""
+    text = generation_prompt_text(human_text, tokenizer, template, system=system,
+                                  image_placement=image_placement)
     tmpl = get_template(template) if isinstance(template, str) else template
-    ids = _bos(tokenizer, tmpl) + _encode(tokenizer, [tmpl.prompt(human_text, tokenizer, system=system)])[0]
+    ids = _bos(tokenizer, tmpl) + _encode(tokenizer, [text])[0]
     return expand_image_tokens(ids, None, image_token_id(tokenizer), num_image_tokens)[0]
+
+
+def generation_prompt_text(human_text: str, tokenizer, template: str | Template, *,
+                           system: str | None = None, image_placement: str = "front") -> str:
+    """The prompt as text (one `<image>` placeholder, not expanded; no BOS)."""
+    tmpl = get_template(template) if isinstance(template, str) else template
+    return tmpl.prompt(place_image(human_text, image_placement), tokenizer, system=system)
 
 
 def stop_token_ids(tokenizer, template: str | Template) -> list[int]:

@@ -214,8 +214,6 @@ def train_stage(
     from train.data import prepare_dataset
     from train.model import build_llava
 
-    if config.qlora:
-        raise UserError("--qlora: the model assembly cannot load the LLM in 4 bit; use --lora-r alone")
     hp = config.stage_hparams(stage)
     world = world_size()
     per_device, accum = batch_layout(hp, world)
@@ -223,6 +221,11 @@ def train_stage(
     if rows.num_rows == 0:
         raise UserError("stage 1 trains the projector on image samples, but the subset has none")
     bundle = build_llava(config.llm, config.vision, projector_path=projector_path, seed=config.seed)
+    bundle = dataclasses.replace(bundle, image_placement=config.image_placement)
+    if config.qlora and stage == "finetune":
+        from train.qlora import quantize_language_model
+
+        quantize_language_model(bundle.model, compute_dtype=_compute_dtype(config))
     template = "plain" if stage == "pretrain" else (config.template or bundle.template)
     data_kwargs = dict(
         template=template,
@@ -423,8 +426,20 @@ def _save_stage(
         if rank == 0:
             if stage == "finetune" and config.lora:
                 model.save_pretrained(str(stage_dir / ADAPTER_DIR))
-                model = model.merge_and_unload()
+                if config.qlora:
+                    from train.qlora import merge_qlora
+
+                    model = merge_qlora(model)  # onto the dequantized 4-bit weights, in float
+                else:
+                    model = model.merge_and_unload()
             save_projector(model, stage_dir / PROJECTOR_FILE)
             if save_model:
                 save_bundle(dataclasses.replace(bundle, model=model), stage_dir / MODEL_DIR)
     barrier()
+
+
+def _compute_dtype(config: TrainConfig) -> torch.dtype:
+    """QLoRA's matmul dtype: bf16 where training runs in bf16, fp32 otherwise (CPU)."""
+    cuda = torch.cuda.is_available()
+    bf16 = (cuda and torch.cuda.is_bf16_supported()) if config.bf16 == "auto" else bool(config.bf16)
+    return torch.bfloat16 if bf16 else torch.float32
