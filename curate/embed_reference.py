@@ -197,6 +197,7 @@ def reference_params(
         "model": f"{kind}:{source}",
         "pretrained": source,
         "fuse": "layers-mean",
+        "dtype": "float32",
         "layers": list(layers),
         "max_length": max_length,
         "dataset_fingerprint": ws.dataset_fingerprint(),
@@ -407,4 +408,6 @@ def embed_any(ws: Workspace, *, model: str, layers: str = "-1", max_length: int 
         if dtype != "float32":
             raise UserError(f"--dtype {dtype}: reference-model features are stored as float32")
         return embed_reference(ws, model=model, layers=layers, max_length=max_length, **common)
-    return clip_embed.embed_workspace(ws, model=model, pretrained=pretrained, fuse=fuse, dtype=dtype, **common)
+    return clip_embed.embed_workspace(
+        ws, model=model, pretrained=pretrained, fuse=fuse, dtype=dtype, **common
+    )

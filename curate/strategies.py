@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curate.kcenter import check_k, exact_sq_dists
+from curate.kcenter import check_k, exact_sq_dists, l2_maxdiverse  # noqa: F401 (l2_maxdiverse re-exported)
 from datasets_spec.errors import UserError
 
 
