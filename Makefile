@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(PY) bench/kcenter_baselines_bench.py
 	$(PY) bench/embed_bench.py
 	$(PY) bench/train_bench.py
+	$(PY) bench/methods_bench.py
+	$(PY) bench/embed_reference_bench.py
 	$(PY) bench/stats_bench.py
 
 lint: $(STAMP)

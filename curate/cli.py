@@ -229,7 +229,10 @@ def check(workspace: Path | None = WorkspaceOption) -> None:
 @app.command()
 def embed(
     workspace: Path | None = WorkspaceOption,
-    model: str = typer.Option("ViT-B-32", help="open_clip model name (tiny-clip: bundled tiny test config)."),
+    model: str = typer.Option(
+        "ViT-B-32", help="open_clip model name (tiny-clip: bundled tiny test config), or a reference model: "
+        "llava:runs/<run> (a run of this project / merged model) or lm:<dir or LLM preset> (text only).",
+    ),
     pretrained: str = typer.Option(
         "laion2b_s34b_b79k", help="open_clip tag, a local checkpoint file, or `none` for random weights."
     ),
@@ -243,22 +246,24 @@ def embed(
     seed: int = typer.Option(0, help="Seed for random weights (--pretrained none)."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     dtype: str = typer.Option("float32", help="Stored vectors: float32 or float16 (half the bytes)."),
+    layers: str = typer.Option("-1", help="llava:/lm: hidden-state layers to mean-pool, e.g. -1 or 4,8,-1."),
+    max_length: int = typer.Option(4096, help="llava:/lm: a longer sample is an error."),
 ) -> None:
-    """Embed every sample (image + text, open_clip) into embeddings/<tag>/; resumable."""
-    from curate.embed import embed_workspace
+    """Embed every sample (open_clip image + text, or a reference model's hidden states) into
+    embeddings/<tag>/; resumable, torchrun-sharded."""
+    from curate.embed_reference import embed_any
 
-    out = embed_workspace(
+    out = embed_any(
         _workspace(workspace), model=model, pretrained=pretrained, fuse=fuse, batch_size=batch_size,
         device=device, num_workers=num_workers, tag=tag, overwrite=overwrite, rows_per_part=rows_per_part,
-        seed=seed, threads=threads, dtype=dtype,
+        seed=seed, threads=threads, dtype=dtype, layers=layers, max_length=max_length,
     )
     typer.echo(str(out))
 
 
-@app.command()
-def select(
+def _select(
     workspace: Path | None = WorkspaceOption,
-    strategy: str = typer.Option(..., help="l2-maxdiverse, random or kmeans-balanced."),
+    strategy: str = typer.Option(..., help="Strategy name (listed above with what each needs)."),
     k: int | None = typer.Option(None, "--k", help="Subset size."),
     fraction: float | None = typer.Option(None, help="Subset size as a fraction of the pool."),
     seed: int = typer.Option(0, help="Seed for every random choice."),
@@ -274,23 +279,109 @@ def select(
     ),
     checkpoint_every: int = typer.Option(1000, help="l2-maxdiverse: picks between resumable checkpoints."),
     progress: bool = typer.Option(True, help="l2-maxdiverse: progress bar (picks/s, ETA) on stderr."),
+    **strategy_options: object,
 ) -> None:
-    """Select a subset with a strategy and write shards/<strategy>-k<k>/.
-
-    l2-maxdiverse shards over processes under `torchrun --nproc-per-node N -m curate.cli select ...`
-    and resumes from its checkpoints when rerun after a kill."""
     from curate.kcenter.select import KCenterOptions
     from curate.select import select_subset
 
+    given = {key: v for key, v in strategy_options.items() if v is not None and v is not False}
     out = select_subset(
         _workspace(workspace), strategy, k=k, fraction=fraction, seed=seed, split=split,
         require_image=require_image, dedup_eps=dedup_eps, name=name, embeddings_tag=embeddings,
         overwrite=overwrite, command=command_line(),
         kcenter=KCenterOptions(device=device, memory_budget_gb=memory_budget,
                                checkpoint_every=checkpoint_every, show_progress=progress),
+        **given,
     )
     if rank() == 0:  # under torchrun rank 0 wrote the subset
         typer.echo(str(out))
+
+
+def _with_strategy_options(fn):
+    """``fn`` with one CLI option per registry option (curate/registry.py), so `--help` lists them."""
+    import functools
+    import inspect
+
+    from curate.registry import REGISTRY, all_options
+
+    base = [p for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    extra, hints = [], {}
+    for opt in all_options().values():
+        users = ", ".join(r.name for r in REGISTRY.values() if opt.name in r.option_names)
+        help_text = f"{opt.help} (strategies: {users})"
+        if opt.type is bool:
+            default, hint = typer.Option(False, opt.flag, help=help_text), bool
+        else:
+            default, hint = typer.Option(None, opt.flag, help=help_text), opt.type | None
+        extra.append(inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                       annotation=hint))
+        hints[opt.name] = hint
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs):
+        return fn(**kwargs)
+
+    wrapper.__signature__ = inspect.Signature(
+        [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in base] + extra
+    )
+    wrapper.__annotations__ = {**typing_hints(fn), **hints}
+    wrapper.__doc__ = ("Select a subset with a strategy and write shards/<strategy>-k<k>/. l2-maxdiverse "
+                       "shards over processes under `torchrun --nproc-per-node N -m curate.cli select ...` "
+                       "and resumes from its checkpoints when rerun after a kill. Strategies: "
+                       + _strategies_help())
+    return wrapper
+
+
+def typing_hints(fn) -> dict:
+    import typing
+
+    return {k: v for k, v in typing.get_type_hints(fn).items() if k != "strategy_options"}
+
+
+def _strategies_help() -> str:
+    from curate.registry import strategies_help
+
+    return strategies_help()
+
+
+app.command("select")(_with_strategy_options(_select))
+
+
+@app.command()
+def score(
+    workspace: Path | None = WorkspaceOption,
+    by: str = typer.Option(..., "--by", help="length | clip-sim | loss | ppl"),
+    name: str | None = typer.Option(None, help="Set name under scores/ (default: <by>[_<source>])."),
+    run: Path | None = typer.Option(None, help="loss/ppl: the run directory whose model scores the samples."),
+    model: str = typer.Option("ViT-B-32", help="clip-sim: open_clip model."),
+    pretrained: str = typer.Option("laion2b_s34b_b79k", help="clip-sim: open_clip tag, checkpoint, `none`."),
+    batch_size: int = typer.Option(8, help="Samples per forward pass."),
+    max_length: int = typer.Option(2048, help="loss/ppl: longer samples get no score."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    overwrite: bool = typer.Option(False, help="Replace an existing score set."),
+) -> None:
+    """Score every sample (length, CLIP similarity, loss or perplexity of a run) into scores/<name>/."""
+    from curate.scores import score_workspace
+
+    out = score_workspace(_workspace(workspace), by, name=name, run=run, model=model, pretrained=pretrained,
+                          batch_size=batch_size, max_length=max_length, device=device, overwrite=overwrite,
+                          command=command_line())
+    typer.echo(str(out))
+
+
+def _bounds(values: list[str], flag: str) -> dict[str, float]:
+    from datasets_spec.errors import UserError
+
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise UserError(f"{flag} {item!r}: expected NAME=NUMBER (a score set under scores/ and a bound)")
+    return out
 
 
 @app.command()
@@ -305,6 +396,8 @@ def rules(
     split: str = typer.Option("train", help="Pool split (`all` for every split)."),
     name: str | None = typer.Option(None, help="Subset directory name (default: rules-k<k>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing subset directory."),
+    min_score: list[str] = typer.Option([], "--min-score", help="NAME=X: keep scores >= X (repeatable)."),
+    max_score: list[str] = typer.Option([], "--max-score", help="NAME=Y: keep scores <= Y (repeatable)."),
 ) -> None:
     """Select a subset by the curator's rules and write shards/rules-k<k>/."""
     from curate.rules import rules_subset
@@ -312,7 +405,8 @@ def rules(
     out = rules_subset(
         _workspace(workspace), k=k, min_per_group=min_per_subject, group_by=group_by, prefer=prefer,
         require_image=require_image, seed=seed, split=split, name=name, overwrite=overwrite,
-        command=command_line(),
+        command=command_line(), min_scores=_bounds(min_score, "--min-score"),
+        max_scores=_bounds(max_score, "--max-score"),
     )
     typer.echo(str(out))
 

@@ -235,6 +235,7 @@ def embed_workspace(
 ) -> Path:
     """Embed every dataset sample; return ``embeddings/<tag>/``.
 
+    (``llava:<run>`` / ``lm:<dir>`` models: :func:`curate.embed_reference.embed_any`.)
     ``max_parts`` stops after that many new parts (the run resumes later; returns the partial directory).
     ``stats`` (optional dict) receives timings: ``seconds_model_load``, ``seconds_loop``, ``rows``.
     ``threads``: torch intra-op threads on CPU (None: torch's default). One thread is much faster for
@@ -344,14 +345,15 @@ def _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, s
     return final if complete else partial
 
 
-def _finalise(ws, partial, final, tag, params, n_rows, n_parts, world) -> None:
+def _finalise(ws, partial, final, tag, params, n_rows, n_parts, world, *, rule: str | None = None,
+              text_rule: str = TEXT_RULE) -> None:
     first = pq.read_schema(partial / part_name(0))
     dim = first.field("embedding").type.list_size
     info = {
         **params,
         "tag": tag,
-        "fuse_rule": FUSE_RULES[params["fuse"]],
-        "text_rule": TEXT_RULE,
+        "fuse_rule": rule or FUSE_RULES[params["fuse"]],
+        "text_rule": text_rule,
         "dim": dim,
         "rows": n_rows,
         "parts": n_parts,

@@ -89,8 +89,14 @@ def rules_subset(
     overwrite: bool = False,
     command: str = "",
     embeddings_tag: str | None = None,
+    min_scores: dict[str, float] | None = None,
+    max_scores: dict[str, float] | None = None,
 ) -> Path:
-    """Select ``k`` samples by the curator's rules; return ``shards/<name or rules-k<k>>/``."""
+    """Select ``k`` samples by the curator's rules; return ``shards/<name or rules-k<k>>/``.
+
+    ``min_scores`` / ``max_scores`` (score set name -> bound, inclusive) filter the pool first; a sample
+    without a score in a thresholded set is dropped.
+    """
     if group_by not in GROUP_COLUMNS:
         raise UserError(f"--group-by {group_by!r}: valid: {', '.join(GROUP_COLUMNS)}")
     if prefer not in PREFERENCES:
@@ -101,6 +107,8 @@ def rules_subset(
         raise UserError(f"k must be positive (got {k})")
     # The image preference is an ordering here, not a filter, so the pool keeps text-only samples.
     table, pool = build_pool(ws, split, require_image=False)
+    full_pool = len(pool)
+    pool, thresholds = score_filter(ws, table, pool, min_scores or {}, max_scores or {})
     check_k(k, len(pool))
     sub = table.take(pool)
     difficulty = sub.column("difficulty").to_numpy(zero_copy_only=False)
@@ -117,13 +125,46 @@ def rules_subset(
         "params": {
             "k": k, "min_per_group": min_per_group, "group_by": group_by, "prefer": prefer,
             "require_image": require_image, "seed": seed, "split": split, "embeddings_tag": embeddings_tag,
+            "min_scores": min_scores or {}, "max_scores": max_scores or {},
         },
         "k": k,
         "seed": seed,
-        "pool": {"split": split, "require_image": False, "size": int(len(pool))},
+        "pool": {"split": split, "require_image": False, "size": int(full_pool),
+                 "after_score_thresholds": int(len(pool))},
+        "score_thresholds": thresholds,
         "rules": {**summary, "per_group": {g: picked_groups.count(g) for g in sorted(set(groups))}},
         "embeddings": emb_summary,
         "coverage": coverage,
         "command": command,
     }
     return write_subset(ws, name or f"rules-k{k}", table, rows, manifest, overwrite=overwrite)
+
+
+def score_filter(ws: Workspace, table, pool: np.ndarray, min_scores: dict[str, float],
+                 max_scores: dict[str, float]) -> tuple[np.ndarray, dict]:
+    """Pool rows whose scores lie inside every bound (inclusive); per-set bounds and drop counts."""
+    from curate.scores import load_scores
+
+    if not min_scores and not max_scores:
+        return pool, {}
+    ids = table.column("sample_id").take(pool).to_pylist()
+    keep = np.ones(len(pool), dtype=bool)
+    summary = {}
+    for name in sorted(set(min_scores) | set(max_scores)):
+        values, info = load_scores(ws, name, ids)
+        ok = ~np.isnan(values)
+        low, high = min_scores.get(name), max_scores.get(name)
+        if low is not None:
+            ok &= values >= low
+        if high is not None:
+            ok &= values <= high
+        summary[name] = {"min": low, "max": high, "by": info.get("by"), "parts_hash": info.get("parts_hash"),
+                         "dropped": int((keep & ~ok).sum())}
+        keep &= ok
+    if not keep.any():
+        raise UserError(f"the score thresholds leave no sample in the pool ({json_bounds(summary)})")
+    return pool[keep], summary
+
+
+def json_bounds(summary: dict) -> str:
+    return ", ".join(f"{n}: [{v['min']}, {v['max']}]" for n, v in summary.items())

@@ -15,8 +15,9 @@ import pyarrow.compute as pc
 
 from curate.embed import load_embeddings
 from curate.kcenter.select import KCenterOptions, run_kcenter
+from curate.registry import StrategyRecord, check_options, get_record
 from curate.shards import MANIFEST, check_subset_name, write_subset
-from curate.strategies import NEEDS_EMBEDDINGS, check_k, coverage_report, dedup_pool, get_strategy
+from curate.strategies import check_k, coverage_report, dedup_pool
 from datasets_spec.distributed import world_size
 from datasets_spec.errors import UserError
 from datasets_spec.outputs import check_replaceable, has_file
@@ -114,8 +115,11 @@ def select_subset(
 
     ``l2-maxdiverse`` without dedup runs on :mod:`curate.kcenter` (``kcenter`` options: device, memory
     budget, checkpoints, progress; sharded under torchrun); None when it stopped early to resume later.
+    ``strategy_opts`` are the registry record's options (curate/registry.py); a scores strategy reads
+    the score set named by ``score`` for the pool (every pool sample must have a row).
     """
-    fn = get_strategy(strategy)
+    record = get_record(strategy)
+    strategy_opts = check_options(strategy, strategy_opts, where="curate select")
     if k is not None and k <= 0:
         raise UserError(f"k must be positive (got {k})")
     table, pool = build_pool(ws, split, require_image)
@@ -124,6 +128,7 @@ def select_subset(
         raise UserError("under torchrun only l2-maxdiverse without --dedup-eps runs (sharded); run others "
                         "in one process")
     run = None
+    scores_summary, report = None, {}
     if sharded:
         k = resolve_k(k, fraction, len(pool))
         name = name or f"{strategy}-k{k}"
@@ -136,8 +141,8 @@ def select_subset(
             return None
         kept, rows, emb_summary, coverage = pool, pool[run.picks], embeddings_summary(run.info), run.coverage
     else:
-        kept, k, rows, emb_summary, coverage = _in_memory(
-            ws, fn, strategy, pool, k, fraction, seed, dedup_eps, embeddings_tag, kcenter, strategy_opts
+        kept, k, rows, emb_summary, coverage, scores_summary, report = _in_memory(
+            ws, record, table, pool, k, fraction, seed, dedup_eps, embeddings_tag, kcenter, strategy_opts
         )
     manifest = {
         "kind": "select",
@@ -151,6 +156,8 @@ def select_subset(
         "pool": {"split": split, "require_image": require_image, "size": int(len(pool)),
                  "after_dedup": int(len(kept))},
         "embeddings": emb_summary,
+        "scores": scores_summary,
+        "strategy_report": report,
         "coverage": coverage,
         "command": command,
     }
@@ -162,9 +169,10 @@ def select_subset(
     return path
 
 
-def _in_memory(ws, fn, strategy, pool, k, fraction, seed, dedup_eps, tag, kcenter, strategy_opts):
+def _in_memory(ws, record: StrategyRecord, table, pool, k, fraction, seed, dedup_eps, tag, kcenter,
+               strategy_opts):
     """Any strategy on the pool's rows loaded in memory (after the optional dedup); one process."""
-    needs = NEEDS_EMBEDDINGS[strategy] or (dedup_eps is not None and dedup_eps > 0)
+    needs = record.needs == "embeddings" or (dedup_eps is not None and dedup_eps > 0)
     matrix = info = None
     if needs:
         matrix, _, info = load_embeddings(ws, tag)
@@ -173,8 +181,13 @@ def _in_memory(ws, fn, strategy, pool, k, fraction, seed, dedup_eps, tag, kcente
         kept = pool[dedup_pool(matrix[pool], dedup_eps)]
     k = resolve_k(k, fraction, len(kept))
     x = matrix[kept] if matrix is not None else np.empty((len(kept), 0), dtype=np.float32)
-    extra = {"device": kcenter.device} if strategy == KCENTER and kcenter is not None else {}
-    picks = np.asarray(fn(x, k, seed=seed, **strategy_opts, **extra), dtype=np.int64)
+    fn_opts, scores_summary = _score_inputs(ws, record, strategy_opts, table, kept)
+    if record.name == KCENTER and kcenter is not None:
+        fn_opts["device"] = kcenter.device
+    report: dict = {}
+    if record.takes_report():
+        fn_opts["report"] = report
+    picks = np.asarray(record.fn(x, k, seed=seed, **fn_opts), dtype=np.int64)
     rows = kept[picks]
     if info is not None:
         emb_summary = embeddings_summary(info)
@@ -183,4 +196,20 @@ def _in_memory(ws, fn, strategy, pool, k, fraction, seed, dedup_eps, tag, kcente
         coverage = coverage_report(matrix[pool], position[rows])
     else:
         emb_summary, coverage = optional_coverage(ws, tag, pool, rows)
-    return kept, k, rows, emb_summary, coverage
+    return kept, k, rows, emb_summary, coverage, scores_summary, report
+
+
+def _score_inputs(
+    ws: Workspace, record: StrategyRecord, opts: dict, table: pa.Table, kept: np.ndarray
+) -> tuple[dict, dict | None]:
+    """The function's keyword options; for a scores strategy the named set read for the pool rows."""
+    fn_opts = dict(opts)
+    if record.needs != "scores":
+        return fn_opts, None
+    from curate.scores import load_scores
+
+    name = fn_opts.pop("score")
+    ids = table.column("sample_id").take(pa.array(kept)).to_pylist()
+    values, info = load_scores(ws, name, ids)
+    fn_opts["scores"] = values
+    return fn_opts, {"name": name, "by": info.get("by"), "parts_hash": info.get("parts_hash")}

@@ -218,7 +218,7 @@ def test_bad_grid_exits_2_with_one_line(case, plan_only, tmp_path, ws, monkeypat
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path):
-    with pytest.raises(UserError, match="valid: kmeans-balanced, l2-maxdiverse, random, rules"):
+    with pytest.raises(UserError, match="valid: coincide, kmeans-balanced, l2-maxdiverse, random, rules"):
         load_grid(_grid_file(tmp_path, BAD_GRIDS["unknown strategy"][0]))
     with pytest.raises(UserError, match="tiny-llama"):
         load_grid(_grid_file(tmp_path, BAD_GRIDS["unknown llm preset"][0]))

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from curate.registry import STRATEGIES, get_strategy
 from curate.strategies import (
-    STRATEGIES,
     coverage_report,
     dedup_pool,
     exact_sq_dists,
-    get_strategy,
     kmeans_balanced,
     l2_maxdiverse,
     random_subset,
@@ -82,17 +81,19 @@ def test_kmeans_balanced_picks_distinct_samples_nearest_their_centroid():
 
 
 def test_get_strategy_lists_valid_names():
-    assert set(STRATEGIES) == {"l2-maxdiverse", "random", "kmeans-balanced"}
-    with pytest.raises(UserError, match="valid: kmeans-balanced, l2-maxdiverse, random"):
+    assert set(STRATEGIES) == {"l2-maxdiverse", "random", "kmeans-balanced", "semdedup", "coincide",
+                               "top-score"}
+    with pytest.raises(UserError, match="valid: coincide, kmeans-balanced, l2-maxdiverse, random, semdedup"):
         get_strategy("l2-maxdiverce")
 
 
 @pytest.mark.parametrize("k", [0, -1, 11])
 def test_bad_k_is_a_user_error(k):
     x = np.zeros((10, 3), dtype=np.float32)
-    for fn in STRATEGIES.values():
+    for name, fn in STRATEGIES.items():
+        extra = {"scores": np.zeros(10)} if name == "top-score" else {}
         with pytest.raises(UserError, match="k"):
-            fn(x, k, seed=0)
+            fn(x, k, seed=0, **extra)
 
 
 def test_dedup_matches_brute_force():

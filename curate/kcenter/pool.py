@@ -20,12 +20,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from curate.embed import INFO_NAME, resolve_tag
 from curate.kcenter.engine import Greedy, Resume
 from datasets_spec.errors import UserError
-from datasets_spec.parts import atomic_file, list_parts, read_json, write_json
+from datasets_spec.parts import atomic_file, list_parts, read_json, read_part, write_json
 from datasets_spec.workspace import Workspace
 
 GB = 1e9
@@ -63,7 +62,7 @@ def read_rows(d: Path, info: dict, rows: np.ndarray, dataset_ids: list[str]) -> 
     which = rows // rpp
     for p in np.unique(which):
         sel = np.flatnonzero(which == p)
-        table = pq.read_table(parts[int(p)])
+        table = read_part(parts[int(p)], columns=["sample_id", "embedding"])
         local = rows[sel] - int(p) * rpp
         ids = table.column("sample_id").to_pylist()
         if local[-1] >= len(ids) or [ids[j] for j in local] != [dataset_ids[r] for r in rows[sel]]:

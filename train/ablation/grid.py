@@ -33,7 +33,6 @@ The keys each table accepts, and their defaults, are the fields of the dataclass
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import sys
 import types
 import typing
@@ -60,8 +59,8 @@ EPOCHS = "epochs"
 POOL_STEPS = "pool"
 # Grid fields written under [pool] in the TOML file; every other field is a top-level key.
 POOL_FIELDS = ("split", "require_image", "dedup_eps")
-# Options a strategy entry may carry besides the strategy function's own keywords; everything else is a
-# typo the user must hear about.
+# Options a strategy entry may carry besides its registry record's options (curate/registry.py);
+# everything else is a typo the user must hear about.
 SELECT_OPTION_KEYS = ("strategy", "seed", "require_image", "dedup_eps", "embeddings_tag")
 RULES_OPTION_KEYS = (
     "strategy",
@@ -71,6 +70,8 @@ RULES_OPTION_KEYS = (
     "group_by",
     "prefer",
     "embeddings_tag",
+    "min_scores",
+    "max_scores",
 )
 # Fields the grid itself decides for every run; the rest of TrainConfig may be overridden per stage.
 GRID_OWNED_FIELDS = ("llm", "vision", "stage", "preset", "seed", "projector_path", "run_name", "resume")
@@ -83,7 +84,7 @@ class StrategySpec:
     label: str
     """Name used in subset and run names and in the table (the TOML key)."""
     strategy: str
-    """Registered strategy name (curate.strategies.STRATEGIES) or ``rules``."""
+    """Registered strategy name (curate.registry.REGISTRY) or ``rules``."""
     options: dict = field(default_factory=dict)
     """Keyword options passed to ``select_subset`` / ``rules_subset`` (seed, require_image, ...)."""
 
@@ -382,28 +383,29 @@ def packaged_grid(name: str) -> Path:
 
 def strategy_names() -> list[str]:
     """Every strategy a grid may name: the registered selection strategies plus ``rules``."""
-    from curate.strategies import STRATEGIES
+    from curate.registry import REGISTRY
 
-    return sorted([*STRATEGIES, RULES])
+    return sorted([*REGISTRY, RULES])
 
 
 def strategy_option_keys(strategy: str) -> tuple[str, ...]:
-    """Options a grid may give ``strategy``: the pool options plus the strategy function's own keywords."""
+    """Options a grid may give ``strategy``: the pool options plus its registry record's options."""
     if strategy == RULES:
         return RULES_OPTION_KEYS
-    from curate.strategies import STRATEGIES
+    from curate.registry import REGISTRY
 
-    fn = STRATEGIES.get(strategy)
-    own = (
-        ()
-        if fn is None
-        else tuple(
-            name
-            for name, p in inspect.signature(fn).parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in SELECT_OPTION_KEYS
-        )
-    )
-    return SELECT_OPTION_KEYS + own
+    record = REGISTRY.get(strategy)
+    return SELECT_OPTION_KEYS + (() if record is None else record.option_names)
+
+
+def check_strategy_options(spec: StrategySpec, where: str) -> None:
+    """Types, ranges and required options of a registered strategy, as ``curate select`` checks them."""
+    if spec.strategy == RULES:
+        return
+    from curate.registry import check_options
+
+    own = {key: value for key, value in spec.options.items() if key not in SELECT_OPTION_KEYS}
+    check_options(spec.strategy, own, where=f"{where} [strategies.{spec.label}]")
 
 
 def override_keys() -> list[str]:
@@ -439,6 +441,7 @@ def check_names(grid: AblationGrid, *, where: str = "grid") -> None:
                 f"valid: {', '.join(valid)}"
             )
         _check_keys(spec.options, strategy_option_keys(spec.strategy), f"{where} [strategies.{spec.label}]")
+        check_strategy_options(spec, where)
     checks = [("llm", name, "llms") for name in grid.llms] + [("vision", grid.vision, "vision")]
     checks += [("hparams", grid.train.hparams, "[train] hparams")]
     if not grid.stage1.skip:

@@ -1,0 +1,413 @@
+"""Reference-model features: mean-pooled hidden states of a LLaVA run or a causal LM, as an embedding set.
+
+``curate embed --model llava:runs/<run>`` (any run of this project, e.g. the stage-1 projector run, or a
+``train merge`` / saved-bundle directory) feeds each sample the way training does (the run's template and
+system prompt, the image expanded to its patch tokens, the image preprocessed with the run's aspect rule)
+and takes ``hidden_states[l]`` of the language model for every ``l`` in ``--layers`` (Hugging Face
+indexing: 0 = the input embeddings, -1 = the last layer). ``--model lm:<dir or preset>`` does the same
+with a causal LM on the text of the conversation (turns joined by a blank line, ``<image>`` removed),
+for text-only pools; an image sample contributes its text.
+
+Each layer is mean-pooled over the sample's tokens (image tokens included), L2-normalised, the layers
+concatenated in the given order and the result L2-normalised again, so every layer weighs the same (COINCIDE
+concatenates several layers). The set is written exactly like an open_clip set (curate/embed.py): parts of
+``rows_per_part`` rows in dataset order, resumable from ``embeddings/.<tag>.partial/``, parts split over
+``torchrun`` ranks, a progress bar, ``embeddings.json`` with the dataset fingerprint. A sample longer than
+``max_length`` tokens is an error naming it (cutting it could split the image tokens).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from curate import embed as clip_embed
+from curate.embed import INFO_NAME, PROGRESS_NAME, _progress, _write_embedding_part
+from datasets_spec.distributed import barrier, init_distributed, world_size
+from datasets_spec.distributed import rank as dist_rank
+from datasets_spec.errors import UserError
+from datasets_spec.outputs import check_replaceable, has_file
+from datasets_spec.parts import list_parts, part_name, read_json, write_json
+from datasets_spec.schema import IMAGE_TOKEN
+from datasets_spec.workspace import Workspace
+
+KINDS = ("llava", "lm")
+POOLING_RULE = (
+    "mean over the sample's tokens (image tokens included) of hidden_states[l] for each layer, "
+    "each L2-normalised, concatenated in --layers order, L2-normalised"
+)
+
+
+def is_reference(model: str) -> bool:
+    return model.partition(":")[0] in KINDS and ":" in model
+
+
+def parse_layers(spec: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    if isinstance(spec, (list, tuple)):
+        values = list(spec)
+    else:
+        try:
+            values = [int(v) for v in str(spec).split(",") if v.strip()]
+        except ValueError:
+            raise UserError(
+                f"--layers {spec!r}: give comma-separated layer indices, e.g. -1 or 4,8,-1"
+            ) from None
+    if not values or len(set(values)) != len(values):
+        raise UserError(f"--layers {spec!r}: give distinct layer indices, e.g. -1 or 4,8,-1")
+    return tuple(values)
+
+
+def sample_dialogue(conversations: list[dict]) -> str:
+    """Every turn's text, ``<image>`` removed, joined by a blank line (the text an LM embeds)."""
+    return "\n\n".join(" ".join(t["value"].replace(IMAGE_TOKEN, " ").split()) for t in conversations).strip()
+
+
+# --- encoders: model + how a row becomes (input_ids, pixel_values) -------------------------------------
+
+
+class _Encoder:
+    """Holds a model and turns dataset rows into model inputs (picklable for DataLoader workers)."""
+
+    def __init__(self, kind: str, source: str, seed: int) -> None:
+        import torch
+
+        self.kind = kind
+        if kind == "llava":
+            from train.evaluate import load_run_bundle, run_config
+
+            bundle = load_run_bundle(Path(source))
+            self.model, self.tokenizer = bundle.model, bundle.tokenizer
+            self.template, self.system = bundle.template, bundle.llm_preset.system_prompt
+            self.n_image_tokens, self.image_processor = bundle.num_image_tokens, bundle.image_processor
+            self.aspect = run_config(Path(source)).get("config", {}).get("image_aspect", "pad")
+        else:
+            from train.model import load_language_model
+            from train.presets import resolve_llm
+
+            torch.manual_seed(seed)  # a tiny preset is random: a resumed run must build the same model
+            self.tokenizer, self.model = load_language_model(resolve_llm(source))
+        self.model.eval()
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def inputs(self, row: dict, image_root: Path | None, max_length: int):
+        import torch
+
+        where = f"sample {row['sample_id']!r}"
+        pixels = None
+        if self.kind == "llava":
+            from train.templates import tokenize_conversation
+
+            sample = tokenize_conversation(
+                row["conversations"],
+                self.tokenizer,
+                self.template,
+                num_image_tokens=self.n_image_tokens,
+                max_length=max_length,
+                system=self.system,
+            )
+            ids = sample.input_ids
+            if row["image"] is not None:
+                from train.images import load_image, preprocess_image, resolve_image
+
+                path = resolve_image(image_root, row["image"], where=where)
+                pixels = preprocess_image(load_image(path, where=where), self.image_processor, self.aspect)
+        else:
+            ids = self.tokenizer(sample_dialogue(row["conversations"]))["input_ids"]
+        if len(ids) > max_length:
+            raise UserError(f"{where} has {len(ids)} tokens, more than --max-length {max_length}; raise it")
+        return torch.tensor(ids, dtype=torch.long), pixels
+
+
+class _Rows:
+    def __init__(self, rows: list[dict], encoder: _Encoder, image_root: Path | None, max_length: int) -> None:
+        self.rows, self.encoder, self.image_root, self.max_length = rows, encoder, image_root, max_length
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        ids, pixels = self.encoder.inputs(self.rows[i], self.image_root, self.max_length)
+        return i, ids, pixels
+
+
+def collate(items, pad_id: int) -> dict:
+    """Right-padded batch; ``pixel_values`` holds one row per image sample (None without images)."""
+    import torch
+
+    longest = max(len(ids) for _, ids, _ in items)
+    input_ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), longest), dtype=torch.long)
+    for r, (_, ids, _) in enumerate(items):
+        input_ids[r, : len(ids)] = ids
+        mask[r, : len(ids)] = 1
+    pixels = [p for _, _, p in items if p is not None]
+    return {
+        "rows": [i for i, _, _ in items],
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "pixel_values": torch.stack(pixels) if pixels else None,
+    }
+
+
+def pooled_features(model, batch: dict, layers: tuple[int, ...], device: str) -> np.ndarray:
+    """Model forward (no LM head) and the pooling rule of the module docstring; float32 [B, dim]."""
+    import torch
+    import torch.nn.functional as F
+
+    body = getattr(model, "model", model)  # LlavaModel / LlamaModel: hidden states without the LM head
+    kwargs = {
+        "input_ids": batch["input_ids"].to(device),
+        "attention_mask": batch["attention_mask"].to(device),
+        "output_hidden_states": True,
+        "use_cache": False,
+    }
+    if batch.get("pixel_values") is not None:
+        kwargs["pixel_values"] = batch["pixel_values"].to(device)
+    hidden = body(**kwargs).hidden_states
+    if not all(-len(hidden) <= layer < len(hidden) for layer in layers):
+        raise UserError(
+            f"--layers {','.join(map(str, layers))}: the model has hidden states 0..{len(hidden) - 1} "
+            f"(0 = embeddings; negative counts from the last)"
+        )
+    mask = kwargs["attention_mask"].unsqueeze(-1).float()
+    pooled = [F.normalize((hidden[layer].float() * mask).sum(1) / mask.sum(1), dim=-1) for layer in layers]
+    return F.normalize(torch.cat(pooled, dim=-1), dim=-1).cpu().numpy().astype(np.float32)
+
+
+# --- the embedding run ---------------------------------------------------------------------------------
+
+
+def reference_params(
+    ws: Workspace, model: str, layers: tuple[int, ...], rows_per_part: int, max_length: int, seed: int
+) -> tuple[str, str, dict]:
+    kind, _, source = model.partition(":")
+    if not source:
+        raise UserError(f"--model {model!r}: give {kind}:<path>")
+    if kind == "llava" or Path(source).expanduser().exists():
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise UserError(f"--model {model!r}: {path} does not exist")
+        source = str(path.resolve())
+    params = {
+        "model": f"{kind}:{source}",
+        "pretrained": source,
+        "fuse": "layers-mean",
+        "dtype": "float32",
+        "layers": list(layers),
+        "max_length": max_length,
+        "dataset_fingerprint": ws.dataset_fingerprint(),
+        "rows_per_part": rows_per_part,
+        "seed": seed,
+    }
+    return kind, source, params
+
+
+def default_reference_tag(kind: str, source: str, layers: tuple[int, ...]) -> str:
+    label = "_".join(str(v) for v in layers)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{kind}-{Path(source).name}_L{label}")
+
+
+def embed_reference(
+    ws: Workspace,
+    *,
+    model: str,
+    layers: str | tuple[int, ...] = "-1",
+    batch_size: int = 8,
+    device: str = "auto",
+    num_workers: int = 2,
+    tag: str | None = None,
+    overwrite: bool = False,
+    rows_per_part: int = clip_embed.DEFAULT_ROWS_PER_PART,
+    max_length: int = 4096,
+    seed: int = 0,
+    max_parts: int | None = None,
+    show_progress: bool = True,
+    stats: dict | None = None,
+    threads: int | None = None,
+) -> Path:
+    """Embed every dataset sample with a reference model; return ``embeddings/<tag>/`` (see module doc)."""
+    import torch
+
+    if batch_size <= 0 or rows_per_part <= 0 or max_length <= 0:
+        raise UserError("--batch-size, --max-length and rows per part must be positive")
+    layer_list = parse_layers(layers)
+    kind, source, params = reference_params(ws, model, layer_list, rows_per_part, max_length, seed)
+    tag = tag or default_reference_tag(kind, source, layer_list)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", tag) or tag.startswith("."):
+        raise UserError(f"--tag {tag!r}: use letters, digits, '.', '_' and '-' only")
+    final = ws.embeddings_dir / tag
+    if (final / INFO_NAME).exists() and not overwrite:
+        info = read_json(final / INFO_NAME)
+        if all(info.get(k) == v for k, v in params.items()) and info.get("complete"):
+            clip_embed._write_default(ws, tag)
+            return final
+        raise UserError(f"{final}: holds a different embedding set; pass --overwrite or another --tag")
+    check_replaceable(final, kind="embedding set", overwrite=True, is_previous=has_file(INFO_NAME),
+                      marker=INFO_NAME)
+    if kind == "llava":
+        from train.evaluate import check_run_dataset
+
+        check_run_dataset(ws, Path(source))
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    owns_group = init_distributed()
+    rank, world = dist_rank(), world_size()
+    try:
+        return _run(
+            ws,
+            final,
+            tag,
+            kind,
+            source,
+            params,
+            layer_list,
+            batch_size,
+            device,
+            num_workers,
+            max_parts,
+            show_progress,
+            stats,
+            rank,
+            world,
+        )
+    finally:
+        torch.set_num_threads(previous)
+        if owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _device(device: str, world: int) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if world > 1 else "cuda"
+
+
+def _run(
+    ws,
+    final,
+    tag,
+    kind,
+    source,
+    params,
+    layers,
+    batch_size,
+    device,
+    num_workers,
+    max_parts,
+    show_progress,
+    stats,
+    rank,
+    world,
+) -> Path:
+    import torch
+
+    table = ws.read_dataset(columns=["sample_id", "image", "conversations"])
+    if kind == "llava":
+        clip_embed._image_paths(ws, table)  # every image exists and stays inside the root: checked first
+    dev = _device(device, world)
+    t0 = time.perf_counter()
+    encoder = _Encoder(kind, source, params["seed"])
+    encoder.model.to(dev)
+    t_load = time.perf_counter() - t0
+    partial = ws.embeddings_dir / f".{tag}.partial"
+    if rank == 0:
+        if partial.exists() and (
+            not (partial / PROGRESS_NAME).exists() or read_json(partial / PROGRESS_NAME) != params
+        ):
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        write_json(partial / PROGRESS_NAME, params)
+    barrier()
+    rows = table.to_pylist()
+    ids = [r["sample_id"] for r in rows]
+    n_rows, rpp = len(ids), params["rows_per_part"]
+    n_parts = -(-n_rows // rpp)
+    done = {p.name for p in list_parts(partial)}
+    todo = [p for p in range(n_parts) if p % world == rank and part_name(p) not in done]
+    if max_parts is not None:
+        todo = todo[:max_parts]
+    batches = clip_embed._batches(todo, n_rows, rpp, batch_size)
+    loader = torch.utils.data.DataLoader(
+        _Rows(rows, encoder, ws.image_root(), params["max_length"]),
+        batch_sampler=batches,
+        num_workers=num_workers if batches else 0,
+        collate_fn=lambda items: collate(items, encoder.pad_id),
+    )
+    parts_rows = {p: (p * rpp, min(n_rows, (p + 1) * rpp)) for p in todo}
+    t1 = time.perf_counter()
+    with (
+        torch.inference_mode(),
+        _progress(sum(b - a for a, b in parts_rows.values()), show_progress and rank == 0) as advance,
+    ):
+        _fill_parts(encoder.model, loader, parts_rows, ids, partial, layers, dev, advance)
+    if stats is not None:
+        stats.update(
+            seconds_model_load=t_load,
+            seconds_loop=time.perf_counter() - t1,
+            rows=sum(b - a for a, b in parts_rows.values()),
+        )
+    barrier()
+    complete = len(list_parts(partial)) == n_parts
+    if rank == 0 and complete:
+        clip_embed._finalise(
+            ws,
+            partial,
+            final,
+            tag,
+            params,
+            n_rows,
+            n_parts,
+            world,
+            rule=POOLING_RULE,
+            text_rule=_text_rule(kind),
+        )
+    barrier()
+    return final if complete else partial
+
+
+def _text_rule(kind: str) -> str:
+    if kind == "llava":
+        return "the run's template and system prompt over every turn, <image> expanded to the patch tokens"
+    return "every turn's text joined by a blank line, <image> removed"
+
+
+def _fill_parts(model, loader, parts_rows, ids, out_dir, layers, device, advance) -> None:
+    """Run the batches; write each part as soon as all of its rows are computed."""
+    pending: dict[int, dict[int, np.ndarray]] = {p: {} for p in parts_rows}
+    row_part = {r: p for p, (a, b) in parts_rows.items() for r in range(a, b)}
+    for batch in loader:
+        vectors = pooled_features(model, batch, layers, device)
+        for j, row in enumerate(batch["rows"]):
+            pending[row_part[row]][row] = vectors[j]
+        advance(len(batch["rows"]))
+        for p in {row_part[r] for r in batch["rows"]}:
+            a, b = parts_rows[p]
+            if len(pending[p]) == b - a:
+                got = pending.pop(p)
+                _write_embedding_part(
+                    out_dir / part_name(p), ids[a:b], np.stack([got[r] for r in range(a, b)])
+                )
+
+
+def embed_any(ws: Workspace, *, model: str, layers: str = "-1", max_length: int = 4096, pretrained=None,
+              fuse: str = "mean", dtype: str = "float32", **common) -> Path:
+    """``curate embed``: a reference model (``llava:`` / ``lm:``) here, any other name through open_clip."""
+    if is_reference(model):
+        if dtype != "float32":
+            raise UserError(f"--dtype {dtype}: reference-model features are stored as float32")
+        return embed_reference(ws, model=model, layers=layers, max_length=max_length, **common)
+    return clip_embed.embed_workspace(
+        ws, model=model, pretrained=pretrained, fuse=fuse, dtype=dtype, **common
+    )
