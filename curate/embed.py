@@ -263,27 +263,46 @@ def embed_workspace(
         "seed": seed,
         "dtype": dtype,
     }
+    if finished_set(ws, final, params, overwrite):
+        return final
+    if threads is not None and threads <= 0:
+        raise UserError(f"--threads must be positive (got {threads})")
+    with embedding_process(threads) as (rank, world):
+        return _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, show_progress,
+                      stats, rank, world)
+
+
+def finished_set(ws: Workspace, final: Path, params: dict, overwrite: bool) -> bool:
+    """True when ``final`` already holds this complete set (made the default); else check it may be written.
+
+    An existing set with other parameters is refused unless ``overwrite``; only an embedding set is ever
+    replaced (the output guard).
+    """
     if (final / INFO_NAME).exists() and not overwrite:
         info = read_json(final / INFO_NAME)
         if all(info.get(k) == v for k, v in params.items()) and info.get("complete"):
-            _write_default(ws, tag)
-            return final
+            _write_default(ws, final.name)
+            return True
         raise UserError(f"{final}: holds a different embedding set; pass --overwrite or another --tag")
     check_replaceable(final, kind="embedding set", overwrite=True, is_previous=has_file(INFO_NAME),
                       marker=INFO_NAME)
+    return False
 
+
+@contextlib.contextmanager
+def embedding_process(threads: int | None) -> Iterator[tuple[int, int]]:
+    """``(rank, world)`` inside the launcher's process group, with ``threads`` intra-op threads.
+
+    The group is destroyed only if this call created it, and the caller's thread count is restored.
+    """
     import torch
 
-    if threads is not None and threads <= 0:
-        raise UserError(f"--threads must be positive (got {threads})")
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     owns_group = init_distributed()
-    rank, world = dist_rank(), world_size()
     try:
-        return _embed(ws, final, tag, params, batch_size, device, num_workers, max_parts, show_progress,
-                      stats, rank, world)
+        yield dist_rank(), world_size()
     finally:
         torch.set_num_threads(previous_threads)  # the caller's process keeps its own setting
         if owns_group:
@@ -444,11 +463,8 @@ def _iter_matrix(d: Path, dim: int) -> Iterator[tuple[list[str], np.ndarray]]:
         yield t.column("sample_id").to_pylist(), col.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
-def load_embeddings(ws: Workspace, tag: str | None = None) -> tuple[np.ndarray, list[str], dict]:
-    """Return ``(matrix, sample_ids, info)`` with rows in the dataset's sample order.
-
-    Raises UserError when the set is missing, was computed for another dataset, or holds NaN/inf.
-    """
+def embedding_info(ws: Workspace, tag: str | None = None) -> tuple[Path, dict]:
+    """The embedding set's directory and info (with its ``tag``), refused when incomplete or stale."""
     tag = resolve_tag(ws, tag)
     d = ws.embeddings_dir / tag
     info = read_json(d / INFO_NAME)
@@ -460,6 +476,15 @@ def load_embeddings(ws: Workspace, tag: str | None = None) -> tuple[np.ndarray, 
             f"{d}: stale embeddings, computed for dataset {str(info.get('dataset_fingerprint'))[:12]} "
             f"but the workspace dataset is {fingerprint[:12]}; run `curate embed --overwrite`"
         )
+    return d, {**info, "tag": tag}
+
+
+def load_embeddings(ws: Workspace, tag: str | None = None) -> tuple[np.ndarray, list[str], dict]:
+    """Return ``(matrix, sample_ids, info)`` with rows in the dataset's sample order.
+
+    Raises UserError when the set is missing, was computed for another dataset, or holds NaN/inf.
+    """
+    d, info = embedding_info(ws, tag)
     dim = int(info["dim"])
     ids: list[str] = []
     chunks = []
@@ -484,4 +509,4 @@ def load_embeddings(ws: Workspace, tag: str | None = None) -> tuple[np.ndarray, 
             f"{d}: embedding of sample {dataset_ids[first]!r} contains NaN or inf ({int(bad.sum())} rows); "
             f"rerun `curate embed --overwrite`"
         )
-    return matrix, dataset_ids, {**info, "tag": tag}
+    return matrix, dataset_ids, info

@@ -27,11 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from curate import embed as clip_embed
-from curate.embed import INFO_NAME, PROGRESS_NAME, _progress, _write_embedding_part
-from datasets_spec.distributed import barrier, init_distributed, world_size
-from datasets_spec.distributed import rank as dist_rank
+from curate.embed import PROGRESS_NAME, _progress, _write_embedding_part
+from datasets_spec.distributed import barrier
 from datasets_spec.errors import UserError
-from datasets_spec.outputs import check_replaceable, has_file
 from datasets_spec.parts import list_parts, part_name, read_json, write_json
 from datasets_spec.schema import IMAGE_TOKEN
 from datasets_spec.workspace import Workspace
@@ -231,8 +229,6 @@ def embed_reference(
     threads: int | None = None,
 ) -> Path:
     """Embed every dataset sample with a reference model; return ``embeddings/<tag>/`` (see module doc)."""
-    import torch
-
     if batch_size <= 0 or rows_per_part <= 0 or max_length <= 0:
         raise UserError("--batch-size, --max-length and rows per part must be positive")
     layer_list = parse_layers(layers)
@@ -241,24 +237,13 @@ def embed_reference(
     if not re.fullmatch(r"[A-Za-z0-9._-]+", tag) or tag.startswith("."):
         raise UserError(f"--tag {tag!r}: use letters, digits, '.', '_' and '-' only")
     final = ws.embeddings_dir / tag
-    if (final / INFO_NAME).exists() and not overwrite:
-        info = read_json(final / INFO_NAME)
-        if all(info.get(k) == v for k, v in params.items()) and info.get("complete"):
-            clip_embed._write_default(ws, tag)
-            return final
-        raise UserError(f"{final}: holds a different embedding set; pass --overwrite or another --tag")
-    check_replaceable(final, kind="embedding set", overwrite=True, is_previous=has_file(INFO_NAME),
-                      marker=INFO_NAME)
+    if clip_embed.finished_set(ws, final, params, overwrite):
+        return final
     if kind == "llava":
         from train.evaluate import check_run_dataset
 
         check_run_dataset(ws, Path(source))
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    owns_group = init_distributed()
-    rank, world = dist_rank(), world_size()
-    try:
+    with clip_embed.embedding_process(threads) as (rank, world):
         return _run(
             ws,
             final,
@@ -276,12 +261,6 @@ def embed_reference(
             rank,
             world,
         )
-    finally:
-        torch.set_num_threads(previous)
-        if owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 def _device(device: str, world: int) -> str:

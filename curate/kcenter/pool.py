@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.embed import INFO_NAME, resolve_tag
 from curate.kcenter.engine import Greedy, Resume
 from datasets_spec.errors import UserError
 from datasets_spec.parts import atomic_file, list_parts, read_json, read_part, write_json
@@ -35,22 +34,6 @@ DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 # --- embeddings --------------------------------------------------------------------------------------
-
-
-def embedding_info(ws: Workspace, tag: str | None) -> tuple[Path, dict]:
-    """The embedding set's directory and info, refused when incomplete or stale (as load_embeddings)."""
-    tag = resolve_tag(ws, tag)
-    d = ws.embeddings_dir / tag
-    info = read_json(d / INFO_NAME)
-    if not info.get("complete"):
-        raise UserError(f"{d}: embedding set is incomplete; rerun `curate embed` to finish it")
-    fingerprint = ws.dataset_fingerprint()
-    if info.get("dataset_fingerprint") != fingerprint:
-        raise UserError(
-            f"{d}: stale embeddings, computed for dataset {str(info.get('dataset_fingerprint'))[:12]} "
-            f"but the workspace dataset is {fingerprint[:12]}; run `curate embed --overwrite`"
-        )
-    return d, {**info, "tag": tag}
 
 
 def read_rows(d: Path, info: dict, rows: np.ndarray, dataset_ids: list[str]) -> np.ndarray:
