@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.embed import load_embeddings
+from curate.embedding_sets import load_embeddings
 from curate.kcenter.select import KCenterOptions, run_kcenter
 from curate.registry import StrategyRecord, check_options, get_record
 from curate.shards import MANIFEST, check_subset_name, write_subset

@@ -14,7 +14,8 @@ import pytest
 from curate_helpers import assert_user_error, copy_workspace, run_curate
 
 from curate.clip_model import load_model
-from curate.embed import default_tag, embed_workspace, load_embeddings, resolve_tag, sample_text
+from curate.embed import default_tag, embed_workspace, sample_text
+from curate.embedding_sets import load_embeddings, resolve_tag
 from datasets_spec.errors import UserError
 from datasets_spec.parts import list_parts, read_json
 from datasets_spec.workspace import Workspace

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from curate.embed import load_embeddings
 from curate.embed_reference import embed_reference, parse_layers, sample_dialogue
+from curate.embedding_sets import load_embeddings
 from datasets_spec.errors import UserError
 from datasets_spec.parts import read_json, write_json
 from datasets_spec.workspace import Workspace

@@ -13,7 +13,8 @@ import pytest
 from curate_helpers import assert_user_error, copy_workspace, run_curate
 from test_strategies import brute_force_k_center
 
-from curate.embed import embed_workspace, load_embeddings
+from curate.embed import embed_workspace
+from curate.embedding_sets import load_embeddings
 from curate.kcenter.engine import Greedy
 from curate.kcenter.pool import checkpoint_dir
 from curate.kcenter.select import KCenterOptions

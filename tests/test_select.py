@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pytest
 from curate_helpers import assert_user_error, copy_workspace, run_curate
 
-from curate.embed import load_embeddings
+from curate.embedding_sets import load_embeddings
 from curate.select import select_subset
 from curate.shards import find_subsets, read_subset
 from curate.strategies import l2_maxdiverse

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curate.embed import embedding_info
+from curate.embedding_sets import embedding_info
 from curate.kcenter import pool_mean, run_greedy
 from curate.kcenter.backends import make_shard, resolve_device
 from curate.kcenter.distributed import comm_from_env, rank_device, slice_bounds
