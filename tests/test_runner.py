@@ -383,7 +383,7 @@ def test_run_flags_are_the_train_config_fields():
 
     params = {p.name: p for p in typer.main.get_command(train_cli.app).commands["run"].params}
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(params)
-    # Defaults as documented in the README, not read back from TrainConfig.
+    # Defaults as documented (docs/guide-training.md), not read back from TrainConfig.
     assert params["lora_dropout"].default == 0.05 and params["eval_limit"].default == 64
     assert params["max_length"].default == 2048 and params["preset"].default == "llava-1.5"
     assert params["llm"].default == "tiny-llama" and params["vision"].default == "tiny-clip"
