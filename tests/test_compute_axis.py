@@ -97,8 +97,10 @@ def test_eval_prompt_settings_and_the_cell_key():
     assert EvalSpec().key() == {"split": "test", "limit": None, "batch_size": 16, "max_new_tokens": 64}
     spec = EvalSpec(prompt_format="CQM-A", prompt_suffix="Answer directly.")
     assert spec.key()["prompt_format"] == "CQM-A" and spec.key()["prompt_suffix"] == "Answer directly."
-    with pytest.raises(UserError, match=r"\[eval\] prompt_format: unknown prompt format 'QQQ-A'"):
+    with pytest.raises(UserError, match=r"^prompt_format: unknown prompt format 'QQQ-A'"):
         EvalSpec(prompt_format="QQQ-A")
+    with pytest.raises(UserError, match=r"^grid \[eval\]: prompt_format: unknown prompt format 'QQQ-A'"):
+        grid_from_dict(tomllib.loads(GRID.format(steps="") + 'prompt_format = "QQQ-A"\n'))
     grid = grid_from_dict(tomllib.loads(GRID.format(steps="") + 'prompt_format = "CQM-A"\n'))
     assert grid.eval.prompt_format == "CQM-A"
 

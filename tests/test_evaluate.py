@@ -156,6 +156,9 @@ def test_eval_refuses_run_of_another_dataset(synthetic_workspace) -> None:
     [
         (["--run", "runs/does-not-exist"], "no such run directory"),
         (["--run", "runs/eval-test-tiny", "--split", "nosuchsplit"], "no multiple-choice problems in split"),
+        (["--run", "runs/eval-test-tiny", "--limit", "0"], "limit must be positive, got 0"),
+        (["--run", "runs/eval-test-tiny", "--batch-size", "0"], "batch_size and max_new_tokens must be"),
+        (["--run", "runs/eval-test-tiny", "--prompt-format", "QQQ-A"], "unknown prompt format 'QQQ-A'"),
     ],
 )
 def test_eval_bad_input_exits_2(evaluated_run, args: list[str], message: str) -> None:
@@ -165,6 +168,23 @@ def test_eval_bad_input_exits_2(evaluated_run, args: list[str], message: str) ->
     )
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_eval_options_are_the_eval_spec_fields() -> None:
+    import typer
+
+    from train import cli as train_cli
+    from train.evaluate import EvalSpec
+
+    params = {p.name: p for p in typer.main.get_command(train_cli.app).commands["eval"].params}
+    # The documented defaults of `train eval`, written out here rather than read back from EvalSpec.
+    assert params["split"].default == "test" and params["limit"].default is None
+    assert params["batch_size"].default == 16 and params["max_new_tokens"].default == 64
+    assert params["prompt_format"].default is None and params["prompt_suffix"].default is None
+    assert {"split", "limit", "batch_size", "max_new_tokens", "prompt_format", "prompt_suffix"} <= set(params)
+    assert EvalSpec() == EvalSpec(**{name: params[name].default for name in EvalSpec.__dataclass_fields__})
+    assert params["max_new_tokens"].opts == ["--max-new-tokens"]
+    assert "LEA/LEPA" in params["max_new_tokens"].help
 
 
 def test_cli_eval_writes_predictions_and_metrics(evaluated_run) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -16,9 +17,10 @@ from datasets_spec.cli_common import WorkspaceOption, invoked_command
 from datasets_spec.distributed import rank
 from datasets_spec.errors import exit_on_user_error
 from datasets_spec.workspace import Workspace, resolve_workspace
+from train.config import TrainConfig
+from train.evaluate import EvalSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
-
 
 
 def command_line() -> str:
@@ -47,24 +49,32 @@ def _cli_type(hint: object) -> object:
     return typing.Optional[kinds[0]]  # noqa: UP045 - typer needs a runtime Optional, not a string
 
 
-def _config_parameters() -> list[inspect.Parameter]:
-    from train.config import TrainConfig, field_docs
+def _dataclass_parameters(cls: type, flag_names: dict[str, str]) -> list[inspect.Parameter]:
+    """One keyword option per field of the config dataclass ``cls``: its default, its docstring as help."""
+    from train.config import field_docs
 
-    docs, hints = field_docs(TrainConfig), typing.get_type_hints(TrainConfig)
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
     params = []
-    for f in dataclasses.fields(TrainConfig):
-        flag = FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
+    for f in dataclasses.fields(cls):
+        flag = flag_names.get(f.name, "--" + f.name.replace("_", "-"))
         option = typer.Option(f.default, flag, help=docs[f.name])
         kind = inspect.Parameter.KEYWORD_ONLY
         params.append(inspect.Parameter(f.name, kind, default=option, annotation=_cli_type(hints[f.name])))
     return params
 
 
+def _with_dataclass_options(
+    command: Callable[..., None], cls: type, flag_names: dict[str, str] | None = None
+) -> Callable[..., None]:
+    """``command`` whose ``**fields`` are the options of ``cls``'s fields (typer reads ``__signature__``)."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    command.__signature__ = inspect.Signature([*own, *_dataclass_parameters(cls, flag_names or {})])
+    return command
+
+
 def _config_from_flags(values: dict) -> object:
     """The TrainConfig the flags ask for: '' means None for an optional text field (``--eval-split ''``
     turns the between-epoch evaluation off); ``--bf16 true/false`` are booleans."""
-    from train.config import TrainConfig
-
     hints = typing.get_type_hints(TrainConfig)
     for name, value in values.items():
         if value == "" and type(None) in typing.get_args(hints[name]):
@@ -97,9 +107,7 @@ def run_command(
             typer.echo(f"wrote {run}")
 
 
-_own = [p for p in inspect.signature(run_command).parameters.values() if p.kind is not p.VAR_KEYWORD]
-run_command.__signature__ = inspect.Signature([*_own, *_config_parameters()])
-app.command("run")(run_command)
+app.command("run")(_with_dataclass_options(run_command, TrainConfig, FLAG_NAMES))
 
 
 @app.command("merge")
@@ -112,7 +120,6 @@ def merge_command(
     from train.runner import merge_run
 
     typer.echo(f"wrote {merge_run(run, out, overwrite=overwrite)}")
-
 
 
 # --- eval / score -------------------------------------------------------------------------------------
@@ -159,23 +166,11 @@ def score_command(
         _print_metrics(metrics, f"ScienceQA {split}: {predictions.name}")
 
 
-@app.command("eval")
 def eval_command(
     run: Path = typer.Option(..., "--run", help="Run directory, e.g. runs/X."),
-    split: str = typer.Option("test", "--split", help="Dataset split whose problems are evaluated."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="First N problems (sample_id order)."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts generated together."),
-    max_new_tokens: int = typer.Option(
-        64, "--max-new-tokens", min=1, help="Generation length cap; raise it for lecture-first (LEA) models."
-    ),
-    prompt_suffix: str | None = typer.Option(
-        None, "--prompt-suffix", help="Text appended to each question, e.g. LLaVA-1.5's answer-directly line."
-    ),
-    prompt_format: str | None = typer.Option(
-        None, "--prompt-format", help="Ask each problem in this LLaVA format (e.g. CQM-A), not as trained."
-    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON instead of a table."),
     workspace: Path | None = WorkspaceOption,
+    **fields: object,
 ) -> None:
     """Generate answers for the workspace's ScienceQA problems with a trained run and score them."""
     import json
@@ -183,16 +178,17 @@ def eval_command(
     from train.evaluate import evaluate_run
     from train.rundir import METRICS_FILE, PREDICTIONS_FILE
 
-    metrics = evaluate_run(
-        _workspace(workspace), run, split=split, limit=limit, batch_size=batch_size,
-        max_new_tokens=max_new_tokens, prompt_suffix=prompt_suffix, prompt_format=prompt_format,
-    )
+    spec = EvalSpec(**fields)
+    metrics = evaluate_run(_workspace(workspace), run, spec)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2, sort_keys=True))
     else:
-        _print_metrics(metrics, f"ScienceQA {split}: {run.name}")
+        _print_metrics(metrics, f"ScienceQA {spec.split}: {run.name}")
         typer.echo(f"wrote {run / PREDICTIONS_FILE} and {run / METRICS_FILE}")
 
+
+# `train eval` has one option per EvalSpec field, as `train run` has one per TrainConfig field.
+app.command("eval")(_with_dataclass_options(eval_command, EvalSpec))
 
 
 # --- ablate -------------------------------------------------------------------------------------------

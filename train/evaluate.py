@@ -6,17 +6,19 @@ format and ``metrics.json`` (ScienceQA's categories, see :mod:`train.scoring`) i
 
 Speed on a CPU comes from: inference mode, the KV cache, batches of same-modality prompts (image and
 text-only problems are batched apart so that every batch either has one image per prompt or none), and
-stopping as soon as every sequence has produced an end token. ``max_new_tokens`` defaults to 64: ample
-for the ``A`` output format (``The answer is X.`` is about six subword tokens, sixteen for the tests'
-character tokenizer); raise it for ``LEA``/``LEPA`` models, whose lecture and solution come first.
+stopping as soon as every sequence has produced an end token. The settings and their defaults are the
+fields of :class:`EvalSpec`, which `train eval`'s options and an ablation grid's ``[eval]`` table are made of.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,8 +29,6 @@ from datasets_spec.workspace import Workspace
 from train.rundir import CONFIG_FILE, METRICS_FILE, MODEL_DIR, PREDICTIONS_FILE
 from train.scoring import FAILED, letter_of, parse_prediction, problems_from_rows, score_predictions
 
-DEFAULT_MAX_NEW_TOKENS = 64
-DEFAULT_BATCH_SIZE = 16
 # LLaVA-1.5's zero-shot ScienceQA prompt line (model_vqa_science --single-pred-prompt).
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
 PROBLEM_COLUMNS = [
@@ -45,6 +45,49 @@ PROBLEM_COLUMNS = [
     "lecture",
     "solution",
 ]
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How a run is evaluated: the options of `train eval` and the keys of an ablation grid's ``[eval]``."""
+
+    split: str = "test"
+    """Dataset split whose multiple-choice problems are answered and scored."""
+    limit: int | None = None
+    """Evaluate only the first LIMIT problems of the split in sample_id order (None: all), so every run
+    answers the same problems."""
+    batch_size: int = 16
+    """Prompts generated together (left-padded, one modality per batch)."""
+    max_new_tokens: int = 64
+    """Generation length cap: ample for the ``A`` output format (``The answer is X.`` is about six subword
+    tokens, sixteen for the character tokenizer); raise it for LEA/LEPA models, whose lecture and solution
+    come first, since a cut answer is scored as unparsed."""
+    prompt_format: str | None = None
+    """Ask each problem in this LLaVA format (e.g. CQM-A) instead of its training prompt (None): LLaVA-1.5
+    evaluates ScienceQA as CQM-A whatever it was trained on."""
+    prompt_suffix: str | None = None
+    """A line appended to every question, e.g. LLaVA-1.5's "Answer with the option's letter from the given
+    choices directly." (``train.evaluate.SINGLE_PRED_PROMPT``)."""
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit <= 0:
+            raise UserError(f"limit must be positive, got {self.limit}")
+        if self.batch_size <= 0 or self.max_new_tokens <= 0:
+            raise UserError("batch_size and max_new_tokens must be positive")
+        if self.prompt_format is not None:
+            from datasets_spec.scienceqa import parse_prompt_format
+
+            try:
+                parse_prompt_format(self.prompt_format)
+            except UserError as exc:
+                raise UserError(f"prompt_format: {exc}") from None
+
+    def key(self) -> dict:
+        """What an ablation cell's key records of the evaluation: every field, except the prompt settings
+        while they are unset, so that runs recorded before those fields existed keep their keys (and are
+        not trained again)."""
+        optional = ("prompt_format", "prompt_suffix")
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k not in optional}
 
 
 # --- run directories --------------------------------------------------------------------------------
@@ -141,11 +184,11 @@ def evaluate_bundle(
     image_root: Path | None,
     *,
     template: str | None = None,
-    limit: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    prompt_suffix: str | None = None,
-    prompt_format: str | None = None,
+    limit: int | None = EvalSpec.limit,
+    batch_size: int = EvalSpec.batch_size,
+    max_new_tokens: int = EvalSpec.max_new_tokens,
+    prompt_suffix: str | None = EvalSpec.prompt_suffix,
+    prompt_format: str | None = EvalSpec.prompt_format,
     image_aspect: str = "pad",
     model_id: str = "model",
     progress: bool = False,
@@ -314,18 +357,15 @@ def _generate(
 
 
 def evaluate_run(
-    ws: Workspace,
-    run_dir: Path,
-    *,
-    split: str = "test",
-    limit: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    prompt_suffix: str | None = None,
-    prompt_format: str | None = None,
-    bundle=None,
+    ws: Workspace, run_dir: Path, spec: EvalSpec | None = None, *, bundle=None, **settings: Any
 ) -> dict:
-    """`train eval`: generate, score, write ``predictions.jsonl`` and ``metrics.json`` into the run."""
+    """`train eval`: generate, score, write ``predictions.jsonl`` and ``metrics.json`` into the run.
+
+    ``spec`` (default: ``EvalSpec()``) says how; keyword ``settings`` replace single fields of it
+    (``evaluate_run(ws, run, limit=8)``)."""
+    spec = dataclasses.replace(spec or EvalSpec(), **settings)
+    split, limit, max_new_tokens = spec.split, spec.limit, spec.max_new_tokens
+    prompt_suffix, prompt_format = spec.prompt_suffix, spec.prompt_format
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
@@ -342,7 +382,7 @@ def evaluate_run(
         split_table,
         ws.image_root(),
         limit=limit,
-        batch_size=batch_size,
+        batch_size=spec.batch_size,
         max_new_tokens=max_new_tokens,
         prompt_suffix=prompt_suffix,
         prompt_format=prompt_format,

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets_spec.errors import UserError
+from train.evaluate import EvalSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -157,47 +158,6 @@ class StageSpec:
 
 
 @dataclass(frozen=True)
-class EvalSpec:
-    """How every cell is evaluated."""
-
-    split: str = "test"
-    """Dataset split scored for the table."""
-    limit: int | None = None
-    """Score only the first ``limit`` problems of the split (None: all); the same problems for every cell."""
-    batch_size: int = 16
-    """Generation batch size."""
-    max_new_tokens: int = 64
-    """Generation length; short-answer formats (``The answer is X.``) need about 20 tokens, QCM-LEA's
-    lecture and solution far more, and a cut answer is scored as unparsed."""
-    prompt_format: str | None = None
-    """Ask each problem in this LLaVA format instead of its training prompt (None): LLaVA-1.5 evaluates
-    ScienceQA as ``CQM-A`` whatever it was trained on."""
-    prompt_suffix: str | None = None
-    """A line appended to every question, e.g. LLaVA-1.5's "Answer with the option's letter from the given
-    choices directly." (``train.evaluate.SINGLE_PRED_PROMPT``)."""
-
-    def __post_init__(self) -> None:
-        if self.limit is not None and self.limit <= 0:
-            raise UserError(f"[eval] limit must be positive, got {self.limit}")
-        if self.batch_size <= 0 or self.max_new_tokens <= 0:
-            raise UserError("[eval] batch_size and max_new_tokens must be positive")
-        if self.prompt_format is not None:
-            from datasets_spec.scienceqa import parse_prompt_format
-
-            try:
-                parse_prompt_format(self.prompt_format)
-            except UserError as exc:
-                raise UserError(f"[eval] prompt_format: {exc}") from None
-
-    def key(self) -> dict:
-        """What a cell's key records of the evaluation: every field, except the prompt settings while they
-        are unset, so that runs recorded before those fields existed keep their keys (and are not
-        trained again)."""
-        optional = ("prompt_format", "prompt_suffix")
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k not in optional}
-
-
-@dataclass(frozen=True)
 class AblationGrid:
     """A whole ablation: strategies x budgets x LLMs x seeds, plus the shared stage-1 / training / eval."""
 
@@ -303,12 +263,26 @@ def _fields_from_table(cls: type, raw: Mapping, where: str, names: typing.Iterab
     return kwargs
 
 
-def _table(cls: type, raw: Any, where: str) -> Any:
-    """Dataclass ``cls`` from a TOML table: its keys are exactly the fields of ``cls``."""
+def _table_kwargs(cls: type, raw: Any, where: str) -> dict:
+    """Keyword arguments for dataclass ``cls`` from a TOML table whose keys are exactly its fields."""
     raw = _typed(raw, dict, where)
     names = [f.name for f in dataclasses.fields(cls)]
     _check_keys(raw, names, where)
-    return cls(**_fields_from_table(cls, raw, where, names))
+    return _fields_from_table(cls, raw, where, names)
+
+
+def _table(cls: type, raw: Any, where: str) -> Any:
+    """Dataclass ``cls`` from a TOML table: its keys are exactly the fields of ``cls``."""
+    return cls(**_table_kwargs(cls, raw, where))
+
+
+def _eval_table(raw: Any, where: str) -> EvalSpec:
+    """The ``[eval]`` table; EvalSpec's own checks (shared with `train eval`) get the table's name."""
+    kwargs = _table_kwargs(EvalSpec, raw, where)
+    try:
+        return EvalSpec(**kwargs)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
 
 
 def _str_list(value: Any, where: str) -> tuple[str, ...]:
@@ -344,7 +318,7 @@ def grid_from_dict(raw: Mapping, *, where: str = "grid") -> AblationGrid:
         "llms": _str_list(raw["llms"], f"{where} llms"),
         "stage1": _table(StageSpec, raw.get("stage1", {}), f"{where} [stage1]"),
         "train": _table(StageSpec, raw.get("train", {}), f"{where} [train]"),
-        "eval": _table(EvalSpec, raw.get("eval", {}), f"{where} [eval]"),
+        "eval": _eval_table(raw.get("eval", {}), f"{where} [eval]"),
     }
     if "steps" in raw:
         values = raw["steps"] if isinstance(raw["steps"], list) else [raw["steps"]]

@@ -68,10 +68,10 @@ def train_run(ws: Workspace, subset_dir: Path, config: TrainConfig, *, command: 
 
 
 def evaluate_run(ws: Workspace, run_dir: Path, spec: EvalSpec) -> dict:
-    """``train.evaluate.evaluate_run`` with the grid's evaluation settings."""
+    """``train.evaluate.evaluate_run`` with the grid's evaluation settings, looked up when called."""
     from train.evaluate import evaluate_run as evaluate
 
-    return evaluate(ws, run_dir, **dataclasses.asdict(spec))
+    return evaluate(ws, run_dir, spec)
 
 
 @dataclass(frozen=True)
