@@ -13,7 +13,7 @@ from datasets_spec.errors import UserError
 from datasets_spec.fingerprint import combine_digests, row_digests, table_fingerprint
 from datasets_spec.outputs import check_apart_from_sources, clean_stale_temps
 from datasets_spec.parts import (
-    DEFAULT_ROWS_PER_PART,
+    DATASET_ROWS_PER_PART,
     atomic_directory,
     part_hashes,
     part_name,
@@ -115,7 +115,7 @@ def write_dataset_batches(
     where: str,
     overwrite: bool = False,
     finish: Callable[[Path], dict] | None = None,
-    rows_per_part: int = DEFAULT_ROWS_PER_PART,
+    rows_per_part: int = DATASET_ROWS_PER_PART,
 ) -> dict:
     """Streaming :func:`write_dataset`: validate and write ``batches`` part by part; return dataset.json.
 

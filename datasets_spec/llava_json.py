@@ -33,6 +33,7 @@ from datasets_spec.difficulty import (
     tokens_from_counts,
 )
 from datasets_spec.errors import UserError
+from datasets_spec.parts import DATASET_ROWS_PER_PART
 from datasets_spec.schema import (
     CANONICAL_SCHEMA,
     IMAGE_TOKEN,
@@ -41,8 +42,8 @@ from datasets_spec.schema import (
     outside_root_error,
 )
 
-# One batch is one Parquet part by default (see datasets_spec.parts.DEFAULT_ROWS_PER_PART).
-DEFAULT_BATCH_SIZE = 50_000
+# One batch is one Parquet part of the dataset by default.
+DEFAULT_BATCH_SIZE = DATASET_ROWS_PER_PART
 DUPLICATE_ID_POLICIES = ("error", "suffix")
 SAMPLE_KEYS = ("id", "image", "conversations")
 # Turn roles LLaVA's training code understands; a `system` turn is accepted only as the first turn.

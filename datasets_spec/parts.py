@@ -22,9 +22,10 @@ from datasets_spec.errors import UserError
 from datasets_spec.outputs import clean_stale_temps
 
 PART_PATTERN = "part-{:05d}.parquet"
-# 50k rows keeps a part of canonical ScienceQA/LLaVA rows in the tens of MB: small enough to rewrite on
+# Rows per Parquet part of canonical samples (dataset/, shards/; embedding sets have their own, smaller
+# parts). 50k rows keeps a part of ScienceQA/LLaVA rows in the tens of MB: small enough to rewrite on
 # resume, large enough that mix665k is 14 files, not thousands.
-DEFAULT_ROWS_PER_PART = 50_000
+DATASET_ROWS_PER_PART = 50_000
 
 
 def part_name(index: int) -> str:
@@ -36,7 +37,7 @@ def write_part(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, compression="zstd", use_dictionary=True, write_statistics=True)
 
 
-def write_parts(table: pa.Table, directory: Path, rows_per_part: int = DEFAULT_ROWS_PER_PART) -> list[str]:
+def write_parts(table: pa.Table, directory: Path, rows_per_part: int = DATASET_ROWS_PER_PART) -> list[str]:
     """Split ``table`` into numbered parts inside ``directory``; return the part file names."""
     directory.mkdir(parents=True, exist_ok=True)
     names = []
