@@ -151,7 +151,7 @@ def test_demo_cells_cost_their_planned_steps():
             pool_size=plan.pool_size,
         )
 
-    steps = {c.run: ablation.estimated_steps(c, config(c)) for c in plan.cells}
+    steps = {c.run: ablation.finetune_steps(config(c), c.k) for c in plan.cells}
     assert len(steps) == 12  # 2 LLMs x (2 budgets + full) x 2 seeds
     assert set(steps.values()) == {1500}  # 600 problems x 10 epochs / batch 4, for every cell
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import polars as pl
 
-from train.ablation.grid import FULL
 from train.paired_stats import (
     DEFAULT_RESAMPLES,
     DEFAULT_SEED,
@@ -27,6 +26,11 @@ from train.paired_stats import (
     load_run_answers,
     stack_seeds,
 )
+
+FULL = "full"
+"""The whole-pool budget, its strategy label in the table, and the name of its subset under shards/: the
+reference row every cell is compared against. Defined here, below the ablation package, which reads it in
+grids and plans, so that the comparisons and the report it feeds never import the ablation."""
 
 RANDOM = "random"
 SUBSET_KEYS = ("strategy", "budget", "k")

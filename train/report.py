@@ -15,8 +15,7 @@ import polars as pl
 from curate.shards import manifest_value, subset_hash
 from datasets_spec.parts import read_json, write_json
 from datasets_spec.workspace import Workspace
-from train.ablation.grid import FULL
-from train.comparisons import STAT_COLUMNS, grid_comparisons, verdict_lines
+from train.comparisons import FULL, STAT_COLUMNS, grid_comparisons, verdict_lines
 from train.paired_stats import DEFAULT_LEVEL, format_p
 from train.rundir import METRICS_FILE, TRAIN_METRICS_FILE
 from train.scoring import ACCURACY, CATEGORIES, metrics_value

@@ -16,8 +16,16 @@ from train.ablation.grid import (
     load_grid,
     packaged_grid,
 )
-from train.ablation.plan import Cell, Plan, SubsetPlan, build_config, plan_ablation, stage1_run_name
-from train.ablation.run import Backend, describe_plan, estimated_steps, run_ablation
+from train.ablation.plan import (
+    Cell,
+    Plan,
+    SubsetPlan,
+    build_config,
+    finetune_steps,
+    plan_ablation,
+    stage1_run_name,
+)
+from train.ablation.run import Backend, describe_plan, run_ablation
 
 __all__ = [
     "FULL",
@@ -33,7 +41,7 @@ __all__ = [
     "build_config",
     "check_names",
     "describe_plan",
-    "estimated_steps",
+    "finetune_steps",
     "grid_from_dict",
     "load_grid",
     "packaged_grid",

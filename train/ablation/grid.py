@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets_spec.errors import UserError
+from train.comparisons import FULL
 from train.evaluate import EvalSpec
 
 if sys.version_info >= (3, 11):
@@ -49,8 +50,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 reads TOML through the tomli backport
     import tomli as tomllib
 
-FULL = "full"
-"""The whole-pool budget, its strategy label in the table, and the name of its subset under shards/."""
 RULES = "rules"
 DEFAULT_RUN_NAME = "{subset}__{llm}__s{seed}"
 # With more than one compute setting the default name also says which: the cells differ only in it.

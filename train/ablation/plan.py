@@ -202,9 +202,15 @@ def build_config(
     return dataclasses.replace(config, min_steps=steps, max_steps=steps)
 
 
+def finetune_steps(config: TrainConfig, samples: int) -> int:
+    """Stage-2 optimiser steps ``samples`` training samples take under ``config`` (its epochs at its global
+    batch, min/max steps applied): the whole pool's for ``steps = "pool"``, a cell's for scheduling."""
+    batch = config.stage_hparams("finetune").global_batch_size
+    return config.planned_steps("finetune", math.ceil(samples / batch))
+
+
 def pool_steps(config: TrainConfig, pool_size: int | None) -> int:
-    """Stage-2 optimiser steps the whole pool takes under ``config`` (its epochs, min/max steps applied)."""
+    """Stage-2 optimiser steps the whole pool takes under ``config``."""
     if not pool_size:
         raise UserError('grid: steps = "pool" needs the pool size, and the pool is empty')
-    batch = config.stage_hparams("finetune").global_batch_size
-    return config.planned_steps("finetune", math.ceil(pool_size / batch))
+    return finetune_steps(config, pool_size)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,8 +22,17 @@ from datasets_spec.outputs import check_ablation_owned
 from datasets_spec.parts import read_json, write_json
 from datasets_spec.workspace import Workspace
 from train.ablation.grid import RULES, AblationGrid, EvalSpec, check_names
-from train.ablation.plan import Cell, Plan, SubsetPlan, build_config, plan_ablation, stage1_run_name
+from train.ablation.plan import (
+    Cell,
+    Plan,
+    SubsetPlan,
+    build_config,
+    finetune_steps,
+    plan_ablation,
+    stage1_run_name,
+)
 from train.config import TrainConfig
+from train.report import write_reports
 from train.rundir import CONFIG_FILE, METRICS_FILE, PROJECTOR_FILE, partial_dir
 from train.scoring import ACCURACY, metrics_value
 
@@ -179,7 +187,7 @@ class CellJob:
     @property
     def estimated_steps(self) -> int:
         """Stage-2 optimiser steps the cell will take (for scheduling only)."""
-        return estimated_steps(self.cell, self.config)
+        return finetune_steps(self.config, self.cell.k)
 
 
 def _plan(ws: Workspace, grid: AblationGrid, backend: Backend) -> Plan:
@@ -235,8 +243,6 @@ def run_ablation(
         progress = f"[{i}/{len(plan.cells)}]"
         cell_jobs.append(CellJob(ws, grid, cell, config, key, backend, command, log, progress))
     _run_cells(cell_jobs, jobs)
-    from train.report import write_reports
-
     return write_reports(ws, grid, plan, manifests, plots=plots, log=log)
 
 
@@ -320,12 +326,6 @@ def _run_cells(cell_jobs: list[CellJob], jobs: int) -> None:
     with pool:
         for future in [pool.submit(_run_cell, job) for job in ordered]:
             future.result()  # re-raises a worker's error (a UserError stays one line)
-
-
-def estimated_steps(cell: Cell, config: TrainConfig) -> int:
-    """Stage-2 optimiser steps ``cell`` will take under ``config`` (for scheduling only)."""
-    batch = config.stage_hparams("finetune").global_batch_size
-    return config.planned_steps("finetune", math.ceil(cell.k / batch))
 
 
 def _limit_threads(threads: int) -> None:
