@@ -19,6 +19,7 @@ from datasets_spec.errors import UserError
 from datasets_spec.parts import write_json
 from datasets_spec.schema import rows_to_table
 from datasets_spec.workspace import Workspace
+from tests.train_helpers import question_rows
 from train import ablation, cli, report
 from train.ablation import (
     Backend,
@@ -29,6 +30,7 @@ from train.ablation import (
     plan_ablation,
     run_ablation,
 )
+from train.ablation.plan import finetune_steps
 from train.config import TrainConfig
 from train.evaluate import select_problems
 from train.scoring import CATEGORIES, problems_from_rows, score_predictions
@@ -55,31 +57,8 @@ limit = 5
 
 
 def _rows(n_train: int = 12, n_test: int = 6) -> list[dict]:
-    rows = []
-    for i in range(n_train + n_test):
-        split = "train" if i < n_train else "test"
-        answer = i % 3
-        rows.append(
-            {
-                "sample_id": str(i),
-                "source": "synthetic",
-                "split": split,
-                "image": None,
-                "conversations": [
-                    {"from": "human", "value": f"Question {i}? Options: (A) a (B) b (C) c"},
-                    {"from": "gpt", "value": f"The answer is {'ABC'[answer]}."},
-                ],
-                "question": f"Question {i}?",
-                "context": "",
-                "choices": ["a", "b", "c"],
-                "answer": answer,
-                "subject": ["natural science", "social science", "language science"][i % 3],
-                "grade": 1 + i % 12,
-                "difficulty": 0.5,
-                "n_tokens_est": 20,
-            }
-        )
-    return rows
+    subjects = ("natural science", "social science", "language science")
+    return question_rows(n_train, n_test, subjects=subjects, grades=tuple(range(1, 13)))
 
 
 @pytest.fixture()
@@ -151,7 +130,7 @@ def test_demo_cells_cost_their_planned_steps():
             pool_size=plan.pool_size,
         )
 
-    steps = {c.run: ablation.finetune_steps(config(c), c.k) for c in plan.cells}
+    steps = {c.run: finetune_steps(config(c), c.k) for c in plan.cells}
     assert len(steps) == 12  # 2 LLMs x (2 budgets + full) x 2 seeds
     assert set(steps.values()) == {1500}  # 600 problems x 10 epochs / batch 4, for every cell
 

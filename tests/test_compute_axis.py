@@ -17,6 +17,7 @@ from datasets_spec.errors import UserError
 from datasets_spec.parts import read_json, write_json
 from datasets_spec.schema import rows_to_table
 from datasets_spec.workspace import Workspace
+from tests.train_helpers import question_rows
 from train.ablation import Backend, build_config, grid_from_dict, plan_ablation, run_ablation
 from train.ablation.grid import EvalSpec
 from train.evaluate import answer_record, select_problems
@@ -114,30 +115,7 @@ def test_steps_note():
 
 
 def _rows(n_train: int = 12, n_test: int = 10) -> list[dict]:
-    rows = []
-    for i in range(n_train + n_test):
-        answer = i % 3
-        rows.append(
-            {
-                "sample_id": f"{i:03d}",
-                "source": "synthetic",
-                "split": "train" if i < n_train else "test",
-                "image": None,
-                "conversations": [
-                    {"from": "human", "value": f"Question {i}? Options: (A) a (B) b (C) c"},
-                    {"from": "gpt", "value": f"The answer is {'ABC'[answer]}."},
-                ],
-                "question": f"Question {i}?",
-                "context": "",
-                "choices": ["a", "b", "c"],
-                "answer": answer,
-                "subject": "natural science",
-                "grade": 3,
-                "difficulty": 0.5,
-                "n_tokens_est": 20,
-            }
-        )
-    return rows
+    return question_rows(n_train, n_test, id_format="{:03d}")
 
 
 class Fake:

@@ -52,3 +52,39 @@ def logits(model, batch: dict) -> torch.Tensor:
     model.eval()
     keys = ("input_ids", "attention_mask", "pixel_values")
     return model(**{k: batch[k] for k in keys}).logits
+
+
+def question_rows(
+    n_train: int,
+    n_test: int,
+    *,
+    id_format: str = "{}",
+    subjects: tuple[str, ...] = ("natural science",),
+    grades: tuple[int, ...] = (3,),
+) -> list[dict]:
+    """Text-only three-choice problems in canonical form: problem i answers option ``i % 3``, the first
+    ``n_train`` are in the train split and the rest in test; subjects and grades cycle through the given."""
+    rows = []
+    for i in range(n_train + n_test):
+        answer = i % 3
+        rows.append(
+            {
+                "sample_id": id_format.format(i),
+                "source": "synthetic",
+                "split": "train" if i < n_train else "test",
+                "image": None,
+                "conversations": [
+                    {"from": "human", "value": f"Question {i}? Options: (A) a (B) b (C) c"},
+                    {"from": "gpt", "value": f"The answer is {'ABC'[answer]}."},
+                ],
+                "question": f"Question {i}?",
+                "context": "",
+                "choices": ["a", "b", "c"],
+                "answer": answer,
+                "subject": subjects[i % len(subjects)],
+                "grade": grades[i % len(grades)],
+                "difficulty": 0.5,
+                "n_tokens_est": 20,
+            }
+        )
+    return rows

@@ -61,57 +61,37 @@ _LLAVA_PRETRAIN = StageHparams(
     weight_decay=0.0,
     optimizer="adamw_torch",
 )
-_LLAVA_FINETUNE = StageHparams(
-    lr=2e-5,
-    lora_lr=2e-4,
-    projector_lr=2e-5,
-    epochs=1,
-    global_batch_size=128,
-    per_device_batch_size=16,
-    warmup_ratio=0.03,
-    scheduler="cosine",
+_LLAVA_FINETUNE = dataclasses.replace(
+    _LLAVA_PRETRAIN, lr=2e-5, lora_lr=2e-4, projector_lr=2e-5, global_batch_size=128, per_device_batch_size=16
+)
+# For tests and the CPU demo: tiny random models need a high lr and many small steps to move at all.
+_TINY_PRETRAIN = StageHparams(
+    lr=5e-3,
+    lora_lr=5e-3,
+    projector_lr=None,
+    epochs=3,
+    global_batch_size=4,
+    per_device_batch_size=2,
+    warmup_ratio=0.0,
+    scheduler="constant",
     weight_decay=0.0,
     optimizer="adamw_torch",
+    lora_r=8,
 )
 
 HPARAM_PRESETS: dict[str, dict[str, StageHparams]] = {
     "llava-1.5": {"pretrain": _LLAVA_PRETRAIN, "finetune": _LLAVA_FINETUNE},
     # LLaVA's ScienceQA recipe: start from a pretrained projector (stage 1 as LLaVA-1.5), then 12 epochs in
-    # the paper's table, 15 in the spec; lr 2e-5, batch 32, Adam without weight decay.
+    # the paper's table, 15 here; lr 2e-5, batch 32, Adam without weight decay.
     "scienceqa": {
         "pretrain": _LLAVA_PRETRAIN,
         "finetune": dataclasses.replace(
             _LLAVA_FINETUNE, epochs=15, global_batch_size=32, per_device_batch_size=4, weight_decay=0.0
         ),
     },
-    # For tests and the CPU demo: tiny random models need a high lr and many small steps to move at all.
     "tiny-cpu": {
-        "pretrain": StageHparams(
-            lr=5e-3,
-            lora_lr=5e-3,
-            projector_lr=None,
-            epochs=3,
-            global_batch_size=4,
-            per_device_batch_size=2,
-            warmup_ratio=0.0,
-            scheduler="constant",
-            weight_decay=0.0,
-            optimizer="adamw_torch",
-            lora_r=8,
-        ),
-        "finetune": StageHparams(
-            lr=2e-3,
-            lora_lr=5e-3,
-            projector_lr=2e-3,
-            epochs=3,
-            global_batch_size=4,
-            per_device_batch_size=2,
-            warmup_ratio=0.0,
-            scheduler="constant",
-            weight_decay=0.0,
-            optimizer="adamw_torch",
-            lora_r=8,
-        ),
+        "pretrain": _TINY_PRETRAIN,
+        "finetune": dataclasses.replace(_TINY_PRETRAIN, lr=2e-3, projector_lr=2e-3),
     },
 }
 

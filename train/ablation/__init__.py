@@ -16,15 +16,7 @@ from train.ablation.grid import (
     load_grid,
     packaged_grid,
 )
-from train.ablation.plan import (
-    Cell,
-    Plan,
-    SubsetPlan,
-    build_config,
-    finetune_steps,
-    plan_ablation,
-    stage1_run_name,
-)
+from train.ablation.plan import Cell, Plan, SubsetPlan, build_config, plan_ablation, stage1_run_name
 from train.ablation.run import Backend, describe_plan, run_ablation
 
 __all__ = [
@@ -41,7 +33,6 @@ __all__ = [
     "build_config",
     "check_names",
     "describe_plan",
-    "finetune_steps",
     "grid_from_dict",
     "load_grid",
     "packaged_grid",
