@@ -30,7 +30,7 @@ from train.ablation import (
     plan_ablation,
     run_ablation,
 )
-from train.ablation.plan import finetune_steps
+from train.ablation.plan import cell_config, finetune_steps
 from train.config import TrainConfig
 from train.evaluate import select_problems
 from train.scoring import CATEGORIES, problems_from_rows, score_predictions
@@ -118,19 +118,7 @@ def test_demo_cells_cost_their_planned_steps():
     grid = load_grid(ablation.packaged_grid("demo"))
     plan = plan_ablation(grid, lambda require_image: 600)
 
-    def config(c):
-        return ablation.build_config(
-            grid,
-            llm=c.llm,
-            stage="finetune",
-            seed=c.seed,
-            run=c.run,
-            projector_path=None,
-            compute=c.compute,
-            pool_size=plan.pool_size,
-        )
-
-    steps = {c.run: finetune_steps(config(c), c.k) for c in plan.cells}
+    steps = {c.run: finetune_steps(cell_config(grid, c, pool_size=plan.pool_size), c.k) for c in plan.cells}
     assert len(steps) == 12  # 2 LLMs x (2 budgets + full) x 2 seeds
     assert set(steps.values()) == {1500}  # 600 problems x 10 epochs / batch 4, for every cell
 

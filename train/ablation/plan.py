@@ -209,6 +209,22 @@ def finetune_steps(config: TrainConfig, samples: int) -> int:
     return config.planned_steps("finetune", math.ceil(samples / batch))
 
 
+def cell_config(
+    grid: AblationGrid, cell: Cell, *, pool_size: int, projector_path: Path | None = None
+) -> TrainConfig:
+    """The stage-2 TrainConfig of ``cell``, starting from the stage-1 projector at ``projector_path``."""
+    return build_config(
+        grid,
+        llm=cell.llm,
+        stage="finetune",
+        seed=cell.seed,
+        run=cell.run,
+        projector_path=projector_path,
+        compute=cell.compute,
+        pool_size=pool_size,
+    )
+
+
 def pool_steps(config: TrainConfig, pool_size: int | None) -> int:
     """Stage-2 optimiser steps the whole pool takes under ``config``."""
     if not pool_size:

@@ -27,6 +27,7 @@ from train.ablation.plan import (
     Plan,
     SubsetPlan,
     build_config,
+    cell_config,
     finetune_steps,
     plan_ablation,
     stage1_run_name,
@@ -222,16 +223,7 @@ def run_ablation(
     cell_jobs = []
     for i, cell in enumerate(plan.cells, 1):
         projector, stage1_key = stage1[cell.llm]
-        config = build_config(
-            grid,
-            llm=cell.llm,
-            stage="finetune",
-            seed=cell.seed,
-            run=cell.run,
-            projector_path=projector,
-            compute=cell.compute,
-            pool_size=plan.pool_size,
-        )
+        config = cell_config(grid, cell, pool_size=plan.pool_size, projector_path=projector)
         key = {
             "subset": cell.subset,
             "subset_hash": subset_hash(manifests[cell.subset]),
