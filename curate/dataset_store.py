@@ -65,15 +65,9 @@ def write_dataset(
         if existing.get("fingerprint") == fingerprint and not overwrite:
             return existing
         if not overwrite:
-            raise UserError(
-                f"{target}: already holds a different dataset ({existing.get('source')}, "
-                f"{existing.get('rows')} rows); pass --overwrite to replace it"
-            )
+            raise _different_dataset(target, existing)
     info = {
-        "schema_version": SCHEMA_VERSION,
-        "source": source,
-        "source_paths": {k: str(v) for k, v in source_paths.items()},
-        "image_root": str(Path(image_root).resolve()) if image_root else None,
+        **_header(source, source_paths, image_root),
         "rows": table.num_rows,
         "splits": split_counts(table),
         "image_rows": table.num_rows - table.column("image").null_count,
@@ -88,6 +82,23 @@ def write_dataset(
         info["part_hashes"] = part_hashes(tmp)
         write_json(tmp / "dataset.json", info)
     return info
+
+
+def _header(source: str, source_paths: dict[str, str], image_root: Path | None) -> dict:
+    """The first keys of dataset.json: what was ingested, from where."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "source": source,
+        "source_paths": {k: str(v) for k, v in source_paths.items()},
+        "image_root": str(Path(image_root).resolve()) if image_root else None,
+    }
+
+
+def _different_dataset(target: Path, existing: dict) -> UserError:
+    return UserError(
+        f"{target}: already holds a different dataset ({existing.get('source')}, "
+        f"{existing.get('rows')} rows); pass --overwrite to replace it"
+    )
 
 
 def _check_target(target: Path, sources: list) -> None:
@@ -136,15 +147,9 @@ def write_dataset_batches(
             if existing is not None and not overwrite:
                 if existing.get("fingerprint") == info["fingerprint"]:
                     raise _SameDataset
-                raise UserError(
-                    f"{target}: already holds a different dataset ({existing.get('source')}, "
-                    f"{existing.get('rows')} rows); pass --overwrite to replace it"
-                )
+                raise _different_dataset(target, existing)
             payload = {
-                "schema_version": SCHEMA_VERSION,
-                "source": source,
-                "source_paths": {k: str(v) for k, v in source_paths.items()},
-                "image_root": str(Path(image_root).resolve()) if image_root else None,
+                **_header(source, source_paths, image_root),
                 "skipped_images": 0,
                 "tool_version": tool_version(),
                 "created_at": now_utc(),

@@ -4,6 +4,22 @@ from __future__ import annotations
 
 import pytest
 
+# --- torch threads --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for the tests of a module that asks for it
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``): their matrices are tiny, and on a busy 2-core
+    machine a second thread only adds contention (steps ran up to 50x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --- synthetic dataset fixture ---------------------------------------------------------------------------
 
 

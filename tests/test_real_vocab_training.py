@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from tests.train_helpers import private_workspace
 from train.config import TrainConfig
@@ -14,13 +13,7 @@ from train.evaluate import evaluate_run
 from train.rundir import read_log
 from train.runner import run_training
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a busy 2-core machine: one intra-op thread avoids contention
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,7 @@ from train.runner import merge_run, run_training
 # 2 CPU cores: runs stay at a handful of steps of the 2-layer models.
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matrices: a second intra-op thread only adds contention (50x slower steps on a busy 2-core box).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

