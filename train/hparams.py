@@ -65,17 +65,15 @@ _LLAVA_FINETUNE = dataclasses.replace(
     _LLAVA_PRETRAIN, lr=2e-5, lora_lr=2e-4, projector_lr=2e-5, global_batch_size=128, per_device_batch_size=16
 )
 # For tests and the CPU demo: tiny random models need a high lr and many small steps to move at all.
-_TINY_PRETRAIN = StageHparams(
+_TINY_PRETRAIN = dataclasses.replace(
+    _LLAVA_PRETRAIN,
     lr=5e-3,
     lora_lr=5e-3,
-    projector_lr=None,
     epochs=3,
     global_batch_size=4,
     per_device_batch_size=2,
     warmup_ratio=0.0,
     scheduler="constant",
-    weight_decay=0.0,
-    optimizer="adamw_torch",
     lora_r=8,
 )
 
