@@ -299,12 +299,25 @@ def _reference_vectors(dataset: _Rows, layers: tuple[int, ...], device: str, num
 
 
 def embed_any(ws: Workspace, *, model: str, layers: str = "-1", max_length: int = 4096, pretrained=None,
-              fuse: str = "mean", dtype: str = "float32", **common) -> Path:
-    """``curate embed``: a reference model (``llava:`` / ``lm:``) here, any other name through open_clip."""
+              fuse: str | None = None, dtype: str = "float32", image_model: str | None = None,
+              **common) -> Path:
+    """``curate embed``: a reference model (``llava:`` / ``lm:``), a text model (``wordllama``, ``st:``) or
+    any other name through open_clip. ``None`` options take each embedder's own default (``batch_size``,
+    ``fuse``: ``mean`` for open_clip, ``text`` for a text model; ``image_model``: the open_clip default)."""
+    from curate.embed_text import embed_text, is_text_model
+
+    if common.get("batch_size") is None:
+        common.pop("batch_size", None)
     if is_reference(model):
         if dtype != "float32":
             raise UserError(f"--dtype {dtype}: reference-model features are stored as float32")
         return embed_reference(ws, model=model, layers=layers, max_length=max_length, **common)
-    return clip_embed.embed_workspace(
-        ws, model=model, pretrained=pretrained, fuse=fuse, dtype=dtype, **common
-    )
+    if is_text_model(model):
+        extra = {"image_model": image_model} if image_model is not None else {}
+        if pretrained is not None:
+            extra["pretrained"] = pretrained
+        return embed_text(ws, model=model, fuse=fuse or "text", dtype=dtype, **extra, **common)
+    if image_model is not None:
+        raise UserError("--image-model: only with a text model (--model wordllama or st:<dir>)")
+    extra = {"pretrained": pretrained} if pretrained is not None else {}
+    return clip_embed.embed_workspace(ws, model=model, fuse=fuse or "mean", dtype=dtype, **extra, **common)
