@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from curate_helpers import copy_workspace
 
 from curate.cli import app
 from curate.embedding_sets import load_embeddings
-from datasets_spec.parts import list_parts
+from datasets_spec.parts import list_parts, read_json
 
 WORDLLAMA_PACKAGE = Path(__import__("importlib").util.find_spec("wordllama").origin).parent
 
@@ -175,3 +178,20 @@ def test_bad_st_directories_and_missing_wordllama_files(synthetic_workspace, min
     monkeypatch.setattr(curate.embed_text, "wordllama_dir", lambda: stripped)
     tokenizer = stripped / "tokenizers" / "l2_supercat_tokenizer_config.json"
     _assert_refused(ws, ["--model", "wordllama"], str(tokenizer), "missing")
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_write_one_wordllama_set(wordllama_ws, tmp_path) -> None:
+    ws = copy_workspace(wordllama_ws, tmp_path)
+    shutil.rmtree(ws.embeddings_dir)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "curate.cli", "embed", "-w", str(ws.root),
+         "--model", "wordllama", "--rows-per-part", "64"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    got = {p.name: p.read_bytes() for p in list_parts(ws.embeddings_dir / "wordllama")}
+    one_process = {p.name: p.read_bytes() for p in list_parts(wordllama_ws.embeddings_dir / "wordllama")}
+    assert read_json(ws.embeddings_dir / "wordllama" / "embeddings.json")["world_size"] == 2
+    assert got == one_process  # each part is computed identically whichever rank owns it
