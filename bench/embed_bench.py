@@ -1,9 +1,9 @@
 """Benchmark `curate embed` (decode + preprocess in DataLoader workers + model + Parquet parts) against the
 model's forward alone on the same preprocessed batches, measured side by side in one process.
 
-Generated workspace: N image samples (random-colour PNGs) with short texts. Default model: ViT-B-32 with
-random weights (no download); pass ``--model tiny-clip`` for a quick run. Prints images/s of both and the
-ratio pipeline / model-only (goal >= 0.85).
+Generated workspace: N image samples (random-colour PNGs) with short texts. Default model: the open_clip
+default (curate.clip_model.DEFAULT_CLIP_MODEL) with random weights (no download); pass ``--model tiny-clip``
+for a quick run. Prints images/s of both and the ratio pipeline / model-only (goal >= 0.85).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from curate.clip_model import load_model
+from curate.clip_model import DEFAULT_CLIP_MODEL, load_model
 from curate.dataset_store import write_dataset
 from curate.embed import _image_size, embed_workspace, sample_text
 from datasets_spec.schema import rows_to_table
@@ -68,7 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--image-size", type=int, default=256)
-    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--model", default=DEFAULT_CLIP_MODEL)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--num-workers", type=int, default=2)
     args = ap.parse_args()

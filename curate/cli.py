@@ -10,6 +10,11 @@ from pathlib import Path
 
 import typer
 
+from curate.clip_model import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
+from curate.embed import CLIP_BATCH_SIZE
+from curate.embed_parts import EMBEDDING_ROWS_PER_PART
+from curate.embed_reference import REFERENCE_BATCH_SIZE
+from curate.embed_text import ST_PREFIX, TEXT_BATCH_SIZE, WORDLLAMA
 from datasets_spec.cli_common import WorkspaceOption, invoked_command
 from datasets_spec.distributed import rank
 from datasets_spec.errors import exit_on_user_error
@@ -230,33 +235,49 @@ def check(workspace: Path | None = WorkspaceOption) -> None:
 def embed(
     workspace: Path | None = WorkspaceOption,
     model: str = typer.Option(
-        "ViT-B-32", help="open_clip model name (tiny-clip: bundled tiny test config), or a reference model: "
-        "llava:runs/<run> (a run of this project / merged model) or lm:<dir or LLM preset> (text only).",
+        DEFAULT_CLIP_MODEL, help="open_clip model name (tiny-clip: bundled tiny test config); a text model: "
+        "wordllama or st:<sentence-transformers directory>; or a reference model: llava:runs/<run> (a run "
+        "of this project / merged model) or lm:<dir or LLM preset> (text only).",
     ),
-    pretrained: str = typer.Option(
-        "laion2b_s34b_b79k", help="open_clip tag, a local checkpoint file, or `none` for random weights."
+    pretrained: str | None = typer.Option(
+        None, show_default=False, help=f"open_clip weights (also --image-model's): a tag, a local checkpoint "
+        f"file, or `none` for random weights (default: {DEFAULT_CLIP_PRETRAINED}).",
     ),
-    fuse: str = typer.Option("mean", help="Image+text -> one vector: mean, image, text, concat."),
-    batch_size: int = typer.Option(64, help="Samples per forward pass."),
+    fuse: str | None = typer.Option(
+        None, show_default=False, help="Image+text -> one vector. open_clip: mean (default), image, text, "
+        "concat; wordllama / st: text (default, no image model) or concat with --image-model's images.",
+    ),
+    image_model: str | None = typer.Option(
+        None, show_default=False, help=f"wordllama / st: with --fuse concat, the open_clip model of the "
+        f"images (default: {DEFAULT_CLIP_MODEL}).",
+    ),
+    batch_size: int | None = typer.Option(
+        None, show_default=False, help=f"Samples per forward pass (default: open_clip {CLIP_BATCH_SIZE}, "
+        f"wordllama {TEXT_BATCH_SIZE[WORDLLAMA]}, st: {TEXT_BATCH_SIZE[ST_PREFIX]}, llava:/lm: "
+        f"{REFERENCE_BATCH_SIZE}).",
+    ),
     device: str = typer.Option("auto", help="auto (cuda when present, fp16 there), cpu, cuda, cuda:N."),
     num_workers: int = typer.Option(2, help="DataLoader workers decoding images."),
     tag: str | None = typer.Option(None, help="Set name under embeddings/ (default: <model>_<pretrained>)."),
     overwrite: bool = typer.Option(False, help="Replace an existing set with the same tag."),
-    rows_per_part: int = typer.Option(4096, help="Rows per Parquet part (unit of resume and of torchrun)."),
+    rows_per_part: int = typer.Option(
+        EMBEDDING_ROWS_PER_PART, help="Rows per Parquet part (unit of resume and of torchrun)."
+    ),
     seed: int = typer.Option(0, help="Seed for random weights (--pretrained none)."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     dtype: str = typer.Option("float32", help="Stored vectors: float32 or float16 (half the bytes)."),
     layers: str = typer.Option("-1", help="llava:/lm: hidden-state layers to mean-pool, e.g. -1 or 4,8,-1."),
     max_length: int = typer.Option(4096, help="llava:/lm: a longer sample is an error."),
 ) -> None:
-    """Embed every sample (open_clip image + text, or a reference model's hidden states) into
-    embeddings/<tag>/; resumable, torchrun-sharded."""
+    """Embed every sample (open_clip image + text, a text model, or a reference model's hidden states)
+    into embeddings/<tag>/; resumable, torchrun-sharded."""
     from curate.embed_reference import embed_any
 
     out = embed_any(
-        _workspace(workspace), model=model, pretrained=pretrained, fuse=fuse, batch_size=batch_size,
-        device=device, num_workers=num_workers, tag=tag, overwrite=overwrite, rows_per_part=rows_per_part,
-        seed=seed, threads=threads, dtype=dtype, layers=layers, max_length=max_length,
+        _workspace(workspace), model=model, pretrained=pretrained, fuse=fuse, image_model=image_model,
+        batch_size=batch_size, device=device, num_workers=num_workers, tag=tag, overwrite=overwrite,
+        rows_per_part=rows_per_part, seed=seed, threads=threads, dtype=dtype, layers=layers,
+        max_length=max_length,
     )
     typer.echo(str(out))
 
@@ -353,8 +374,10 @@ def score(
     by: str = typer.Option(..., "--by", help="length | clip-sim | loss | ppl"),
     name: str | None = typer.Option(None, help="Set name under scores/ (default: <by>[_<source>])."),
     run: Path | None = typer.Option(None, help="loss/ppl: the run directory whose model scores the samples."),
-    model: str = typer.Option("ViT-B-32", help="clip-sim: open_clip model."),
-    pretrained: str = typer.Option("laion2b_s34b_b79k", help="clip-sim: open_clip tag, checkpoint, `none`."),
+    model: str = typer.Option(DEFAULT_CLIP_MODEL, help="clip-sim: open_clip model."),
+    pretrained: str = typer.Option(
+        DEFAULT_CLIP_PRETRAINED, help="clip-sim: open_clip tag, checkpoint, `none`."
+    ),
     batch_size: int = typer.Option(8, help="Samples per forward pass."),
     max_length: int = typer.Option(2048, help="loss/ppl: longer samples get no score."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),

@@ -11,6 +11,10 @@ from pathlib import Path
 from datasets_spec.errors import UserError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+# The default open_clip weights of `curate embed` and `curate score --by clip-sim`: ViT-B-32 trained on
+# LAION-2B is the usual CLIP baseline of data-selection papers, and small enough to embed 665k samples.
+DEFAULT_CLIP_MODEL = "ViT-B-32"
+DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b79k"
 
 
 def register_model_configs() -> None:

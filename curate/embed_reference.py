@@ -20,21 +20,21 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from curate import embed as clip_embed
-from curate.embed import PROGRESS_NAME, _progress, _write_embedding_part
-from datasets_spec.distributed import barrier
+from curate.embed_parts import EMBEDDING_ROWS_PER_PART, EmbedJob, embedding_process, finished_set, run_parts
 from datasets_spec.errors import UserError
-from datasets_spec.parts import list_parts, part_name, read_json, write_json
 from datasets_spec.schema import IMAGE_TOKEN
 from datasets_spec.workspace import Workspace
 
 KINDS = ("llava", "lm")
+# Reference models are LLMs over long prompts (a LLaVA sample is ~600-2,000 tokens): 8 keeps the padded
+# batch's activations within a few GB.
+REFERENCE_BATCH_SIZE = 8
 POOLING_RULE = (
     "mean over the sample's tokens (image tokens included) of hidden_states[l] for each layer, "
     "each L2-normalised, concatenated in --layers order, L2-normalised"
@@ -215,12 +215,12 @@ def embed_reference(
     *,
     model: str,
     layers: str | tuple[int, ...] = "-1",
-    batch_size: int = 8,
+    batch_size: int = REFERENCE_BATCH_SIZE,
     device: str = "auto",
     num_workers: int = 2,
     tag: str | None = None,
     overwrite: bool = False,
-    rows_per_part: int = clip_embed.DEFAULT_ROWS_PER_PART,
+    rows_per_part: int = EMBEDDING_ROWS_PER_PART,
     max_length: int = 4096,
     seed: int = 0,
     max_parts: int | None = None,
@@ -233,34 +233,17 @@ def embed_reference(
         raise UserError("--batch-size, --max-length and rows per part must be positive")
     layer_list = parse_layers(layers)
     kind, source, params = reference_params(ws, model, layer_list, rows_per_part, max_length, seed)
-    tag = tag or default_reference_tag(kind, source, layer_list)
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", tag) or tag.startswith("."):
-        raise UserError(f"--tag {tag!r}: use letters, digits, '.', '_' and '-' only")
-    final = ws.embeddings_dir / tag
-    if clip_embed.finished_set(ws, final, params, overwrite):
-        return final
+    job = EmbedJob(ws, tag or default_reference_tag(kind, source, layer_list), params, rule=POOLING_RULE,
+                   text_rule=_text_rule(kind), batch_size=batch_size, device=device, num_workers=num_workers,
+                   max_parts=max_parts, show_progress=show_progress, stats=stats)
+    if finished_set(job, overwrite):
+        return job.final
     if kind == "llava":
         from train.evaluate import check_run_dataset
 
         check_run_dataset(ws, Path(source))
-    with clip_embed.embedding_process(threads) as (rank, world):
-        return _run(
-            ws,
-            final,
-            tag,
-            kind,
-            source,
-            params,
-            layer_list,
-            batch_size,
-            device,
-            num_workers,
-            max_parts,
-            show_progress,
-            stats,
-            rank,
-            world,
-        )
+    with embedding_process(threads) as (rank, world):
+        return _run(job, kind, source, layer_list, rank, world)
 
 
 def _device(device: str, world: int) -> str:
@@ -273,87 +256,20 @@ def _device(device: str, world: int) -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if world > 1 else "cuda"
 
 
-def _run(
-    ws,
-    final,
-    tag,
-    kind,
-    source,
-    params,
-    layers,
-    batch_size,
-    device,
-    num_workers,
-    max_parts,
-    show_progress,
-    stats,
-    rank,
-    world,
-) -> Path:
-    import torch
-
-    table = ws.read_dataset(columns=["sample_id", "image", "conversations"])
+def _run(job: EmbedJob, kind: str, source: str, layers: tuple[int, ...], rank: int, world: int) -> Path:
+    table = job.ws.read_dataset(columns=["sample_id", "image", "conversations"])
     if kind == "llava":
-        clip_embed._image_paths(ws, table)  # every image exists and stays inside the root: checked first
-    dev = _device(device, world)
+        clip_embed._image_paths(job.ws, table)  # every image exists and stays inside the root: checked first
+    dev = _device(job.device, world)
     t0 = time.perf_counter()
-    encoder = _Encoder(kind, source, params["seed"])
+    encoder = _Encoder(kind, source, job.params["seed"])
     encoder.model.to(dev)
-    t_load = time.perf_counter() - t0
-    partial = ws.embeddings_dir / f".{tag}.partial"
-    if rank == 0:
-        if partial.exists() and (
-            not (partial / PROGRESS_NAME).exists() or read_json(partial / PROGRESS_NAME) != params
-        ):
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True, exist_ok=True)
-        write_json(partial / PROGRESS_NAME, params)
-    barrier()
+    if job.stats is not None:
+        job.stats["seconds_model_load"] = time.perf_counter() - t0
     rows = table.to_pylist()
-    ids = [r["sample_id"] for r in rows]
-    n_rows, rpp = len(ids), params["rows_per_part"]
-    n_parts = -(-n_rows // rpp)
-    done = {p.name for p in list_parts(partial)}
-    todo = [p for p in range(n_parts) if p % world == rank and part_name(p) not in done]
-    if max_parts is not None:
-        todo = todo[:max_parts]
-    batches = clip_embed._batches(todo, n_rows, rpp, batch_size)
-    loader = torch.utils.data.DataLoader(
-        _Rows(rows, encoder, ws.image_root(), params["max_length"]),
-        batch_sampler=batches,
-        num_workers=num_workers if batches else 0,
-        collate_fn=lambda items: collate(items, encoder.pad_id),
-    )
-    parts_rows = {p: (p * rpp, min(n_rows, (p + 1) * rpp)) for p in todo}
-    t1 = time.perf_counter()
-    with (
-        torch.inference_mode(),
-        _progress(sum(b - a for a, b in parts_rows.values()), show_progress and rank == 0) as advance,
-    ):
-        _fill_parts(encoder.model, loader, parts_rows, ids, partial, layers, dev, advance)
-    if stats is not None:
-        stats.update(
-            seconds_model_load=t_load,
-            seconds_loop=time.perf_counter() - t1,
-            rows=sum(b - a for a, b in parts_rows.values()),
-        )
-    barrier()
-    complete = len(list_parts(partial)) == n_parts
-    if rank == 0 and complete:
-        clip_embed._finalise(
-            ws,
-            partial,
-            final,
-            tag,
-            params,
-            n_rows,
-            n_parts,
-            world,
-            rule=POOLING_RULE,
-            text_rule=_text_rule(kind),
-        )
-    barrier()
-    return final if complete else partial
+    dataset = _Rows(rows, encoder, job.ws.image_root(), job.params["max_length"])
+    encode = _reference_vectors(dataset, layers, dev, job.num_workers)
+    return run_parts(job, [r["sample_id"] for r in rows], encode, rank=rank, world=world)
 
 
 def _text_rule(kind: str) -> str:
@@ -362,31 +278,46 @@ def _text_rule(kind: str) -> str:
     return "every turn's text joined by a blank line, <image> removed"
 
 
-def _fill_parts(model, loader, parts_rows, ids, out_dir, layers, device, advance) -> None:
-    """Run the batches; write each part as soon as all of its rows are computed."""
-    pending: dict[int, dict[int, np.ndarray]] = {p: {} for p in parts_rows}
-    row_part = {r: p for p, (a, b) in parts_rows.items() for r in range(a, b)}
-    for batch in loader:
-        vectors = pooled_features(model, batch, layers, device)
-        for j, row in enumerate(batch["rows"]):
-            pending[row_part[row]][row] = vectors[j]
-        advance(len(batch["rows"]))
-        for p in {row_part[r] for r in batch["rows"]}:
-            a, b = parts_rows[p]
-            if len(pending[p]) == b - a:
-                got = pending.pop(p)
-                _write_embedding_part(
-                    out_dir / part_name(p), ids[a:b], np.stack([got[r] for r in range(a, b)])
-                )
+def _reference_vectors(dataset: _Rows, layers: tuple[int, ...], device: str, num_workers: int):
+    """The encoder of :func:`curate.embed_parts.run_parts`: batches of rows -> pooled hidden states."""
+    import torch
+
+    pad_id = dataset.encoder.pad_id
+
+    def encode(batches: list[list[int]]):
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=num_workers if batches else 0,
+            collate_fn=lambda items: collate(items, pad_id),
+        )
+        with torch.inference_mode():
+            for batch in loader:
+                yield batch["rows"], pooled_features(dataset.encoder.model, batch, layers, device)
+
+    return encode
 
 
 def embed_any(ws: Workspace, *, model: str, layers: str = "-1", max_length: int = 4096, pretrained=None,
-              fuse: str = "mean", dtype: str = "float32", **common) -> Path:
-    """``curate embed``: a reference model (``llava:`` / ``lm:``) here, any other name through open_clip."""
+              fuse: str | None = None, dtype: str = "float32", image_model: str | None = None,
+              **common) -> Path:
+    """``curate embed``: a reference model (``llava:`` / ``lm:``), a text model (``wordllama``, ``st:``) or
+    any other name through open_clip. ``None`` options take each embedder's own default (``batch_size``,
+    ``fuse``: ``mean`` for open_clip, ``text`` for a text model; ``image_model``: the open_clip default)."""
+    from curate.embed_text import embed_text, is_text_model
+
+    if common.get("batch_size") is None:
+        common.pop("batch_size", None)
     if is_reference(model):
         if dtype != "float32":
             raise UserError(f"--dtype {dtype}: reference-model features are stored as float32")
         return embed_reference(ws, model=model, layers=layers, max_length=max_length, **common)
-    return clip_embed.embed_workspace(
-        ws, model=model, pretrained=pretrained, fuse=fuse, dtype=dtype, **common
-    )
+    if is_text_model(model):
+        extra = {"image_model": image_model} if image_model is not None else {}
+        if pretrained is not None:
+            extra["pretrained"] = pretrained
+        return embed_text(ws, model=model, fuse=fuse or "text", dtype=dtype, **extra, **common)
+    if image_model is not None:
+        raise UserError("--image-model: only with a text model (--model wordllama or st:<dir>)")
+    extra = {"pretrained": pretrained} if pretrained is not None else {}
+    return clip_embed.embed_workspace(ws, model=model, fuse=fuse or "mean", dtype=dtype, **extra, **common)

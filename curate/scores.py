@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from curate.clip_model import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED
 from curate.kcenter import check_k
 from datasets_spec.errors import UserError
 from datasets_spec.outputs import check_replaceable, has_file
@@ -145,8 +146,8 @@ def score_workspace(
     *,
     name: str | None = None,
     run: Path | None = None,
-    model: str = "ViT-B-32",
-    pretrained: str | None = "laion2b_s34b_b79k",
+    model: str = DEFAULT_CLIP_MODEL,
+    pretrained: str | None = DEFAULT_CLIP_PRETRAINED,
     batch_size: int = 8,
     max_length: int = 2048,
     device: str = "auto",
