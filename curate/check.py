@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from curate.embedding_sets import INFO_NAME, check_set
 from datasets_spec.errors import UserError
 from datasets_spec.fingerprint import table_fingerprint
 from datasets_spec.parts import hash_parts, list_parts, read_json, read_part, read_parts, verify_parts
@@ -28,6 +29,8 @@ def verify_output(directory: Path) -> dict:
     record = read_json(directory / record_name)
     if not list_parts(directory):
         raise UserError(f"{directory}: no part-*.parquet files")
+    if record_name == INFO_NAME:
+        check_set(directory, record)  # dim, dtype, rows and part names against the parts, not only bytes
     recorded = record.get("part_hashes")
     if isinstance(recorded, dict):
         files = verify_parts(directory, recorded)
