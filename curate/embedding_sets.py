@@ -115,7 +115,8 @@ def _check_part_schema(path: Path, schema: pa.Schema, dim: int, dtype: str) -> N
     if kind is None or not pa.types.is_fixed_size_list(kind):
         raise UserError(f"{path}: no fixed-size embedding column ({kind}); not a part of an embedding set")
     if kind.list_size != dim or kind.value_type != ARROW_TYPES[dtype]:
-        stored = "float16" if kind.value_type == pa.float16() else str(kind.value_type)
+        names = {str(t): name for name, t in ARROW_TYPES.items()}
+        stored = names.get(str(kind.value_type), str(kind.value_type))
         raise UserError(
             f"{path}: holds {kind.list_size} {stored} values per row but {INFO_NAME} records dim {dim}, "
             f"dtype {dtype} (edited or replaced); rerun `curate embed --overwrite`"
