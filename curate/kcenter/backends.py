@@ -67,6 +67,11 @@ class NumpyShard:
         values = self._dist if first else self.min_d
         return np.flatnonzero(values >= threshold)
 
+    def mark_selected(self, local: int, step: int) -> None:
+        """``local`` picked without a pass (it duplicates a selected row): its own center."""
+        self.min_d[local] = -np.inf
+        self.nearest[local] = step
+
     def rows(self, local: np.ndarray) -> np.ndarray:
         return self.x[np.asarray(local, dtype=np.int64)].astype(np.float64)
 
@@ -178,6 +183,10 @@ class TorchShard:
     def candidates(self, threshold: float, first: bool) -> np.ndarray:
         values = self._dist if first else self.min_d
         return self.torch.nonzero(values >= threshold).flatten().cpu().numpy()
+
+    def mark_selected(self, local: int, step: int) -> None:
+        self.min_d[local] = float("-inf")
+        self.nearest[local] = step
 
     def rows(self, local: np.ndarray):
         idx = self.torch.from_numpy(np.asarray(local, dtype=np.int64)).to(self.device)
