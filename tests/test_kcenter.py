@@ -276,3 +276,42 @@ def test_resume_while_only_duplicates_are_left_continues_the_tie_order():
     picks, coverage = run_greedy(fresh, 300, comm, offset=0, n_total=len(x), mean=lambda: None, resume=resume)
     assert picks.tolist() == greedy_reference(x, 300)
     assert coverage.radius == 0.0 and coverage.farthest_pool_index == greedy_reference(x, 301)[-1]
+
+
+@pytest.mark.parametrize("name,x16", list(_float16_cases()), ids=[n for n, _ in _float16_cases()])
+def test_torch_shard_float16_is_exact_for_the_stored_values(name, x16):
+    # the CUDA backend's code, run on the CPU
+    k = min(60, len(x16))
+    comm = LocalComm()
+    picks, _ = run_greedy(TorchShard(x16, "cpu"), k, comm, offset=0, n_total=len(x16),
+                          mean=lambda: pool_mean(x16, comm, len(x16)))
+    assert picks.tolist() == brute_force_k_center(x16, k)
+
+
+def test_half_cpu_pass_is_within_the_float16_bound():
+    from curate.kcenter.backends import HalfCpuShard
+
+    rng = np.random.default_rng(6)
+    x = np.abs(rng.normal(size=(3000, 256))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True) / rng.uniform(0.5, 4.0, size=(3000, 1))
+    x16 = x.astype(np.float16)
+    shard = HalfCpuShard(x16)
+    c = x16[11].astype(np.float64)
+    got = shard._distances(c).astype(np.float64)
+    exact = ((x16.astype(np.float64) - c) ** 2).sum(1)
+    reach = float(np.sqrt(shard.max_sqnorm())) + float(np.sqrt(c @ c))
+    err = np.abs(got - exact).max()
+    assert pass_bound(256, reach, False) < err <= pass_bound(256, reach, True) / 1.01
+
+
+def test_device_rule_picks_the_blas_pass_for_float32_and_the_half_kernel_for_float16():
+    from curate.kcenter.backends import HalfCpuShard, backend_name
+
+    x = np.zeros((4, 3), dtype=np.float32)
+    assert backend_name("numpy", np.float32) == "numpy-float32"
+    if not torch.cuda.is_available():
+        assert backend_name("auto", np.float32) == "numpy-float32"
+        assert backend_name("auto", np.float16) == "torch-float16-cpu"
+        assert type(make_shard(x, "auto")) is NumpyShard
+        assert type(make_shard(x.astype(np.float16), "auto")) is HalfCpuShard
+    assert backend_name("cpu", np.float16) == "torch-float16-cpu"

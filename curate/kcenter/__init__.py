@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from curate.kcenter.backends import exact_accumulation, make_shard
+from curate.kcenter.backends import exact_accumulation, make_shard, pass_threads
 from curate.kcenter.engine import Coverage, Greedy, LocalComm, Resume
 from curate.kcenter.exact import carry_sum, exact_sq_dists
 
@@ -58,7 +58,7 @@ def run_greedy(
     """Picks (global pool indices, selection order) and the coverage; ``(partial picks, None)`` when
     ``stop_after`` picks were made first. ``on_pick`` runs after every pick (checkpoints, progress)."""
     g = Greedy(shard, k, comm, offset=offset, n_total=n_total)
-    with exact_accumulation():
+    with exact_accumulation(), pass_threads(shard):
         if resume is not None and len(resume.picks):
             g.resume(resume)
         else:
