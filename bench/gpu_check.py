@@ -122,9 +122,9 @@ def check_training(root: Path) -> tuple[str, bool, str]:
 
 
 def _losses(metrics) -> list[float]:
-    """Every ``*loss`` number in train_metrics.json (one summary per stage, or one summary)."""
+    """Every ``*loss`` number in train_metrics.json (one summary per stage: ``{stage: summary}``)."""
     found = []
-    for item in metrics if isinstance(metrics, list) else [metrics]:
+    for item in metrics.values() if isinstance(metrics, dict) else []:
         if isinstance(item, dict):
             found += [float(v) for key, v in item.items()
                       if key.endswith("loss") and isinstance(v, int | float)]
