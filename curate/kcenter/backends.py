@@ -41,7 +41,6 @@ class NumpyShard:
         self.min_d = np.full(self.n, np.inf, dtype=np.float32)
         self.nearest = np.full(self.n, -1, dtype=np.int64)
         self._dist = np.empty(self.n, dtype=np.float32)
-        self._scratch = np.empty(self.n, dtype=np.float32)
         self._closer = np.empty(self.n, dtype=bool)
 
     def pass_bytes(self) -> int:
@@ -152,8 +151,11 @@ class HalfCpuShard(NumpyShard):
     ) -> tuple[float, int, int]:
         dist = self._distances(c)
         screen = pass_bound(self.d, reach, True) + pass_bound(self.d, reach, False)
-        np.subtract(dist, screen, out=self._scratch)
-        maybe = np.flatnonzero(np.less(self._scratch, self.min_d, out=self._closer))
+        # in place (no per-sample buffer): the ulp this moves a value never matters, a sample either
+        # keeps its running minimum (the value is far above it) or is recomputed below
+        dist -= np.float32(screen)
+        maybe = np.flatnonzero(np.less(dist, self.min_d, out=self._closer))
+        dist += np.float32(screen)
         if len(maybe):
             c32 = np.asarray(c, dtype=np.float32)
             exact = np.empty(len(maybe), dtype=np.float32)
