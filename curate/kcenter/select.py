@@ -32,7 +32,8 @@ class KCenterOptions:
     """How ``l2-maxdiverse`` runs; none of these change the picks."""
 
     device: str = "auto"
-    """numpy (reference NumPy path), auto (cuda when present), cpu, cuda, cuda:N."""
+    """auto (cuda when present, else cpu), cpu, cuda, cuda:N, or numpy (the reference NumPy path); the
+    kernel per device and dtype is a fixed rule (curate.kcenter.backends.backend_name)."""
     memory_budget_gb: float | None = None
     """Bytes one process may use for the pool; None: free RAM (free GPU memory on CUDA)."""
     checkpoint_every: int = 1000
