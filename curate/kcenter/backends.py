@@ -122,10 +122,14 @@ class HalfCpuShard(NumpyShard):
 
     def _widened(self, c32: np.ndarray, idx: np.ndarray | None, out: np.ndarray) -> None:
         """``out = x[idx] . c`` (all rows when ``idx`` is None) in float32, in bounded blocks."""
+        import torch
+
         n = self.n if idx is None else len(idx)
         for start in range(0, n, 65536):
             rows = self.x[start : start + 65536] if idx is None else self.x[idx[start : start + 65536]]
-            np.dot(rows.astype(np.float32), -2.0 * c32, out=out[start : start + len(rows)])
+            # torch widens float16 about 2x faster than NumPy's astype here (both exact)
+            wide = torch.from_numpy(rows).float().numpy()
+            np.dot(wide, -2.0 * c32, out=out[start : start + len(rows)])
 
     def first(self, mean: np.ndarray, margin: float) -> tuple[float, int, int]:
         c32 = np.asarray(mean, dtype=np.float32)  # the mean is no float16 value: a widened float32 pass
