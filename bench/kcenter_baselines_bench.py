@@ -20,10 +20,10 @@ import argparse
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import psutil
+from kcenter_common import clustered, read_bandwidth
 
 from curate.kcenter import l2_maxdiverse
 
@@ -52,41 +52,6 @@ class PeakRSS:
         self.peak = max(self.peak, self.proc.memory_info().rss)
         self.extra = self.peak - self.base
         return False
-
-
-def clustered(n: int, d: int, n_clusters: int = 1000, seed: int = 0) -> np.ndarray:
-    """Unit-norm vectors around random cluster centres (like normalised CLIP embeddings)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_clusters, d), dtype=np.float32)
-    x = np.empty((n, d), dtype=np.float32)
-    for start in range(0, n, 65536):
-        stop = min(n, start + 65536)
-        labels = rng.integers(0, n_clusters, stop - start)
-        block = centres[labels] + 0.5 * rng.standard_normal((stop - start, d), dtype=np.float32)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        x[start:stop] = block
-    return x
-
-
-def read_bandwidth(x: np.ndarray, repeats: int = 3) -> float:
-    """Bytes per second of the fastest full read pass over ``x``.
-
-    Candidates: a SIMD max over the flat array on one thread and on one thread per core, and a matrix-vector
-    product with a vector of ones (BLAS, all cores). The fastest sets the bound, so it is a strict one.
-    """
-    threads = os.cpu_count() or 1
-    flat = x.reshape(-1)
-    chunks = np.array_split(flat, threads)
-    ones = np.ones(x.shape[1], dtype=x.dtype)
-    best = 0.0
-    with ThreadPoolExecutor(threads) as pool:
-        passes = [lambda: flat.max(), lambda: list(pool.map(np.max, chunks)), lambda: x @ ones]
-        for _ in range(repeats):
-            for run in passes:
-                t = time.perf_counter()
-                run()
-                best = max(best, x.nbytes / (time.perf_counter() - t))
-    return best
 
 
 def numpy_loop_step_seconds(x: np.ndarray, steps: int) -> float:

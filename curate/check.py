@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from curate.embedding_sets import INFO_NAME, check_set
 from datasets_spec.errors import UserError
 from datasets_spec.fingerprint import table_fingerprint
 from datasets_spec.parts import hash_parts, list_parts, read_json, read_part, read_parts, verify_parts
@@ -31,6 +32,8 @@ def verify_output(directory: Path) -> dict:
     recorded = record.get("part_hashes")
     if isinstance(recorded, dict):
         files = verify_parts(directory, recorded)
+        if record_name == INFO_NAME:  # the bytes are as written: does the record describe them?
+            check_set(directory, record)
         return {"path": str(directory), "files": files, "method": "part_hashes"}
     for part in list_parts(directory):
         read_part(part)  # names the first unreadable part

@@ -294,7 +294,7 @@ def _select(
     name: str | None = typer.Option(None, help="Subset directory name (default: <strategy>-k<k>)."),
     embeddings: str | None = typer.Option(None, "--embeddings", help="Embedding set tag (default set)."),
     overwrite: bool = typer.Option(False, help="Replace an existing subset directory."),
-    device: str = typer.Option("auto", help="l2-maxdiverse: auto, cpu, cuda, cuda:N (torch) or numpy."),
+    device: str = typer.Option("auto", help="l2-maxdiverse: auto (cuda, else cpu), cpu, cuda[:N], numpy."),
     memory_budget: float | None = typer.Option(
         None, "--memory-budget", help="l2-maxdiverse: GB one process may use (default: free RAM/GPU memory)."
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from curate.clip_model import load_model
 from curate.embed import default_tag, embed_workspace, sample_text
 from curate.embedding_sets import load_embeddings, resolve_tag
 from datasets_spec.errors import UserError
-from datasets_spec.parts import list_parts, read_json
+from datasets_spec.parts import file_sha256, list_parts, read_json
 from datasets_spec.workspace import Workspace
 
 TAG = "tiny-clip_none"
@@ -155,6 +156,11 @@ def test_nan_embeddings_are_refused(embedded_workspace, tmp_path):
     values[3] = np.nan
     fixed = pa.FixedSizeListArray.from_arrays(pa.array(values, pa.float32()), 64)
     pq.write_table(table.set_column(1, "embedding", fixed), part)
+    # as if the embedder itself had written the non-finite values: the recorded hash matches the part
+    info_path = part.parent / "embeddings.json"
+    info = json.loads(info_path.read_text())
+    info["part_hashes"][part.name] = file_sha256(part)
+    info_path.write_text(json.dumps(info))
     bad_id = table.column("sample_id")[0].as_py()
     result = run_curate("select", "-w", str(ws.root), "--strategy", "kmeans-balanced", "--k", "5")
     assert_user_error(result, "NaN or inf", bad_id)

@@ -12,6 +12,7 @@ from test_strategies import brute_force_k_center, seeded_cases
 from curate.kcenter import l2_maxdiverse, pool_mean, run_greedy
 from curate.kcenter.backends import NumpyShard, TorchShard, make_shard
 from curate.kcenter.distributed import slice_bounds
+from curate.kcenter.engine import LocalComm
 from curate.kcenter.exact import carry_sum, pass_bound
 from datasets_spec.errors import UserError
 
@@ -202,3 +203,115 @@ def test_checkpoints_resume_from_the_newest_pick_count_every_rank_has(tmp_path):
     # two newest kept per rank
     assert sorted(p.name for p in (tmp_path / "ck").glob("rank-00000-*")) == [
         "rank-00000-000000004.npz", "rank-00000-000000006.npz"]
+
+
+def greedy_reference(x: np.ndarray, k: int) -> list[int]:
+    """Plain float64 greedy k-center: farthest from the mean first, then farthest from the picks;
+    ties (duplicates included) -> lowest index."""
+    x64 = x.astype(np.float64)
+    picks = [int(np.argmax(((x64 - np.mean(x, axis=0, dtype=np.float64)) ** 2).sum(1)))]
+    min_d = np.full(len(x), np.inf)
+    while len(picks) < k:
+        min_d = np.minimum(min_d, ((x64 - x64[picks[-1]]) ** 2).sum(1))
+        min_d[picks] = -np.inf
+        picks.append(int(np.argmax(min_d)))
+    return picks
+
+
+def _many_duplicates(seed: int = 4) -> np.ndarray:
+    """400 rows drawn from 70 distinct ones (uneven multiplicities), rows shuffled."""
+    rng = np.random.default_rng(seed)
+    distinct = rng.normal(size=(70, 6)).astype(np.float32)
+    return distinct[rng.integers(0, 70, 400)]
+
+
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+def test_duplicates_beyond_the_distinct_count_follow_the_tie_order(device):
+    x = _many_duplicates()
+    n_distinct = len(np.unique(x, axis=0))
+    assert n_distinct < 70 + 1 and len(x) == 400
+    for k in (n_distinct - 1, n_distinct, n_distinct + 1, 250, len(x)):
+        assert l2_maxdiverse(x, k, device=device).tolist() == greedy_reference(x, k), k
+
+
+def test_duplicates_are_picked_without_a_pass_once_only_duplicates_are_left(monkeypatch):
+    x = _many_duplicates()
+    n_distinct = len(np.unique(x, axis=0))
+    passes = []
+    original = NumpyShard.update
+
+    def counted(self, *args, **kwargs):
+        passes.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(NumpyShard, "update", counted)
+    assert l2_maxdiverse(x, len(x), device="numpy").tolist() == greedy_reference(x, len(x))
+    assert len(passes) == n_distinct  # one pass per distinct pick, none for the duplicates after them
+
+
+def test_signed_zeros_are_duplicates():
+    x = np.array([[0.0, 1.0], [-0.0, 1.0], [3.0, 3.0], [0.0, -1.0]], dtype=np.float32)
+    assert l2_maxdiverse(x, 4).tolist() == greedy_reference(x, 4)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_ranks_agree_on_duplicates_beyond_the_distinct_count(world):
+    x = _many_duplicates(seed=9)
+    for backend in (NumpyShard, lambda rows: TorchShard(rows, "cpu")):
+        assert sharded(x, 300, world, backend) == [greedy_reference(x, 300)] * world
+
+
+def test_resume_while_only_duplicates_are_left_continues_the_tie_order():
+    from curate.kcenter.engine import Resume
+
+    x = _many_duplicates()
+    comm = LocalComm()
+    shard, seen = NumpyShard(x), {}
+    cut, _ = run_greedy(shard, 200, comm, offset=0, n_total=len(x), mean=lambda: pool_mean(x, comm, len(x)),
+                        stop_after=150, on_pick=lambda g: seen.update(g=g))
+    assert seen["g"].duplicates is not None  # stopped after the distinct rows ran out
+    min_d, nearest = shard.state()
+    resume = Resume(cut, seen["g"].bound, min_d, nearest)
+    fresh = NumpyShard(x)
+    picks, coverage = run_greedy(fresh, 300, comm, offset=0, n_total=len(x), mean=lambda: None, resume=resume)
+    assert picks.tolist() == greedy_reference(x, 300)
+    assert coverage.radius == 0.0 and coverage.farthest_pool_index == greedy_reference(x, 301)[-1]
+
+
+@pytest.mark.parametrize("name,x16", list(_float16_cases()), ids=[n for n, _ in _float16_cases()])
+def test_torch_shard_float16_is_exact_for_the_stored_values(name, x16):
+    # the CUDA backend's code, run on the CPU
+    k = min(60, len(x16))
+    comm = LocalComm()
+    picks, _ = run_greedy(TorchShard(x16, "cpu"), k, comm, offset=0, n_total=len(x16),
+                          mean=lambda: pool_mean(x16, comm, len(x16)))
+    assert picks.tolist() == brute_force_k_center(x16, k)
+
+
+def test_half_cpu_pass_is_within_the_float16_bound():
+    from curate.kcenter.backends import HalfCpuShard
+
+    rng = np.random.default_rng(6)
+    x = np.abs(rng.normal(size=(3000, 256))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True) / rng.uniform(0.5, 4.0, size=(3000, 1))
+    x16 = x.astype(np.float16)
+    shard = HalfCpuShard(x16)
+    c = x16[11].astype(np.float64)
+    got = shard._distances(c).astype(np.float64)
+    exact = ((x16.astype(np.float64) - c) ** 2).sum(1)
+    reach = float(np.sqrt(shard.max_sqnorm())) + float(np.sqrt(c @ c))
+    err = np.abs(got - exact).max()
+    assert pass_bound(256, reach, False) < err <= pass_bound(256, reach, True) / 1.01
+
+
+def test_device_rule_picks_the_blas_pass_for_float32_and_the_half_kernel_for_float16():
+    from curate.kcenter.backends import HalfCpuShard, backend_name
+
+    x = np.zeros((4, 3), dtype=np.float32)
+    assert backend_name("numpy", np.float32) == "numpy-float32"
+    if not torch.cuda.is_available():
+        assert backend_name("auto", np.float32) == "numpy-float32"
+        assert backend_name("auto", np.float16) == "torch-float16-cpu"
+        assert type(make_shard(x, "auto")) is NumpyShard
+        assert type(make_shard(x.astype(np.float16), "auto")) is HalfCpuShard
+    assert backend_name("cpu", np.float16) == "torch-float16-cpu"

@@ -7,14 +7,17 @@
   values (float32, or float16 for a float16 embedding set), so the selection equals a brute-force float64
   reference over the stored values exactly.
 
-Speed: each pick is one pass over the stored matrix (``||x||^2 - 2 X c + ||c||^2``: an sgemv on NumPy, a
-``torch.mv`` on CPU or CUDA), O(N) extra memory. float16 rows are read with float16 dot products as a
-screen; samples the screen cannot rule out are recomputed in float32, so the running minimum always has
-the float32 bound. The pass values are within a rigorous bound
-(:func:`curate.kcenter.exact.pass_bound`) of the exact ones; only samples
-within twice the bound of the best are re-scored exactly, first with a float64 BLAS product against the
-selected centers and then, for values still within float64 rounding of each other, with the exact
-difference formula. On continuous data that set is almost always a single sample.
+Speed: each pick is one pass over the stored matrix (``||x||^2 - 2 X c + ||c||^2``), O(N) extra memory;
+which kernel runs it follows a fixed rule per device and dtype (:func:`.backends.backend_name`: NumPy's
+sgemv for float32 on a CPU, torch's float16 kernel for float16 on a CPU, torch on CUDA). float16 rows
+are read with float16 dot products as a screen; samples the screen cannot rule out are recomputed in
+float32, so the running minimum always has the float32 bound. The pass values are within a rigorous
+bound (:func:`curate.kcenter.exact.pass_bound`) of the exact ones; only samples within twice the bound
+of the best are re-scored exactly, first with a float64 BLAS product against the selected centers and
+then, for values still within float64 rounding of each other, with the exact difference formula. On
+continuous data that set is almost always a single sample. Exact duplicates of a selected row are
+recognised by value (no product against every center), and once only duplicates are left the remaining
+picks follow the tie rule without further passes.
 
 Layout: :mod:`.exact` (reference distances, bounds), :mod:`.backends` (NumPy / torch passes),
 :mod:`.engine` (the loop over one or many ranks), :mod:`.distributed` (torch.distributed),
@@ -28,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from curate.kcenter.backends import exact_accumulation, make_shard
+from curate.kcenter.backends import exact_accumulation, make_shard, pass_threads
 from curate.kcenter.engine import Coverage, Greedy, LocalComm, Resume
 from curate.kcenter.exact import carry_sum, exact_sq_dists
 
@@ -58,7 +61,7 @@ def run_greedy(
     """Picks (global pool indices, selection order) and the coverage; ``(partial picks, None)`` when
     ``stop_after`` picks were made first. ``on_pick`` runs after every pick (checkpoints, progress)."""
     g = Greedy(shard, k, comm, offset=offset, n_total=n_total)
-    with exact_accumulation():
+    with exact_accumulation(), pass_threads(shard):
         if resume is not None and len(resume.picks):
             g.resume(resume)
         else:

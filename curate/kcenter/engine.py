@@ -17,6 +17,9 @@ import numpy as np
 
 from curate.kcenter.exact import exact_sq_dists, mean_bound, pass_bound
 
+# Near-tie candidates re-scored per block (bounded float64 copies of their rows).
+_RESCORE_BLOCK = 65536
+
 
 class LocalComm:
     """A world of one: every reduction is the identity."""
@@ -82,6 +85,10 @@ class Greedy:
         # How often near-ties needed the exact re-scoring, and how many samples it re-scored (bench).
         self.rescored_picks = 0
         self.rescored_samples = 0
+        # Once the exact farthest distance is 0, every remaining sample duplicates a selected one: the
+        # remaining picks are the unselected pool indices in ascending order (the tie rule), no passes.
+        self.duplicates: np.ndarray | None = None
+        self.taken = 0
 
     # --- picks ------------------------------------------------------------------------------------
 
@@ -89,8 +96,10 @@ class Greedy:
         """First pick: the sample farthest from the pool mean."""
         margin = 2.0 * mean_bound(self.shard.d, self.max_norm, mean)  # a float32 pass
         top = self.shard.first(mean, margin)
-        pick, row = self._choose(top, margin, lambda rows: exact_sq_dists(rows, mean), first=True)
+        pick, row, exact = self._choose(top, margin, lambda rows: exact_sq_dists(rows, mean), first=True)
         self._apply(pick, row)
+        if exact == 0.0:  # every sample equals the mean: all rows are one point
+            self._only_duplicates_left()
 
     def resume(self, state: Resume) -> None:
         """Continue from checkpointed picks: centers are rebuilt from the rows each rank holds."""
@@ -109,10 +118,30 @@ class Greedy:
         self.last = _top_of(self.shard, 2.0 * self.bound)
 
     def step(self) -> None:
-        assert self.last is not None
-        margin = 2.0 * self.bound
-        pick, row = self._choose(self.last, margin, self.centers.exact_min, first=False)
-        self._apply(pick, row)
+        if self.duplicates is None:
+            assert self.last is not None
+            pick, row, exact = self._choose(self.last, 2.0 * self.bound, self.centers.exact_min, first=False)
+            if exact != 0.0:
+                self._apply(pick, row)
+                return
+            self._only_duplicates_left()
+            assert self.duplicates[0] == pick
+        self._take_duplicate()
+
+    def _only_duplicates_left(self) -> None:
+        self.duplicates = np.setdiff1d(np.arange(self.n_total, dtype=np.int64), np.asarray(self.picks))
+        self.taken = 0
+
+    def _take_duplicate(self) -> None:
+        """Pick the lowest unselected index; it becomes its own center (distance 0 to all others kept)."""
+        assert self.duplicates is not None
+        pick = int(self.duplicates[self.taken])
+        self.taken += 1
+        step = len(self.picks)
+        self.picks.append(pick)
+        local = pick - self.offset
+        if 0 <= local < self.shard.n:
+            self.shard.mark_selected(local, step)
 
     def _apply(self, pick: int, row: np.ndarray) -> None:
         step = len(self.picks)
@@ -126,7 +155,8 @@ class Greedy:
         self.last = self.shard.update(row, step, local, 2.0 * self.bound, reach)
 
     def _choose(self, top: tuple[float, int, int], margin: float, rescore: Callable, *, first: bool):
-        """(global index, row) of the exact farthest sample over all ranks; None when none is left."""
+        """(global index, row, exact value or None) of the exact farthest sample over all ranks;
+        ``(None, None, None)`` when none is left. The value is None when no re-scoring was needed."""
         value, idx, count = top
         d, rank, world = self.shard.d, self.comm.rank, self.comm.world
         payload = np.zeros((world, 3 + d), dtype=np.float64)
@@ -137,35 +167,39 @@ class Greedy:
         payload = self.comm.all_reduce_sum(payload)
         best = payload[:, 0].max()
         if best == -np.inf:
-            return None, None
+            return None, None, None
         contenders = np.flatnonzero(payload[:, 0] >= best - margin)
         if len(contenders) == 1 and payload[contenders[0], 2] == 1:
-            return int(payload[contenders[0], 1]), payload[contenders[0], 3:].copy()
+            return int(payload[contenders[0], 1]), payload[contenders[0], 3:].copy(), None
         exact = np.zeros((world, 2 + d), dtype=np.float64)
         exact[rank, 0] = -np.inf
         cand = self.shard.candidates(best - margin, first) if self.shard.n else np.empty(0, np.int64)
         self.rescored_picks += 1
         self.rescored_samples += len(cand)
-        if len(cand):
-            rows = self.shard.rows(cand)
+        for start in range(0, len(cand), _RESCORE_BLOCK):  # ascending: the first maximum is the lowest
+            part = cand[start : start + _RESCORE_BLOCK]
+            rows = self.shard.rows(part)
             scores = rescore(rows)
-            j = int(np.argmax(scores))  # first maximum: the lowest index among exact ties
-            exact[rank] = [scores[j], self.offset + int(cand[j]), *rows[j]]
+            j = int(np.argmax(scores))
+            if scores[j] > exact[rank, 0]:
+                exact[rank] = [scores[j], self.offset + int(part[j]), *rows[j]]
         exact = self.comm.all_reduce_sum(exact)
         order = np.lexsort((exact[:, 1], -exact[:, 0]))
-        return int(exact[order[0], 1]), exact[order[0], 2:].copy()
+        return int(exact[order[0], 1]), exact[order[0], 2:].copy(), float(exact[order[0], 0])
 
     # --- result -----------------------------------------------------------------------------------
 
     def coverage(self) -> Coverage:
         """After the last pick's pass: exact radius (the next pick's value), float32 mean distance and
         nearest-center cluster sizes, reduced over ranks."""
-        margin = 2.0 * self.bound
-        pick, row = self._choose(self.last, margin, self.centers.exact_min, first=False)
         radius, farthest = 0.0, -1
-        if pick is not None:
-            radius = float(np.sqrt(self.centers.exact_min(row[None])[0]))
-            farthest = pick
+        if self.duplicates is not None:
+            farthest = int(self.duplicates[self.taken]) if self.taken < len(self.duplicates) else -1
+        else:
+            pick, row, _ = self._choose(self.last, 2.0 * self.bound, self.centers.exact_min, first=False)
+            if pick is not None:
+                radius = float(np.sqrt(self.centers.exact_min(row[None])[0]))
+                farthest = pick
         min_d, nearest = self.shard.state()
         dist = np.sqrt(np.maximum(min_d.astype(np.float64), 0.0))
         sizes = np.bincount(nearest, minlength=self.k).astype(np.float64)

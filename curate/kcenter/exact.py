@@ -56,24 +56,60 @@ def carry_sum(rows: np.ndarray, carry: np.ndarray | None = None) -> np.ndarray:
     return acc
 
 
+# Float64 entries of the (candidates x centers) matrix the re-scoring holds at once (32 MB).
+_RESCORE_ENTRIES = 1 << 22
+
+
 class Centers:
-    """Selected centers kept in float64 (O(k d)) for the exact re-scoring of near-ties."""
+    """Selected centers kept in float64 (O(k d)) for the exact re-scoring of near-ties.
+
+    A candidate equal to a selected center (a duplicate row) is at exact distance 0: it is recognised by a
+    hash of its values (checked value by value) without a product against every center, so re-scoring
+    the many duplicates left once the distinct rows are picked costs O(d) each, not O(k d).
+    """
 
     def __init__(self, k: int, d: int) -> None:
         self.rows = np.empty((k, d), dtype=np.float64)
         self.sqn = np.empty(k, dtype=np.float64)
         self.n = 0
+        self._keys: dict[int, list[int]] = {}
 
     def add(self, row: np.ndarray) -> None:
         r = np.asarray(row, dtype=np.float64)
         self.rows[self.n] = r
         self.sqn[self.n] = r @ r
+        self._remember(r)
+
+    def _remember(self, r: np.ndarray) -> None:
+        self._keys.setdefault(_row_key(r), []).append(self.n)
         self.n += 1
 
+    def _row(self, j: int) -> np.ndarray:
+        return self.rows[j]
+
+    def is_center(self, pts: np.ndarray) -> np.ndarray:
+        """Mask of the rows of ``pts`` equal (value by value) to a selected center."""
+        out = np.zeros(len(pts), dtype=bool)
+        for i, p in enumerate(pts):
+            found = self._keys.get(_row_key(p), ())
+            out[i] = any(np.array_equal(self._row(j), p) for j in found)
+        return out
+
     def exact_min(self, pts: np.ndarray) -> np.ndarray:
-        """Exact min squared distance of each row of ``pts`` (float64) to the centers (two levels)."""
-        c = self.rows[: self.n]
+        """Exact min squared distance of each row of ``pts`` (float64) to the centers, in bounded blocks."""
         pts = np.asarray(pts, dtype=np.float64)
+        out = np.zeros(len(pts))
+        rest = np.flatnonzero(~self.is_center(pts))
+        step = max(1, _RESCORE_ENTRIES // max(1, self.n))
+        for start in range(0, len(rest), step):
+            block = rest[start : start + step]
+            out[block] = self._exact_block(pts[block])
+        return out
+
+    def _exact_block(self, pts: np.ndarray) -> np.ndarray:
+        """Two levels: a float64 product against every center, then the exact formula for the few within
+        float64 rounding of each row's minimum."""
+        c = self.rows[: self.n]
         own = np.einsum("ij,ij->i", pts, pts)
         approx = own[:, None] + self.sqn[None, : self.n] - 2.0 * pts @ c.T
         # float64 expansion error is ~d * u64 * (|x| + |c|)^2; anything within that of a candidate's
@@ -88,6 +124,11 @@ class Centers:
         return out
 
 
+def _row_key(row: np.ndarray) -> int:
+    """Hash of a row's float64 values; ``+ 0.0`` maps -0.0 to 0.0 (equal values, equal key)."""
+    return hash((np.asarray(row, dtype=np.float64) + 0.0).tobytes())
+
+
 class TorchCenters(Centers):
     """The same re-scoring with the float64 centers on a torch device (where the pass runs): on a GPU
     the O(k d) first level reads device memory instead of host memory; the exact formula runs on the
@@ -100,17 +141,21 @@ class TorchCenters(Centers):
         self.rows = torch.empty((k, d), dtype=torch.float64, device=device)
         self.sqn = torch.empty(k, dtype=torch.float64, device=device)
         self.n = 0
+        self._keys = {}
 
     def add(self, row: np.ndarray) -> None:
-        r = self.torch.from_numpy(np.asarray(row, dtype=np.float64)).to(self.device)
+        r64 = np.asarray(row, dtype=np.float64)
+        r = self.torch.from_numpy(r64).to(self.device)
         self.rows[self.n] = r
         self.sqn[self.n] = r @ r
-        self.n += 1
+        self._remember(r64)
 
-    def exact_min(self, pts: np.ndarray) -> np.ndarray:
+    def _row(self, j: int) -> np.ndarray:
+        return self.rows[j].cpu().numpy()
+
+    def _exact_block(self, pts: np.ndarray) -> np.ndarray:
         torch = self.torch
         c, sqn = self.rows[: self.n], self.sqn[: self.n]
-        pts = np.asarray(pts, dtype=np.float64)
         p = torch.from_numpy(pts).to(self.device)
         own = (p * p).sum(1)
         approx = own[:, None] + sqn[None, :] - 2.0 * p @ c.T

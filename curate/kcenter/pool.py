@@ -21,42 +21,38 @@ from pathlib import Path
 
 import numpy as np
 
+from curate.embedding_sets import DTYPES, EmbeddingSet
 from curate.kcenter.engine import Greedy, Resume
 from datasets_spec.errors import UserError
-from datasets_spec.parts import atomic_file, list_parts, read_json, read_part, write_json
+from datasets_spec.parts import atomic_file, read_json, write_json
 from datasets_spec.workspace import Workspace
 
 GB = 1e9
 # Per sample besides its row: float32 norm, running minimum and pass buffer, int64 nearest center, and
 # a float16 copy of the pass values when dot products are float16.
 STATE_BYTES_PER_SAMPLE = 4 + 4 + 4 + 8 + 2
-DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 # --- embeddings --------------------------------------------------------------------------------------
 
 
-def read_rows(d: Path, info: dict, rows: np.ndarray, dataset_ids: list[str]) -> np.ndarray:
-    """Embedding rows ``rows`` (ascending dataset indices) in the stored dtype, reading only their parts."""
-    dim, rpp = int(info["dim"]), int(info["rows_per_part"])
-    dtype = DTYPES[info.get("dtype", "float32")]
-    parts = list_parts(d)
-    out = np.empty((len(rows), dim), dtype=dtype)
-    which = rows // rpp
+def read_rows(es: EmbeddingSet, rows: np.ndarray, dataset_ids: list[str]) -> np.ndarray:
+    """Embedding rows ``rows`` (ascending dataset indices) in the stored dtype, reading only their parts
+    (each verified by :meth:`EmbeddingSet.read_part`)."""
+    out = np.empty((len(rows), es.dim), dtype=DTYPES[es.dtype])
+    which = rows // es.rows_per_part
     for p in np.unique(which):
         sel = np.flatnonzero(which == p)
-        table = read_part(parts[int(p)], columns=["sample_id", "embedding"])
-        local = rows[sel] - int(p) * rpp
-        ids = table.column("sample_id").to_pylist()
-        if local[-1] >= len(ids) or [ids[j] for j in local] != [dataset_ids[r] for r in rows[sel]]:
-            raise UserError(f"{parts[int(p)]}: stale embeddings, rows are not in dataset order; "
+        ids, matrix = es.read_part(int(p))
+        local = rows[sel] - int(p) * es.rows_per_part
+        if [ids[j] for j in local] != [dataset_ids[r] for r in rows[sel]]:
+            raise UserError(f"{es.parts[int(p)]}: stale embeddings, rows are not in dataset order; "
                             f"run `curate embed --overwrite`")
-        flat = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
-        out[sel] = flat.reshape(-1, dim)[local]
+        out[sel] = matrix[local]
     bad = ~np.isfinite(out).all(axis=1)
     if bad.any():
         first = int(rows[np.flatnonzero(bad)[0]])
-        raise UserError(f"{d}: embedding of sample {dataset_ids[first]!r} contains NaN or inf "
+        raise UserError(f"{es.directory}: embedding of sample {dataset_ids[first]!r} contains NaN or inf "
                         f"({int(bad.sum())} rows); rerun `curate embed --overwrite`")
     return out
 

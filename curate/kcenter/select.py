@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curate.embedding_sets import embedding_info
+from curate.embedding_sets import open_embedding_set
 from curate.kcenter import pool_mean, run_greedy
 from curate.kcenter.backends import make_shard, resolve_device
 from curate.kcenter.distributed import comm_from_env, rank_device, slice_bounds
@@ -32,7 +32,8 @@ class KCenterOptions:
     """How ``l2-maxdiverse`` runs; none of these change the picks."""
 
     device: str = "auto"
-    """numpy (reference NumPy path), auto (cuda when present), cpu, cuda, cuda:N."""
+    """auto (cuda when present, else cpu), cpu, cuda, cuda:N, or numpy (the reference NumPy path); the
+    kernel per device and dtype is a fixed rule (curate.kcenter.backends.backend_name)."""
     memory_budget_gb: float | None = None
     """Bytes one process may use for the pool; None: free RAM (free GPU memory on CUDA)."""
     checkpoint_every: int = 1000
@@ -83,16 +84,17 @@ def run_kcenter(ws: Workspace, pool: np.ndarray, k: int, name: str, tag: str | N
 def _run(ws, pool, k, name, tag, opts, device, comm) -> KCenterRun:
     if device != "numpy":
         device = resolve_device(device)
-    d_dir, info = embedding_info(ws, tag)
-    n, dim = len(pool), int(info["dim"])
+    es = open_embedding_set(ws, tag)
+    info = es.info
+    n, dim = len(pool), es.dim
     if n < comm.world:
         raise UserError(f"the pool has {n} samples, fewer than the {comm.world} processes; use fewer")
     if device == "numpy" and comm.world > 1:
         raise UserError("--device numpy runs in one process; use --device cpu or cuda under torchrun")
-    check_memory(n, dim, k, info.get("dtype", "float32"), comm.world, device, opts.memory_budget_gb)
+    check_memory(n, dim, k, es.dtype, comm.world, device, opts.memory_budget_gb)
     lo, hi = slice_bounds(n, comm.rank, comm.world)
     ids = ws.read_dataset(columns=["sample_id"]).column("sample_id").to_pylist()
-    rows = read_rows(d_dir, info, pool[lo:hi], ids)
+    rows = read_rows(es, pool[lo:hi], ids)
     shard = make_shard(rows, device)  # device and dtype errors come before any checkpoint is written
     ckpt = Checkpoints(checkpoint_dir(ws, name), selection_key(pool, k, info), comm, opts.checkpoint_every)
     resume = ckpt.open()
