@@ -33,6 +33,7 @@ from datasets_spec.difficulty import (
     tokens_from_counts,
 )
 from datasets_spec.errors import UserError
+from datasets_spec.safe_json import GuardedJsonFile
 from datasets_spec.schema import (
     CANONICAL_SCHEMA,
     IMAGE_TOKEN,
@@ -139,7 +140,7 @@ class LlavaJsonReader:
         size = self.path.stat().st_size
         with self.path.open("rb") as fh:
             self._expect_list(fh)
-            tracked = _TrackedFile(fh)
+            tracked = _TrackedFile(GuardedJsonFile(fh, self.path))
             columns = _empty_columns()
             items = ijson.items(tracked, "item", use_float=True)
             index = 0

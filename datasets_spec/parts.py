@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from datasets_spec.errors import UserError
 from datasets_spec.outputs import clean_stale_temps
+from datasets_spec.safe_json import load_json_file
 
 PART_PATTERN = "part-{:05d}.parquet"
 # 50k rows keeps a part of canonical ScienceQA/LLaVA rows in the tens of MB: small enough to rewrite on
@@ -157,15 +158,12 @@ def write_json(path: Path, payload: dict) -> None:
 
 
 def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        raise UserError(f"{path}: malformed JSON at {where}: {exc.msg}") from None
-    except (UnicodeDecodeError, IsADirectoryError) as exc:
-        raise UserError(f"{path}: not a JSON text file ({type(exc).__name__})") from None
+    """A JSON object the tool wrote (manifest, dataset.json, ...), read with the bounds of
+    :mod:`datasets_spec.safe_json`; anything else is a UserError naming the file."""
+    record = load_json_file(path)
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(record).__name__}")
+    return record
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ import torch
 
 from datasets_spec.distributed import world_size
 from datasets_spec.errors import UserError
+from datasets_spec.parts import read_json
 from train.config import TrainConfig, deepspeed_config_path
 from train.hparams import batch_layout
 from train.qlora import QLORA_BYTES_PER_PARAM, language_model_linears
@@ -316,10 +317,8 @@ def _built_model(config: TrainConfig):
 def _zero_stage(config: TrainConfig) -> int:
     if not config.deepspeed:
         return 0
-    import json
-
     return int(
-        json.loads(deepspeed_config_path(config.deepspeed).read_text())
+        read_json(deepspeed_config_path(config.deepspeed))
         .get("zero_optimization", {})
         .get("stage", 0)
     )
@@ -328,9 +327,7 @@ def _zero_stage(config: TrainConfig) -> int:
 def _offload(config: TrainConfig) -> bool:
     if not config.deepspeed:
         return False
-    import json
-
-    zero = json.loads(deepspeed_config_path(config.deepspeed).read_text()).get("zero_optimization", {})
+    zero = read_json(deepspeed_config_path(config.deepspeed)).get("zero_optimization", {})
     return any(zero.get(k, {}).get("device") == "cpu" for k in ("offload_optimizer", "offload_param"))
 
 

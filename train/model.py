@@ -7,7 +7,6 @@ Module paths (transformers 4.57): ``model.model.vision_tower``, ``model.model.mu
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from datasets_spec.errors import UserError
-from datasets_spec.parts import atomic_directory, atomic_file, write_json
+from datasets_spec.parts import atomic_directory, atomic_file, read_json, write_json
 from datasets_spec.schema import IMAGE_TOKEN
 from train.presets import (
     LLMPreset,
@@ -361,10 +360,7 @@ def read_bundle_info(directory: Path) -> dict[str, Any]:
     path = Path(directory) / BUNDLE_FILE
     if not path.is_file():
         raise UserError(f"{directory} is not a saved model: {BUNDLE_FILE} is missing")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}") from None
+    return read_json(path)
 
 
 def load_bundle(directory: Path, *, dtype: torch.dtype = torch.float32) -> LlavaBundle:
