@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datasets_spec.errors import UserError
+from datasets_spec.fingerprint import check_dataset_unchanged
 from datasets_spec.outputs import check_replaceable, has_file
 from datasets_spec.parts import (
     atomic_directory,
@@ -62,8 +63,13 @@ def write_subset(
     manifest: dict,
     *,
     overwrite: bool = False,
+    dataset_fingerprint: str | None = None,
 ) -> Path:
-    """Write ``shards/<name>/`` atomically; the manifest gets counts, image fraction and the parts hash."""
+    """Write ``shards/<name>/`` atomically; the manifest gets counts, image fraction and the parts hash.
+
+    ``dataset_fingerprint`` is the fingerprint the dataset had when ``dataset`` was read: the subset is
+    renamed into place only if the workspace's dataset still has it (None: the current one is recorded).
+    """
     target = ws.shards_dir / check_subset_name(name)
     table = subset_table(dataset, rows)
     full = {
@@ -73,7 +79,7 @@ def write_subset(
         "rows": table.num_rows,
         "counts": {c: _counts(table, c) for c in COUNT_COLUMNS},
         "image_fraction": round(1.0 - table.column("image").null_count / max(1, table.num_rows), 6),
-        "dataset_fingerprint": ws.dataset_fingerprint(),
+        "dataset_fingerprint": dataset_fingerprint or ws.dataset_fingerprint(),
         "tool_version": tool_version(),
         "created_at": now_utc(),
     }
@@ -84,6 +90,7 @@ def write_subset(
         full["parts_hash"] = hash_parts(tmp)
         full["part_hashes"] = part_hashes(tmp)
         write_json(tmp / MANIFEST, full)
+        check_dataset_unchanged(ws, full["dataset_fingerprint"])
     return target
 
 
