@@ -18,9 +18,9 @@ from datasets_spec.parts import (
     part_hashes,
     part_name,
     read_json,
-    write_json,
     write_part,
     write_parts,
+    write_record,
 )
 from datasets_spec.schema import (
     CANONICAL_SCHEMA,
@@ -86,7 +86,7 @@ def write_dataset(
     with atomic_directory(target, overwrite=True) as tmp:
         write_parts(table, tmp)
         info["part_hashes"] = part_hashes(tmp)
-        write_json(tmp / "dataset.json", info)
+        write_record(tmp / "dataset.json", info)
     return info
 
 
@@ -152,7 +152,7 @@ def write_dataset_batches(
                 **extra,
                 "part_hashes": part_hashes(tmp),
             }
-            write_json(tmp / "dataset.json", payload)
+            write_record(tmp / "dataset.json", payload)
     except _SameDataset:
         return existing
     return payload

@@ -47,6 +47,7 @@ from datasets_spec.parts import (
     read_json,
     write_json,
     write_part,
+    write_record,
 )
 from datasets_spec.schema import IMAGE_TOKEN, check_image_path
 from datasets_spec.workspace import Workspace, now_utc, tool_version
@@ -383,7 +384,7 @@ def _finalise(ws, partial, final, tag, params, n_rows, n_parts, world, *, rule: 
     }
     clean_stale_temps(partial)  # part files of killed ranks/runs never reach the finished set
     (partial / PROGRESS_NAME).unlink()
-    write_json(partial / INFO_NAME, info)
+    write_record(partial / INFO_NAME, info)
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
