@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from datasets_spec.checkpoints import check_trainer_checkpoint
 from datasets_spec.distributed import barrier, world_size
 from datasets_spec.errors import UserError
 from datasets_spec.workspace import Workspace
@@ -278,6 +279,8 @@ def train_stage(
         accuracy.trainer = trainer
         trainer.add_callback(accuracy)
     checkpoint = latest_checkpoint(stage_dir / CHECKPOINTS_DIR) if config.resume else None
+    if checkpoint is not None:
+        check_trainer_checkpoint(checkpoint)  # a damaged file is named here, not deep inside the Trainer
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     elapsed = time.perf_counter() - started

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from curate.kcenter.engine import Greedy, Resume
+from datasets_spec.checkpoints import guarded_load
 from datasets_spec.errors import UserError
 from datasets_spec.parts import atomic_file, list_parts, read_json, read_part, write_json
 from datasets_spec.workspace import Workspace
@@ -152,7 +153,9 @@ class Checkpoints:
             common &= set(row)
         if not common:
             return None
-        with np.load(self._file(int(max(common)))) as z:
+        path = self._file(int(max(common)))
+        remedy = f"delete {self.dir} and rerun the select (it starts the picks again)"
+        with guarded_load(path, what="k-center checkpoint", remedy=remedy), np.load(path) as z:
             return Resume(z["picks"], float(z["bound"]), z["min_d"], z["nearest"])
 
     def _counts(self) -> list[int]:
