@@ -280,7 +280,10 @@ def embed(
 ) -> None:
     """Embed every sample (open_clip image + text, or a reference model's hidden states) into
     embeddings/<tag>/; resumable, torchrun-sharded."""
+    from curate.clip_model import check_embed_options
     from curate.embed_reference import embed_any
+
+    check_embed_options(device=device, num_workers=num_workers)
 
     out = embed_any(
         _workspace(workspace), model=model, pretrained=pretrained, fuse=fuse, batch_size=batch_size,
@@ -391,7 +394,10 @@ def score(
     overwrite: bool = typer.Option(False, help="Replace an existing score set."),
 ) -> None:
     """Score every sample (length, CLIP similarity, loss or perplexity of a run) into scores/<name>/."""
+    from curate.clip_model import check_device
     from curate.scores import score_workspace
+
+    check_device(device)
 
     out = score_workspace(_workspace(workspace), by, name=name, run=run, model=model, pretrained=pretrained,
                           batch_size=batch_size, max_length=max_length, device=device, overwrite=overwrite,

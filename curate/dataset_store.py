@@ -90,6 +90,11 @@ def write_dataset(
     return info
 
 
+def check_dataset_target(ws: Workspace, sources: list) -> None:
+    """:func:`_check_target` of ``ws``'s dataset folder, for ingests that write other things first."""
+    _check_target(ws.dataset_dir, sources)
+
+
 def _check_target(target: Path, sources: list) -> None:
     """The dataset folder never overlaps the ingest's own inputs, and only a dataset is ever replaced."""
     check_apart_from_sources(target, sources, option="the dataset folder")

@@ -189,6 +189,7 @@ class LlavaJsonReader:
         # Only a path starting with a separator or holding ':' or '..' can be absolute or escape the root.
         if image is not None and (
             type(image) is not str or not image or image[0] in "/\\" or ":" in image or ".." in image
+            or "\0" in image
         ):
             return self._add(item, index, columns)
         chars = stripped = humans = images = first_human_images = 0

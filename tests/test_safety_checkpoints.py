@@ -88,3 +88,15 @@ def test_a_truncated_npz_names_the_file_and_the_remedy(tmp_path):
         with guarded_load(path, what="k-center checkpoint", remedy=f"delete {tmp_path} and rerun"), \
                 np.load(path) as z:
             z["picks"]
+
+
+def test_train_loss_after_a_resume_covers_every_step():
+    from train.trainer import whole_run_loss
+
+    # Steps 1-4 logged every 2 steps (means 4.0 then 2.0), resumed from checkpoint-4, steps 5-6 lost 1.0
+    # each: the Trainer's session loss is 2.0 / 6 steps. Mean over all six steps: (8 + 4 + 2) / 6.
+    history = [{"loss": 4.0, "step": 2}, {"loss": 2.0, "step": 4}, {"loss": 1.0, "step": 6}]
+    from pathlib import Path
+
+    assert whole_run_loss(2.0 / 6, 6, history, Path("checkpoint-4")) == pytest.approx(14 / 6)
+    assert whole_run_loss(1.5, 6, history, None) == 1.5
