@@ -40,6 +40,8 @@ _INTERESTING = bytes(int(c in (_QUOTE, _BACKSLASH, *_OPEN, *_CLOSE)) for c in ra
 _STEP = np.zeros(256, dtype=np.int64)
 _STEP[list(_OPEN)] = 1
 _STEP[list(_CLOSE)] = -1
+# Quotes and brackets: what decides depth once escapes are gone.
+_STRUCTURAL = bytes(int(c in (_QUOTE, *_OPEN, *_CLOSE)) for c in range(256))
 # A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one, or a low half without its high half; the
 # leading group makes the backslash a real escape (preceded by an even number of backslashes).
 _LONE_SURROGATE = re.compile(
@@ -74,13 +76,43 @@ class JsonScanner:
         self._check_surrogates(b"", final=True)
 
     def _feed_block(self, block: bytes) -> None:
+        state = (self.depth, self.in_string, self.escape_pending)
+        steps = self._steps(block)
+        if len(steps):
+            depths = self.depth + np.cumsum(steps, dtype=np.int64)
+            if depths.max() > self.max_depth:
+                self.depth, self.in_string, self.escape_pending = state
+                self._locate(block)  # raises, naming the exact byte
+            self.depth = int(depths[-1])
+        self._check_surrogates(self._tail + block)
+        self.offset += len(block)
+
+    def _steps(self, block: bytes) -> np.ndarray:
+        """+1/-1 for each bracket of ``block`` outside strings, in order; updates the string state.
+
+        Escapes go first, with bytes.replace at C speed: removing every ``\\\\`` pair leaves one backslash
+        of each odd run, and then every ``\\"`` left is an escaped quote. What remains has real quotes only,
+        so the parity of the quotes before a bracket says whether it lies inside a string.
+        """
+        text = block[1:] if self.escape_pending else block  # an escaped first byte is never structure
+        self.escape_pending = _open_escape_at_end(text)
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+        kinds = np.frombuffer(text, dtype=np.uint8)[
+            np.flatnonzero(np.frombuffer(text.translate(_STRUCTURAL), dtype=np.bool_))
+        ]
+        quotes = kinds == _QUOTE
+        before = np.cumsum(quotes) - quotes + int(self.in_string)  # quotes before each entry
+        if len(kinds):
+            self.in_string = bool((before[-1] + quotes[-1]) % 2)
+        return _STEP[kinds[(before % 2 == 0) & ~quotes]]
+
+    def _locate(self, block: bytes) -> None:
+        """Walk ``block`` byte-exactly (quotes, backslashes, brackets) to name where the limit is crossed."""
         where = np.flatnonzero(np.frombuffer(block.translate(_INTERESTING), dtype=np.bool_))
         if len(where):
             self._scan_structure(np.frombuffer(block, dtype=np.uint8)[where], where, len(block))
-        else:
-            self.escape_pending = False
-        self._check_surrogates(self._tail + block)
-        self.offset += len(block)
+        raise UserError(f"{self.source}: JSON nested deeper than {self.max_depth} levels near byte "
+                        f"{self.offset}; refused")
 
     def _scan_structure(self, kinds: np.ndarray, where: np.ndarray, size: int) -> None:
         """Track strings, escapes and depth over the block's quote, backslash and bracket bytes only."""
@@ -140,6 +172,11 @@ class JsonScanner:
         keep = max(0, limit - _ESCAPE_WIDTH)
         self._tail = b"" if final else text[keep:]
         self._checked = limit - keep
+
+
+def _open_escape_at_end(text: bytes) -> bool:
+    """Whether the byte after ``text`` is escaped: an odd run of backslashes ends it."""
+    return (len(text) - len(text.rstrip(b"\\"))) % 2 == 1
 
 
 class GuardedJsonFile:

@@ -44,7 +44,11 @@ def reference_max_depth(data: bytes) -> int:
 def test_scanner_agrees_with_a_byte_by_byte_reference_across_chunk_boundaries():
     rng = random.Random(0)
     for _ in range(1500):
-        data = bytes(rng.choice(b'[]{}"\\ab') for _ in range(rng.randint(1, 50)))
+        # Brackets and JSON strings whose text holds quotes, backslashes, brackets and newlines.
+        tokens = [rng.choice("[]{},:1") if rng.random() < 0.6
+                  else json.dumps("".join(rng.choice('[]{}"\\ab\n') for _ in range(rng.randint(0, 8))))
+                  for _ in range(rng.randint(1, 25))]
+        data = "".join(tokens).encode()
         for limit in (1, 2, 4):
             for chunk in (1, 2, 5, 64):
                 scanner = JsonScanner("x", max_depth=limit)
