@@ -62,8 +62,17 @@ def check_torch_file(path: Path, *, what: str, remedy: str) -> None:
     """Load a torch file without unpickling code (``weights_only=True``)."""
     import torch
 
-    with guarded_load(path, what=what, remedy=remedy):
+    with guarded_load(path, what=what, remedy=remedy), torch.serialization.safe_globals(_numpy_globals()):
         torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _numpy_globals() -> list:
+    """The NumPy types a Trainer's RNG state holds (its ``np.random`` state is an array): allowed in a
+    ``weights_only`` load as the Trainer itself allows them, and nothing else."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def check_trainer_checkpoint(checkpoint: Path) -> None:
