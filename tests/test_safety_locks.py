@@ -16,6 +16,7 @@ from safety_helpers import tree_state
 
 from datasets_spec.errors import UserError
 from datasets_spec.locks import lock_holders
+from datasets_spec.parts import write_record
 
 HOLDER = """
 import sys
@@ -139,7 +140,7 @@ def test_select_never_renames_a_subset_whose_dataset_changed(ws, monkeypatch):
         result = real_build_pool(*args, **kwargs)
         info_path = ws.dataset_dir / "dataset.json"
         info = json.loads(info_path.read_text())
-        info_path.write_text(json.dumps({**info, "fingerprint": "0" * 64}))  # another dataset now
+        write_record(info_path, {**info, "fingerprint": "0" * 64})  # another ingest's dataset now
         return result
 
     monkeypatch.setattr(select_module, "build_pool", build_pool_then_replace_dataset)
