@@ -23,7 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ijson  # noqa: E402
+import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
 
 from datasets_spec.errors import UserError  # noqa: E402
 from datasets_spec.parts import part_hashes, read_parts, read_verified_parts, write_parts  # noqa: E402
@@ -48,6 +50,13 @@ def bench_parts(rows: int, root: Path) -> None:
     generate_synthetic_scienceqa(source, seed=0, n_train=2000, n_val=0, n_test=0)
     base = load_scienceqa(source, prompt_format="QCM-A", source="synthetic").table
     table = pa.concat_tables([base] * max(1, rows // base.num_rows))
+    # Distinct ids and a random word per question, so the parts do not compress to nothing.
+    rng = np.random.default_rng(0)
+    noise = pa.array([f" {word:016x}" for word in rng.integers(0, 2**63, table.num_rows)])
+    question = pc.binary_join_element_wise(pc.fill_null(table.column("question"), ""), noise, "")
+    table = table.set_column(table.schema.get_field_index("question"), "question", question)
+    ids = pa.array([f"s{i}" for i in range(table.num_rows)])
+    table = table.set_column(table.schema.get_field_index("sample_id"), "sample_id", ids)
     out = root / "parts"
     write_parts(table, out, rows_per_part=max(1, rows // 8))
     record = {"part_hashes": part_hashes(out)}
