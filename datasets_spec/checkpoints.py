@@ -81,10 +81,12 @@ def check_trainer_checkpoint(checkpoint: Path) -> None:
     resume from the one before it, or train again without --resume."""
     checkpoint = Path(checkpoint)
     remedy = f"delete {checkpoint} to resume from the previous checkpoint, or rerun without --resume"
-    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
+    # Top-level files only: what Trainer's resume reads (training_args.bin is never loaded back, and a
+    # DeepSpeed global_step*/ folder is read by DeepSpeed's own loader).
+    for path in sorted(p for p in checkpoint.iterdir() if p.is_file()):
         if path.suffix == ".safetensors":
             check_safetensors(path, what="checkpoint weights", remedy=remedy)
-        elif path.suffix in (".pt", ".pth", ".bin"):
+        elif path.suffix in (".pt", ".pth"):
             check_torch_file(path, what="checkpoint state", remedy=remedy)
         elif path.suffix == ".json":
             with guarded_load(path, what="checkpoint record", remedy=remedy):
