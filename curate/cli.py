@@ -32,7 +32,7 @@ def _workspace(path: Path | None) -> Workspace:
 
 def _locked(name: str, *, replaces_dataset: bool = False, writes_embeddings: bool = False):
     """Run the command holding the workspace's dataset lock (exclusive for ingest, shared for readers) and,
-    for embed, the lock of embeddings/ (see datasets_spec.locks); a conflict is one line naming the holder."""
+    for embed, the embed writers' lock (see datasets_spec.locks); a conflict is one line naming the holder."""
 
     def decorate(fn):
         @functools.wraps(fn)
@@ -40,7 +40,7 @@ def _locked(name: str, *, replaces_dataset: bool = False, writes_embeddings: boo
             ws = _workspace(kwargs.get("workspace"))
             # Rank 0 speaks for a torchrun job; its other ranks share the work.
             writer = writes_embeddings and rank() == 0
-            outputs = output_lock(ws.embeddings_dir, command=f"curate {name}") if writer else None
+            outputs = output_lock(ws.dataset_dir, command=f"curate {name}") if writer else None
             with dataset_lock(ws.root, writes=replaces_dataset, command=f"curate {name}"), (
                 outputs or contextlib.nullcontext()
             ):

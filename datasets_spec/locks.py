@@ -4,8 +4,9 @@ A command that reads the workspace's dataset (embed, score, select, rules, expor
 *shared* lock on the workspace directory for its whole run; ingest, which replaces the dataset, needs the
 *exclusive* lock. Either side that finds the other running refuses at once with one line naming the
 holder's pid and command line, instead of waiting or, worse, recording one dataset's fingerprint next to
-rows read from another. Writers of one shared output folder (``curate embed`` writing ``embeddings/``)
-also take an exclusive lock on that folder, so two of them never race for the same temporary names.
+rows read from another. ``curate embed`` also takes an exclusive lock on ``dataset/`` (which exists
+whenever an embed can run, so no folder is made for the lock), so two embeds never race for the same
+temporary names under ``embeddings/``.
 
 The locks are ``flock(2)`` locks on the directories themselves: nothing is written, and the kernel drops
 a lock when its process dies (a killed run never leaves a stale lock behind). Holders are found in
@@ -105,5 +106,8 @@ def dataset_lock(root: str | os.PathLike, *, writes: bool, command: str) -> cont
 
 
 def output_lock(directory: str | os.PathLike, *, command: str) -> contextlib.AbstractContextManager:
-    """Exclusive lock of one shared output folder (``embeddings/``) for a command writing into it."""
-    return directory_lock(directory, exclusive=True, purpose=f"{command} (writes here)")
+    """Exclusive lock on ``directory`` (when it exists; nothing is created) for the one command of its kind
+    that may run at a time, e.g. ``curate embed`` writing ``embeddings/``."""
+    if not Path(directory).is_dir():
+        return contextlib.nullcontext()
+    return directory_lock(directory, exclusive=True, purpose=f"{command} (one at a time per workspace)")
