@@ -6,6 +6,8 @@ cause arrive as UserError and leave as one line on stderr with exit code 2 (see 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from pathlib import Path
 
 import typer
@@ -18,6 +20,7 @@ from curate.embed_text import ST_PREFIX, TEXT_BATCH_SIZE, WORDLLAMA
 from datasets_spec.cli_common import WorkspaceOption, invoked_command
 from datasets_spec.distributed import rank
 from datasets_spec.errors import exit_on_user_error
+from datasets_spec.locks import dataset_lock, output_lock
 from datasets_spec.workspace import Workspace, resolve_workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -32,6 +35,27 @@ def _workspace(path: Path | None) -> Workspace:
     return resolve_workspace(path)
 
 
+def _locked(name: str, *, replaces_dataset: bool = False, writes_embeddings: bool = False):
+    """Run the command holding the workspace's dataset lock (exclusive for ingest, shared for readers) and,
+    for embed, the embed writers' lock (see datasets_spec.locks); a conflict is one line naming the holder."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            ws = _workspace(kwargs.get("workspace"))
+            # Rank 0 speaks for a torchrun job; its other ranks share the work.
+            writer = writes_embeddings and rank() == 0
+            outputs = output_lock(ws.dataset_dir, command=f"curate {name}") if writer else None
+            with dataset_lock(ws.root, writes=replaces_dataset, command=f"curate {name}"), (
+                outputs or contextlib.nullcontext()
+            ):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 # Commands are registered below, one block per concern: ingest/stats/export, then embed/select/rules.
 # --- ingest / stats / export ------------------------------------------------------------------------
 
@@ -39,6 +63,7 @@ INGEST_SOURCES = ("scienceqa", "llava", "vqa", "synthetic")
 
 
 @app.command()
+@_locked("ingest", replaces_dataset=True)
 def ingest(
     source: str = typer.Argument(..., help="scienceqa | llava | vqa | synthetic"),
     path: Path | None = typer.Argument(
@@ -145,6 +170,7 @@ def _print_ingest_summary(ws: Workspace, info: dict) -> None:
 
 
 @app.command()
+@_locked("stats")
 def stats(
     target: Path | None = typer.Argument(None, help="A subset directory (default: the workspace dataset)"),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON on stdout."),
@@ -205,6 +231,7 @@ def _print_stats(result: dict) -> None:
 
 
 @app.command()
+@_locked("export")
 def export(
     target: Path | None = typer.Argument(None, help="A subset directory (default: the workspace dataset)"),
     fmt: str = typer.Option(..., "--format", help="llava-json | scienceqa"),
@@ -220,6 +247,7 @@ def export(
 
 
 @app.command()
+@_locked("check")
 def check(workspace: Path | None = WorkspaceOption) -> None:
     """Verify the dataset, embedding sets and subsets against the hashes recorded when they were written."""
     from curate.check import verify_workspace
@@ -232,6 +260,7 @@ def check(workspace: Path | None = WorkspaceOption) -> None:
 
 
 @app.command()
+@_locked("embed", writes_embeddings=True)
 def embed(
     workspace: Path | None = WorkspaceOption,
     model: str = typer.Option(
@@ -271,7 +300,10 @@ def embed(
 ) -> None:
     """Embed every sample (open_clip image + text, a text model, or a reference model's hidden states)
     into embeddings/<tag>/; resumable, torchrun-sharded."""
+    from curate.clip_model import check_embed_options
     from curate.embed_reference import embed_any
+
+    check_embed_options(device=device, num_workers=num_workers)
 
     out = embed_any(
         _workspace(workspace), model=model, pretrained=pretrained, fuse=fuse, image_model=image_model,
@@ -365,10 +397,11 @@ def _strategies_help() -> str:
     return strategies_help()
 
 
-app.command("select")(_with_strategy_options(_select))
+app.command("select")(_locked("select")(_with_strategy_options(_select)))
 
 
 @app.command()
+@_locked("score")
 def score(
     workspace: Path | None = WorkspaceOption,
     by: str = typer.Option(..., "--by", help="length | clip-sim | loss | ppl"),
@@ -384,7 +417,10 @@ def score(
     overwrite: bool = typer.Option(False, help="Replace an existing score set."),
 ) -> None:
     """Score every sample (length, CLIP similarity, loss or perplexity of a run) into scores/<name>/."""
+    from curate.clip_model import check_device
     from curate.scores import score_workspace
+
+    check_device(device)
 
     out = score_workspace(_workspace(workspace), by, name=name, run=run, model=model, pretrained=pretrained,
                           batch_size=batch_size, max_length=max_length, device=device, overwrite=overwrite,
@@ -408,6 +444,7 @@ def _bounds(values: list[str], flag: str) -> dict[str, float]:
 
 
 @app.command()
+@_locked("rules")
 def rules(
     workspace: Path | None = WorkspaceOption,
     k: int = typer.Option(..., "--k", help="Subset size."),

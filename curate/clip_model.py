@@ -30,7 +30,30 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device)
     return device
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``--device`` torch does not know, or CUDA where there is none (one line naming the option,
+    before any model is loaded or any folder is made)."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine; use cpu or auto")
+
+
+def check_embed_options(*, device: str, num_workers: int) -> None:
+    """The options of `curate embed` that can be judged before any folder is made."""
+    if num_workers < 0:
+        raise UserError(f"--num-workers {num_workers}: must be >= 0 (0 decodes images in the main process)")
+    check_device(device)
 
 
 def load_model(model: str, pretrained: str | None, *, device: str = "cpu", seed: int = 0):

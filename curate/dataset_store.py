@@ -18,9 +18,9 @@ from datasets_spec.parts import (
     part_hashes,
     part_name,
     read_json,
-    write_json,
     write_part,
     write_parts,
+    write_record,
 )
 from datasets_spec.schema import (
     CANONICAL_SCHEMA,
@@ -80,7 +80,7 @@ def write_dataset(
     with atomic_directory(target, overwrite=True) as tmp:
         write_parts(table, tmp)
         info["part_hashes"] = part_hashes(tmp)
-        write_json(tmp / "dataset.json", info)
+        write_record(tmp / "dataset.json", info)
     return info
 
 
@@ -99,6 +99,11 @@ def _different_dataset(target: Path, existing: dict) -> UserError:
         f"{target}: already holds a different dataset ({existing.get('source')}, "
         f"{existing.get('rows')} rows); pass --overwrite to replace it"
     )
+
+
+def check_dataset_target(ws: Workspace, sources: list) -> None:
+    """:func:`_check_target` of ``ws``'s dataset folder, for ingests that write other things first."""
+    _check_target(ws.dataset_dir, sources)
 
 
 def _check_target(target: Path, sources: list) -> None:
@@ -157,7 +162,7 @@ def write_dataset_batches(
                 **extra,
                 "part_hashes": part_hashes(tmp),
             }
-            write_json(tmp / "dataset.json", payload)
+            write_record(tmp / "dataset.json", payload)
     except _SameDataset:
         return existing
     return payload

@@ -43,6 +43,7 @@ from datasets_spec.parts import (
     read_json,
     write_json,
     write_part,
+    write_record,
 )
 from datasets_spec.workspace import Workspace, now_utc, tool_version
 
@@ -250,7 +251,7 @@ def _finalise(job: EmbedJob, n_rows: int, n_parts: int, world: int) -> None:
     }
     clean_stale_temps(partial)  # part files of killed ranks/runs never reach the finished set
     (partial / PROGRESS_NAME).unlink()
-    write_json(partial / INFO_NAME, info)
+    write_record(partial / INFO_NAME, info)
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from curate.dataset_store import write_dataset
+from curate.dataset_store import check_dataset_target, write_dataset
 from datasets_spec.errors import UserError
 from datasets_spec.fingerprint import table_fingerprint
 from datasets_spec.outputs import check_replaceable
@@ -82,6 +82,7 @@ def ingest_synthetic(
     if n_train + n_val + n_test == 0:
         raise UserError("synthetic dataset: the dataset is empty (0 samples); pass a positive --n-train")
     source_dir = ws.root / SYNTHETIC_SOURCE_DIR
+    check_dataset_target(ws, [source_dir])  # before the source is generated: a refusal writes nothing
     params = {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test, "image_size": image_size}
     check_replaceable(source_dir, kind="synthetic source", overwrite=True, marker=SYNTHETIC_MARKER,
                       is_previous=lambda path: _is_synthetic_source(ws, path))

@@ -33,10 +33,10 @@ from datasets_spec.parts import (
     hash_parts,
     part_hashes,
     part_name,
-    read_json,
-    read_part,
-    write_json,
+    read_record,
+    read_verified_parts,
     write_part,
+    write_record,
 )
 from datasets_spec.workspace import Workspace, now_utc, tool_version
 
@@ -90,12 +90,12 @@ def load_scores(ws: Workspace, name: str, sample_ids: list[str] | None = None) -
             if scores_dir(ws).is_dir() else []
         have = f" (present: {', '.join(present)})" if present else ""
         raise UserError(f"{d}: no score set{have}; run `curate score --by ... --name {name}` first")
-    info = read_json(d / INFO_NAME)
+    info = read_record(d / INFO_NAME)
     fingerprint = ws.dataset_fingerprint()
     if info.get("dataset_fingerprint") != fingerprint:
         raise UserError(f"{d}: scores were computed for dataset {str(info.get('dataset_fingerprint'))[:12]} "
                         f"but the workspace dataset is {fingerprint[:12]}; run `curate score --overwrite`")
-    table = read_part(d / part_name(0), columns=["sample_id", "score"])
+    table = read_verified_parts(d, info, INFO_NAME, columns=["sample_id", "score"])
     ids = table.column("sample_id").to_pylist()
     values = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
     if sample_ids is None:
@@ -129,7 +129,7 @@ def write_scores(ws: Workspace, name: str, ids: list[str], values: np.ndarray, i
         write_part(table, tmp / part_name(0))
         full.update(parts=[part_name(0)], parts_hash=hash_parts(tmp), part_hashes=part_hashes(tmp),
                     complete=True)
-        write_json(tmp / INFO_NAME, full)
+        write_record(tmp / INFO_NAME, full)
     return target
 
 

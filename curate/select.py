@@ -122,6 +122,7 @@ def select_subset(
     strategy_opts = check_options(strategy, strategy_opts, where="curate select")
     if k is not None and k <= 0:
         raise UserError(f"k must be positive (got {k})")
+    fingerprint = ws.dataset_fingerprint()  # before the rows are read: write_subset checks it still holds
     table, pool = build_pool(ws, split, require_image)
     sharded = strategy == KCENTER and not dedup_eps
     if world_size() > 1 and not sharded:
@@ -163,7 +164,8 @@ def select_subset(
     }
     path = ws.shards_dir / (name or f"{strategy}-k{k}")
     if run is None or run.comm.rank == 0:
-        path = write_subset(ws, path.name, table, rows, manifest, overwrite=overwrite)
+        path = write_subset(ws, path.name, table, rows, manifest, overwrite=overwrite,
+                            dataset_fingerprint=fingerprint)
     if run is not None:
         run.finish(written=True)
     return path

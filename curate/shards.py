@@ -17,15 +17,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datasets_spec.errors import UserError
+from datasets_spec.fingerprint import check_dataset_unchanged
 from datasets_spec.outputs import check_replaceable, has_file
 from datasets_spec.parts import (
     atomic_directory,
     hash_parts,
     part_hashes,
-    read_json,
-    read_parts,
-    write_json,
+    read_record,
+    read_verified_parts,
     write_parts,
+    write_record,
 )
 from datasets_spec.schema import COLUMNS
 from datasets_spec.workspace import Workspace, now_utc, tool_version
@@ -62,8 +63,13 @@ def write_subset(
     manifest: dict,
     *,
     overwrite: bool = False,
+    dataset_fingerprint: str | None = None,
 ) -> Path:
-    """Write ``shards/<name>/`` atomically; the manifest gets counts, image fraction and the parts hash."""
+    """Write ``shards/<name>/`` atomically; the manifest gets counts, image fraction and the parts hash.
+
+    ``dataset_fingerprint`` is the fingerprint the dataset had when ``dataset`` was read: the subset is
+    renamed into place only if the workspace's dataset still has it (None: the current one is recorded).
+    """
     target = ws.shards_dir / check_subset_name(name)
     table = subset_table(dataset, rows)
     full = {
@@ -73,7 +79,7 @@ def write_subset(
         "rows": table.num_rows,
         "counts": {c: _counts(table, c) for c in COUNT_COLUMNS},
         "image_fraction": round(1.0 - table.column("image").null_count / max(1, table.num_rows), 6),
-        "dataset_fingerprint": ws.dataset_fingerprint(),
+        "dataset_fingerprint": dataset_fingerprint or ws.dataset_fingerprint(),
         "tool_version": tool_version(),
         "created_at": now_utc(),
     }
@@ -83,13 +89,14 @@ def write_subset(
         full["parts"] = write_parts(table, tmp)
         full["parts_hash"] = hash_parts(tmp)
         full["part_hashes"] = part_hashes(tmp)
-        write_json(tmp / MANIFEST, full)
+        write_record(tmp / MANIFEST, full)
+        check_dataset_unchanged(ws, full["dataset_fingerprint"])
     return target
 
 
 def read_manifest(subset_dir: str | Path) -> dict:
-    """The subset's ``manifest.json`` (a UserError naming the file when absent or malformed)."""
-    return read_json(Path(subset_dir) / MANIFEST)
+    """The subset's ``manifest.json`` (a UserError naming the file when absent, malformed or edited)."""
+    return read_record(Path(subset_dir) / MANIFEST)
 
 
 def manifest_value(manifest: Mapping, path: str) -> Any:
@@ -107,10 +114,35 @@ def subset_hash(manifest: Mapping) -> str:
 
 
 def read_subset(path: str | Path) -> tuple[pa.Table, dict]:
-    """The subset's rows (canonical columns + rank, in rank order) and its manifest."""
+    """The subset's rows (canonical columns + rank, in rank order) and its manifest; every part is checked
+    against the hash its manifest recorded first (a corrupt or foreign part is named)."""
     path = Path(path)
     manifest = read_manifest(path)
-    table = read_parts(path, columns=[*COLUMNS, "rank"])
+    table = read_verified_parts(path, manifest, MANIFEST, columns=[*COLUMNS, "rank"])
+    return table, manifest
+
+
+def load_subset(ws: Workspace, subset_dir: str | Path) -> tuple[pa.Table, dict]:
+    """The one loader of a subset for training, dry runs and evaluation: its rows and manifest.
+
+    Refused, each with one line naming the directory: not a directory, no manifest.json, a part that
+    differs from its recorded hash, no rows, or a subset selected from another dataset than ``ws``'s.
+    """
+    subset_dir = Path(subset_dir)
+    if not subset_dir.is_dir():
+        raise UserError(f"{subset_dir}: no such subset directory")
+    if not (subset_dir / MANIFEST).is_file():
+        raise UserError(f"{subset_dir}: no {MANIFEST}; not a subset written by `curate select`")
+    table, manifest = read_subset(subset_dir)
+    if table.num_rows == 0:
+        raise UserError(f"{subset_dir}: the subset is empty (0 samples)")
+    recorded = manifest.get("dataset_fingerprint")
+    current = ws.dataset_fingerprint()
+    if recorded != current:
+        raise UserError(
+            f"{subset_dir}: built from dataset {str(recorded)[:12]}, but the workspace dataset is "
+            f"{current[:12]}; select the subset again in this workspace"
+        )
     return table, manifest
 
 

@@ -8,7 +8,7 @@ import polars as pl
 import pyarrow as pa
 
 from datasets_spec.errors import UserError
-from datasets_spec.parts import list_parts, read_json, read_parts
+from datasets_spec.parts import list_parts, read_record, read_verified_parts
 from datasets_spec.schema import COLUMNS
 from datasets_spec.workspace import Workspace
 
@@ -81,13 +81,20 @@ def resolve_target(ws: Workspace, target: Path | None) -> tuple[str, Path]:
     raise UserError(f"{target}: not a dataset (dataset.json) or subset (manifest.json) directory")
 
 
+def _record_name(kind: str) -> str:
+    return "manifest.json" if kind == "subset" else "dataset.json"
+
+
 def read_target(ws: Workspace, target: Path | None) -> tuple[str, Path, pa.Table]:
-    """Canonical rows of the target, in stored order (a subset's parts are in selection order)."""
+    """Canonical rows of the target, in stored order (a subset's parts are in selection order), each part
+    checked against the hash its record holds."""
     kind, path = resolve_target(ws, target)
     if not list_parts(path):
         raise UserError(f"{path}: no part-*.parquet files")
+    record_name = _record_name(kind)
     # Named columns: a part lacking them (a foreign file) is an error naming that part.
-    table = read_parts(path, columns=[*COLUMNS, "rank"] if kind == "subset" else list(COLUMNS))
+    table = read_verified_parts(path, read_record(path / record_name), record_name,
+                                columns=[*COLUMNS, "rank"] if kind == "subset" else list(COLUMNS))
     if "rank" in table.column_names:
         table = table.sort_by("rank")
     return kind, path, table.select(list(COLUMNS))
@@ -96,6 +103,6 @@ def read_target(ws: Workspace, target: Path | None) -> tuple[str, Path, pa.Table
 def stats_target(ws: Workspace, target: Path | None = None) -> dict:
     """:func:`dataset_stats` of the workspace dataset or of a subset directory, plus where it came from."""
     kind, path, table = read_target(ws, target)
-    info = read_json(path / ("manifest.json" if kind == "subset" else "dataset.json"))
+    info = read_record(path / _record_name(kind))
     stats = dataset_stats(table)
     return {"target": str(path), "kind": kind, "fingerprint": info.get("fingerprint"), **stats}

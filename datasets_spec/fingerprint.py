@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from datasets_spec.errors import UserError
 from datasets_spec.schema import CANONICAL_SCHEMA, COLUMNS
 
 DIGEST_TYPE = pa.binary(32)
@@ -171,3 +172,15 @@ def _hash_rows(text: pa.Array) -> pa.Array:
     bounds = offsets.tolist()
     joined = b"".join([sha(view[a:b]).digest() for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
     return pa.FixedSizeBinaryArray.from_buffers(DIGEST_TYPE, n, [None, pa.py_buffer(joined)])
+
+
+def check_dataset_unchanged(ws, expected: str) -> None:
+    """Refuse to finish an output made from the dataset with fingerprint ``expected`` if the workspace's
+    dataset is no longer that one (replaced while the command ran): called just before the rename into
+    place, so the output never records one dataset's fingerprint beside rows read from another."""
+    current = ws.dataset_fingerprint()
+    if current != expected:
+        raise UserError(
+            f"{ws.dataset_dir}: the dataset changed while this command ran (fingerprint {expected[:12]} "
+            f"became {current[:12]}); nothing was written: rerun it"
+        )

@@ -34,6 +34,7 @@ from datasets_spec.difficulty import (
 )
 from datasets_spec.errors import UserError
 from datasets_spec.parts import DATASET_ROWS_PER_PART
+from datasets_spec.safe_json import GuardedJsonFile
 from datasets_spec.schema import (
     CANONICAL_SCHEMA,
     IMAGE_TOKEN,
@@ -140,7 +141,7 @@ class LlavaJsonReader:
         size = self.path.stat().st_size
         with self.path.open("rb") as fh:
             self._expect_list(fh)
-            tracked = _TrackedFile(fh)
+            tracked = _TrackedFile(GuardedJsonFile(fh, self.path))
             columns = _empty_columns()
             items = ijson.items(tracked, "item", use_float=True)
             index = 0
@@ -189,6 +190,7 @@ class LlavaJsonReader:
         # Only a path starting with a separator or holding ':' or '..' can be absolute or escape the root.
         if image is not None and (
             type(image) is not str or not image or image[0] in "/\\" or ":" in image or ".." in image
+            or "\0" in image
         ):
             return self._add(item, index, columns)
         chars = stripped = humans = images = first_human_images = 0

@@ -17,7 +17,6 @@ the new one is put back, so nothing is lost and nothing accumulates.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from datasets_spec.errors import UserError
+from datasets_spec.safe_json import load_json_file
 
 # The folders a workspace owns (DESIGN.md "The workspace"), plus the synthetic dataset's generated source,
 # which is that dataset's image root.
@@ -152,8 +152,8 @@ def is_previous_export(fmt: str) -> Callable[[Path], bool]:
     def check(out: Path) -> bool:
         marker = export_marker_path(out)
         try:
-            return json.loads(marker.read_text()).get("format") == fmt
-        except (OSError, ValueError, AttributeError):
+            return load_json_file(marker).get("format") == fmt
+        except (UserError, AttributeError):
             return False
 
     return check
@@ -215,9 +215,9 @@ def check_ablation_owned(run_dir: Path, cell_marker: str) -> None:
     if (run_dir / cell_marker).is_file():
         return
     try:
-        record = json.loads((run_dir / "config.json").read_text())
+        record = load_json_file(run_dir / "config.json")
         command = record.get("command") or "" if isinstance(record, dict) else None
-    except (OSError, ValueError):
+    except UserError:
         command = None
     if command is not None and (command == "" or command.split()[:2] == ["train", "ablate"]):
         return

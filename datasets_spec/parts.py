@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from datasets_spec.errors import UserError
 from datasets_spec.outputs import clean_stale_temps
+from datasets_spec.safe_json import load_json_file
 
 PART_PATTERN = "part-{:05d}.parquet"
 # Rows per Parquet part of canonical samples (dataset/, shards/; embedding sets have their own, smaller
@@ -158,15 +159,69 @@ def write_json(path: Path, payload: dict) -> None:
 
 
 def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        raise UserError(f"{path}: malformed JSON at {where}: {exc.msg}") from None
-    except (UnicodeDecodeError, IsADirectoryError) as exc:
-        raise UserError(f"{path}: not a JSON text file ({type(exc).__name__})") from None
+    """A JSON object the tool wrote (manifest, dataset.json, ...), read with the bounds of
+    :mod:`datasets_spec.safe_json`; anything else is a UserError naming the file."""
+    record = load_json_file(path)
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(record).__name__}")
+    return record
+
+
+# --- records (dataset.json, manifest.json, embeddings.json, scores.json) ---------------------------------
+
+# The record's own hash, over its canonical JSON without this key: an edit by hand is noticed on read.
+RECORD_HASH_KEY = "record_sha256"
+
+
+def _record_digest(payload: dict) -> str:
+    body = {k: v for k, v in payload.items() if k != RECORD_HASH_KEY}
+    # Through JSON once, so the digest is over what a reader parses back (default=str as in write_json).
+    canonical = json.dumps(json.loads(json.dumps(body, default=str)), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def write_record(path: Path, payload: dict) -> None:
+    """:func:`write_json` of an output's record, sealed with its own hash (:func:`read_record` checks it)."""
+    write_json(path, {**payload, RECORD_HASH_KEY: _record_digest(payload)})
+
+
+def read_record(path: Path) -> dict:
+    """An output's record; one edited since it was written is a UserError naming it (records written
+    before the seal existed carry none and are read as they are)."""
+    record = read_json(path)
+    sealed = record.get(RECORD_HASH_KEY)
+    if sealed is not None and sealed != _record_digest(record):
+        raise UserError(f"{path}: edited since it was written (its {RECORD_HASH_KEY} no longer matches); "
+                        "rerun the command that wrote it")
+    return record
+
+
+def verify_recorded_parts(directory: Path, record: dict, record_name: str) -> tuple[int, str]:
+    """Check ``directory``'s Parquet files against what ``record`` recorded; return (files, method).
+
+    Per-file ``part_hashes`` name the first missing, changed or foreign file; older records with only the
+    combined ``parts_hash`` are checked against that; a record with neither is not checked (0, "none").
+    """
+    recorded = record.get("part_hashes")
+    if isinstance(recorded, dict):
+        return verify_parts(directory, recorded), "part_hashes"
+    if record.get("parts_hash"):
+        for part in list_parts(directory):
+            read_part(part)  # names the first unreadable part
+        if hash_parts(directory) != record["parts_hash"]:
+            raise UserError(f"{directory}: parts differ from the parts_hash recorded in {record_name}")
+        return len(list_parts(directory)), "parts_hash"
+    return 0, "none"
+
+
+def read_verified_parts(directory: Path, record: dict, record_name: str,
+                        columns: list[str] | None = None) -> pa.Table:
+    """:func:`read_parts`, then :func:`verify_recorded_parts`: what feeds a selection, a training run or
+    an export is exactly what was written. (Reading first names an unreadable part as such, rather than
+    only as changed.)"""
+    table = read_parts(directory, columns=columns)
+    verify_recorded_parts(directory, record, record_name)
+    return table
 
 
 @contextlib.contextmanager

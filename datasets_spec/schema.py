@@ -94,9 +94,12 @@ def _first_duplicate(values: list) -> object:
 
 
 def check_image_path(image: str, *, where: str) -> None:
-    """Refuse absolute image paths and paths that escape the image root with `..`."""
+    """Refuse absolute image paths, paths that escape the image root with `..`, and NUL bytes (no file
+    system has such a name; the OS calls would fail on it)."""
     from pathlib import PurePosixPath, PureWindowsPath
 
+    if "\0" in image:
+        raise UserError(f"{where}: image path {image!r} contains a NUL byte; not a file name")
     if PurePosixPath(image).is_absolute() or PureWindowsPath(image).is_absolute():
         raise UserError(f"{where}: image path {image!r} is absolute; it must be relative to the image root")
     if ".." in PurePosixPath(image.replace("\\", "/")).parts:

@@ -24,7 +24,6 @@ both empty gets ``The answer is X.`` under ``LEA``, not a leading space.)
 
 from __future__ import annotations
 
-import json
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from PIL import Image
 
 from datasets_spec.difficulty import estimate_tokens, scienceqa_difficulty
 from datasets_spec.errors import UserError
+from datasets_spec.safe_json import load_json_file
 from datasets_spec.schema import IMAGE_TOKEN, check_image_path, check_resolves_inside, rows_to_table
 
 PRIMARY_SPLITS = ("train", "val", "test")
@@ -148,12 +148,6 @@ def build_conversations(problem: dict, *, prompt_format: str, has_image: bool) -
 def load_json_strict(path: Path) -> object:
     """Parse JSON; malformed/truncated content or a repeated object key is a UserError naming the place."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read: {exc}") from None
 
     def no_duplicates(pairs: list[tuple[str, object]]) -> dict:
         out: dict = {}
@@ -163,11 +157,7 @@ def load_json_strict(path: Path) -> object:
             out[key] = value
         return out
 
-    try:
-        return json.loads(text, object_pairs_hook=no_duplicates)
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        raise UserError(f"{path}: malformed JSON at {where}: {exc.msg}") from None
+    return load_json_file(path, object_pairs_hook=no_duplicates)
 
 
 def detect_image_root(root: Path) -> Path:

@@ -32,6 +32,7 @@ from datasets_spec.llava_json import (
     image_usable,
     json_error_position,
 )
+from datasets_spec.safe_json import GuardedJsonFile
 from datasets_spec.schema import IMAGE_TOKEN, check_image_path
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
@@ -54,7 +55,7 @@ def _stream(path: Path, prefix: str) -> Iterator[object]:
         raise UserError(f"{path}: not found")
     size = path.stat().st_size
     with path.open("rb") as fh:
-        tracked = _TrackedFile(fh)
+        tracked = _TrackedFile(GuardedJsonFile(fh, path))
         items = ijson.items(tracked, prefix, use_float=True)
         while True:
             try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from datasets_spec.errors import UserError
-from datasets_spec.parts import read_json, read_parts
+from datasets_spec.parts import read_record, read_verified_parts
 from datasets_spec.schema import COLUMNS
 
 WORKSPACE_ENV = "CURATE_WORKSPACE"
@@ -54,7 +54,7 @@ class Workspace:
                 raise UserError(f"{self.dataset_dir}: missing; a killed ingest left the previous dataset in "
                                 f"{aside[0]}; rerun the ingest and it is put back first")
             raise UserError(f"{self.dataset_dir}: no dataset here; run `curate ingest ...` first")
-        return read_json(path)
+        return read_record(path)
 
     def dataset_fingerprint(self) -> str:
         return self.dataset_info()["fingerprint"]
@@ -64,9 +64,11 @@ class Workspace:
         return Path(root) if root else None
 
     def read_dataset(self, columns: list[str] | None = None) -> pa.Table:
-        self.dataset_info()
+        """The dataset's rows, after checking every part against the hash dataset.json recorded."""
+        info = self.dataset_info()
         # Asking for the canonical columns by name turns a foreign part into an error naming it.
-        return read_parts(self.dataset_dir, columns=list(COLUMNS) if columns is None else columns)
+        columns = list(COLUMNS) if columns is None else columns
+        return read_verified_parts(self.dataset_dir, info, "dataset.json", columns=columns)
 
 
 def resolve_workspace(path: str | os.PathLike | None = None) -> Workspace:

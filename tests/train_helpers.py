@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import torch
 
 from curate.shards import write_subset
-from datasets_spec.parts import read_json, write_json
+from datasets_spec.parts import read_json, write_record
 from datasets_spec.workspace import Workspace
 from tests.cli_helpers import run_app
 
@@ -26,7 +26,8 @@ def private_workspace(source: Workspace, dest: Path) -> Workspace:
     for name, rows in (("k12", train[:12]), ("k4", train[:4]), ("empty", train[:0]), ("foreign", train[:4])):
         write_subset(ws, name, dataset, rows, {"strategy": "first", "k": len(rows), "seed": 0})
     manifest = read_json(ws.shards_dir / "foreign" / "manifest.json")
-    write_json(ws.shards_dir / "foreign" / "manifest.json", dict(manifest, dataset_fingerprint="0" * 64))
+    # A subset another dataset's select wrote: sealed like any record (an edit by hand would be refused).
+    write_record(ws.shards_dir / "foreign" / "manifest.json", dict(manifest, dataset_fingerprint="0" * 64))
     return ws
 
 

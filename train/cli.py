@@ -100,7 +100,7 @@ def run_command(
         from train.dryrun import format_dry_run
 
         for path in find_subsets(subset):
-            typer.echo(format_dry_run(estimate(config, path)))
+            typer.echo(format_dry_run(estimate(config, path, _workspace(workspace))))
         return
     for run in run_subsets(_workspace(workspace), subset, config, command=command_line()):
         if rank() == 0:

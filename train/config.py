@@ -6,13 +6,13 @@ import ast
 import dataclasses
 import importlib.util
 import inspect
-import json
 import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 from datasets_spec.errors import UserError
+from datasets_spec.parts import read_json
 from train.hparams import OVERRIDABLE, StageHparams, hparam_preset, resolve_stage
 from train.rundir import projector_file
 from train.templates import IMAGE_PLACEMENTS
@@ -241,6 +241,6 @@ def _check_qlora(config: TrainConfig) -> None:
 
 def _zero_stage(path: Path) -> int:
     try:
-        return int(json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage", 0))
-    except (OSError, ValueError, AttributeError):
+        return int(read_json(Path(path)).get("zero_optimization", {}).get("stage", 0))
+    except (UserError, ValueError, AttributeError, TypeError):
         raise UserError(f"--deepspeed {path}: not a readable DeepSpeed JSON config") from None

@@ -36,6 +36,8 @@ import torch
 
 from datasets_spec.distributed import world_size
 from datasets_spec.errors import UserError
+from datasets_spec.parts import read_json
+from datasets_spec.workspace import Workspace
 from train.config import TrainConfig, deepspeed_config_path
 from train.hparams import batch_layout
 from train.qlora import QLORA_BYTES_PER_PARAM, language_model_linears
@@ -110,16 +112,16 @@ VISION_ARCHITECTURES: dict[str, dict] = {
 }
 
 
-def dry_run(config: TrainConfig, subset: Path) -> dict:
-    """What ``config`` would do on ``subset``: per stage parameters, steps, tokens and memory per GPU."""
-    from curate.shards import read_subset
+def dry_run(config: TrainConfig, subset: Path, ws: Workspace) -> dict:
+    """What ``config`` would do on ``subset``: per stage parameters, steps, tokens and memory per GPU.
+
+    The subset is loaded as a real run loads it (curate.shards.load_subset: manifest, part hashes, rows,
+    the workspace dataset's fingerprint), so a dry run refuses what the run would refuse.
+    """
+    from curate.shards import load_subset
 
     subset = Path(subset)
-    if not (subset / "manifest.json").is_file():
-        raise UserError(f"{subset}: no manifest.json; not a subset written by `curate select`")
-    table, _ = read_subset(subset)
-    if table.num_rows == 0:
-        raise UserError(f"{subset}: the subset is empty (0 samples)")
+    table, _ = load_subset(ws, subset)
     model, n_image_tokens, text = _meta_model(config)
     gpus = config.gpus or world_size()
     zero = _zero_stage(config)
@@ -316,10 +318,8 @@ def _built_model(config: TrainConfig):
 def _zero_stage(config: TrainConfig) -> int:
     if not config.deepspeed:
         return 0
-    import json
-
     return int(
-        json.loads(deepspeed_config_path(config.deepspeed).read_text())
+        read_json(deepspeed_config_path(config.deepspeed))
         .get("zero_optimization", {})
         .get("stage", 0)
     )
@@ -328,9 +328,7 @@ def _zero_stage(config: TrainConfig) -> int:
 def _offload(config: TrainConfig) -> bool:
     if not config.deepspeed:
         return False
-    import json
-
-    zero = json.loads(deepspeed_config_path(config.deepspeed).read_text()).get("zero_optimization", {})
+    zero = read_json(deepspeed_config_path(config.deepspeed)).get("zero_optimization", {})
     return any(zero.get(k, {}).get("device") == "cpu" for k in ("offload_optimizer", "offload_param"))
 
 

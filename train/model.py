@@ -7,7 +7,6 @@ Module paths (transformers 4.57): ``model.model.vision_tower``, ``model.model.mu
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,9 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
+from datasets_spec.checkpoints import check_safetensors, guarded_load, load_errors
 from datasets_spec.errors import UserError
-from datasets_spec.parts import atomic_directory, atomic_file, write_json
+from datasets_spec.parts import atomic_directory, atomic_file, read_json, write_json
 from datasets_spec.schema import IMAGE_TOKEN
 from train.presets import (
     LLMPreset,
@@ -104,7 +104,7 @@ def load_language_model(preset: LLMPreset, *, dtype: torch.dtype = torch.float32
             repair_gguf_special_tokens(tokenizer, directory / preset.gguf_file)
         # GGUF weights are dequantized to float on load.
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
-    except (OSError, ValueError) as exc:
+    except load_errors() as exc:
         raise _load_failure("language model", where, exc) from None
     return tokenizer, model
 
@@ -152,7 +152,7 @@ def load_vision_tower(preset: VisionPreset, *, dtype: torch.dtype = torch.float3
         cls = SiglipVisionModel if model_type.startswith("siglip") else CLIPVisionModel
         model = cls.from_pretrained(where, dtype=dtype)
         processor = AutoImageProcessor.from_pretrained(where, use_fast=False)
-    except (OSError, ValueError) as exc:
+    except load_errors() as exc:
         raise _load_failure("vision tower", where, exc) from None
     # A tower without a CLS token (SigLIP) must keep every token: "default" would drop a real patch.
     strategy = preset.select_strategy if has_cls_token(model.config) else "full"
@@ -361,22 +361,20 @@ def read_bundle_info(directory: Path) -> dict[str, Any]:
     path = Path(directory) / BUNDLE_FILE
     if not path.is_file():
         raise UserError(f"{directory} is not a saved model: {BUNDLE_FILE} is missing")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}") from None
+    return read_json(path)
 
 
 def load_bundle(directory: Path, *, dtype: torch.dtype = torch.float32) -> LlavaBundle:
     """Load a checkpoint written by :func:`save_bundle`."""
     directory = Path(directory)
     info = read_bundle_info(directory)
-    try:
+    remedy = "rerun the command that wrote this model (train run, or train merge)"
+    for weights in sorted(directory.glob("*.safetensors")):
+        check_safetensors(weights, what="model weights", remedy=remedy)
+    with guarded_load(directory, what="saved model", remedy=remedy):
         model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(directory)
         image_processor = AutoImageProcessor.from_pretrained(directory, use_fast=False)
-    except (OSError, ValueError) as exc:
-        raise _load_failure("model", str(directory), exc) from None
     tokenizer.padding_side = "right"
     return LlavaBundle(model, tokenizer, image_processor, info["template"], int(info["num_image_tokens"]),
                        llm_preset_from_dict(info["llm_preset"]),

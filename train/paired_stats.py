@@ -25,6 +25,7 @@ questions. The resampling seed is fixed, so a report is identical every time it 
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from datasets_spec.errors import UserError
+from datasets_spec.parts import read_json
+from datasets_spec.safe_json import check_json_bytes
 from train.rundir import METRICS_FILE, PREDICTIONS_FILE
 
 # 10,000 resamples put the Monte-Carlo error of a 95% percentile bound near 0.1 points on a few hundred
@@ -99,10 +102,7 @@ def load_run_answers(run_dir: Path) -> Answers:
     split = None
     metrics_path = run_dir / METRICS_FILE
     if metrics_path.exists():
-        try:
-            split = json.loads(metrics_path.read_text()).get("split")
-        except (json.JSONDecodeError, AttributeError):
-            raise UserError(f"{metrics_path}: malformed JSON") from None
+        split = read_json(metrics_path).get("split")
     return Answers(
         name=run_dir.name, split=split, question_ids=ids, correct=correct.reshape(1, -1), runs=(run_dir.name,)
     )
@@ -111,12 +111,16 @@ def load_run_answers(run_dir: Path) -> Answers:
 def _read_marks(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
     """(sorted question ids, their correctness). Polars reads a well-formed file in milliseconds (a 4,241-line
     file is 0.05 s against 0.2 s for json.loads per line); anything it cannot read, or reads with a gap or a
-    duplicate, goes through the line-by-line reader, which names the offending line."""
+    duplicate, goes through the line-by-line reader, which names the offending line. The bytes are
+    scanned first (:mod:`datasets_spec.safe_json`): polars' reader crashes the process on deeply nested
+    lines, and a file that is not UTF-8 is refused by name."""
     import polars as pl
 
+    raw = _read_text_bytes(path)
+    check_json_bytes(raw, path)
     try:
         frame = pl.read_ndjson(
-            path, schema={"question_id": pl.String, "metadata": pl.Struct({"correct": pl.Boolean})}
+            io.BytesIO(raw), schema={"question_id": pl.String, "metadata": pl.Struct({"correct": pl.Boolean})}
         )
         ids = frame["question_id"]
         correct = frame["metadata"].struct.field("correct")
@@ -126,14 +130,27 @@ def _read_marks(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
     if clean:
         order = np.argsort(ids.to_numpy(), kind="stable")
         return tuple(ids.to_numpy()[order].tolist()), correct.to_numpy().astype(bool)[order]
-    marks = _read_marks_slowly(path)
+    marks = _read_marks_slowly(path, raw.decode("utf-8"))
     ids = tuple(sorted(marks))
     return ids, np.array([marks[q] for q in ids], dtype=bool)
 
 
-def _read_marks_slowly(path: Path) -> dict[str, bool]:
+def _read_text_bytes(path: Path) -> bytes:
+    """The file's bytes, refused by name unless they are UTF-8 text."""
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, expected a JSON lines file") from None
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); expected JSON lines") from None
+    return raw
+
+
+def _read_marks_slowly(path: Path, text: str) -> dict[str, bool]:
     marks: dict[str, bool] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datasets_spec.errors import UserError
+from datasets_spec.safe_json import loads_json
 
 CONFIG_FILE = "config.json"
 PROJECTOR_FILE = "projector.safetensors"
@@ -83,9 +84,9 @@ def append_log(run_dir: Path, entry: dict) -> None:
 
 def read_log(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / LOG_FILE
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
+    if not path.exists():
+        return []
+    return [loads_json(line, path) for line in path.read_text().splitlines() if line.strip()]
 
 
 def split_rows(table: pa.Table, split: str) -> pa.Table:

@@ -140,23 +140,11 @@ def default_run_name(subset_dir: Path, config: TrainConfig) -> str:
 
 def load_subset(ws: Workspace, subset_dir: Path) -> tuple[pa.Table, dict]:
     """The subset's rows and a summary of where they came from; refuses empty/foreign/unmanifested subsets."""
-    from curate.shards import read_subset
+    from curate.shards import MANIFEST
+    from curate.shards import load_subset as load_checked_subset
 
-    if not subset_dir.is_dir():
-        raise UserError(f"{subset_dir}: no such subset directory")
-    manifest_path = subset_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise UserError(f"{subset_dir}: no manifest.json; not a subset written by `curate select`")
-    table, manifest = read_subset(subset_dir)
-    if table.num_rows == 0:
-        raise UserError(f"{subset_dir}: the subset is empty (0 samples)")
-    recorded = manifest.get("dataset_fingerprint")
-    current = ws.dataset_fingerprint()
-    if recorded != current:
-        raise UserError(
-            f"{subset_dir}: built from dataset {str(recorded)[:12]}, but the workspace dataset is "
-            f"{current[:12]}; select the subset again in this workspace"
-        )
+    table, manifest = load_checked_subset(ws, subset_dir)
+    manifest_path = subset_dir / MANIFEST
     info = {
         "path": str(subset_dir.resolve()),
         "name": subset_dir.resolve().name,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasets_spec.errors import UserError
+from datasets_spec.safe_json import check_json_bytes, load_json_file
 
 FAILED = -1
 # LLaVA's scorer checks rules 1 and 2 against this fixed list, then maps the letter into the problem's
@@ -203,12 +204,7 @@ def split_pids(
 
 
 def _read_json(path: Path) -> object:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: malformed JSON ({exc})") from None
+    return load_json_file(path)
 
 
 # --- predictions ------------------------------------------------------------------------------------
@@ -227,6 +223,10 @@ def load_predictions(path: Path) -> dict[str, str]:
         raise UserError(f"{path}: not found") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory; give the predictions file (e.g. <run>/predictions.jsonl)") \
+            from None
+    check_json_bytes(content.encode("utf-8", "surrogatepass"), path)
     try:
         whole = json.loads(content)
     except json.JSONDecodeError:

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from datasets_spec.checkpoints import check_trainer_checkpoint
 from datasets_spec.distributed import barrier, world_size
 from datasets_spec.errors import UserError
 from datasets_spec.workspace import Workspace
@@ -278,6 +279,8 @@ def train_stage(
         accuracy.trainer = trainer
         trainer.add_callback(accuracy)
     checkpoint = latest_checkpoint(stage_dir / CHECKPOINTS_DIR) if config.resume else None
+    if checkpoint is not None:
+        check_trainer_checkpoint(checkpoint)  # a damaged file is named here, not deep inside the Trainer
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     elapsed = time.perf_counter() - started
@@ -298,7 +301,7 @@ def train_stage(
         "tokens_per_epoch": int(sum(train_ds.lengths)),
         "steps": output.global_step,
         "epochs": trainer.state.epoch,
-        "train_loss": output.training_loss,
+        "train_loss": whole_run_loss(output.training_loss, output.global_step, history, checkpoint),
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "runtime_s": round(elapsed, 3),
@@ -308,6 +311,28 @@ def train_stage(
     }
     del trainer
     return summary
+
+
+def whole_run_loss(
+    session_loss: float, global_step: int, history: list[dict], checkpoint: Path | None
+) -> float:
+    """Mean training loss over every step of the stage, also after a resume.
+
+    The Trainer's ``training_loss`` is the loss summed over this session's steps divided by *all* steps;
+    after a resume from ``checkpoint-<s>`` the steps up to ``s`` come from the logged interval means in
+    ``history`` (each ``loss`` entry is the mean since the previous one). Steps between the last log and
+    the checkpoint were never logged and are left out of the mean.
+    """
+    if checkpoint is None:
+        return session_loss
+    resumed_at = int(Path(checkpoint).name.split("-")[-1])
+    earlier_sum, logged_to = 0.0, 0
+    for entry in history:
+        if "loss" in entry and "step" in entry and logged_to < entry["step"] <= resumed_at:
+            earlier_sum += entry["loss"] * (entry["step"] - logged_to)
+            logged_to = entry["step"]
+    steps = logged_to + (global_step - resumed_at)
+    return (earlier_sum + session_loss * global_step) / steps if steps > 0 else session_loss
 
 
 def image_rows(table: pa.Table) -> pa.Table:

@@ -23,6 +23,7 @@ import numpy as np
 
 from curate.embedding_sets import DTYPES, EmbeddingSet
 from curate.kcenter.engine import Greedy, Resume
+from datasets_spec.checkpoints import guarded_load
 from datasets_spec.errors import UserError
 from datasets_spec.parts import atomic_file, read_json, write_json
 from datasets_spec.workspace import Workspace
@@ -148,7 +149,9 @@ class Checkpoints:
             common &= set(row)
         if not common:
             return None
-        with np.load(self._file(int(max(common)))) as z:
+        path = self._file(int(max(common)))
+        remedy = f"delete {self.dir} and rerun the select (it starts the picks again)"
+        with guarded_load(path, what="k-center checkpoint", remedy=remedy), np.load(path) as z:
             return Resume(z["picks"], float(z["bound"]), z["min_d"], z["nearest"])
 
     def _counts(self) -> list[int]:

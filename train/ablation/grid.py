@@ -337,6 +337,10 @@ def load_grid(path: str | Path) -> AblationGrid:
         raise UserError(f"{path}: grid file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: malformed TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or table
+        raise UserError(f"{path}: TOML nested too deeply; not a grid file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     grid = grid_from_dict(raw, where=str(path))
     check_names(grid, where=str(path))
     return grid
