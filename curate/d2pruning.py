@@ -23,9 +23,10 @@ script additionally shifts CLIP scores by a constant, which is specific to that 
 
 Differences, and why: the greedy uses a lazy max-heap instead of an arg-max over the pool per pick
 (O((n + k * degree) log n) instead of O(n k); the same order, ties to the lowest pool index). For pools
-above ``EXACT_KNN_MAX`` the neighbours come from a FAISS IVF index (``nlist = sqrt(n)`` lists trained on a
-seeded sample, ``NPROBE`` probed), as the authors do for DataComp with FAISS: the exact search is
-quadratic in n (a day at 665K on two cores); edge distances are then recomputed exactly in float64 so
+above ``EXACT_KNN_MAX`` the neighbours are approximate (k-means into ``sqrt(n)`` cells trained on a
+seeded sample; each cell's rows are compared exactly with the rows of the ``NPROBE`` cells nearest its
+centroid, one GEMM per cell -- the authors also search a FAISS index for DataComp): the exact search is
+quadratic in n (hours at 665K on two cores); edge distances are then recomputed exactly in float64 so
 the graph is symmetric and deterministic. Samples without a score (NaN) are not nodes and never
 selected.
 """
@@ -45,9 +46,9 @@ DEFAULT_GAMMA_FORWARD = 1.0
 DEFAULT_GAMMA_REVERSE = 0.1
 # Up to this many pool samples the neighbours are exact (the flat search is n^2 d: ~1 s at 20K x 512).
 EXACT_KNN_MAX = 20_000
-# IVF lists probed per query for larger pools; recall@5 is measured in bench/trainfree_bench.py.
+# Cells searched per cell for larger pools; recall@5 is measured in bench/trainfree_bench.py.
 NPROBE = 16
-# Training points per IVF list (FAISS warns below 39).
+# k-means training points per cell (FAISS warns below 39).
 IVF_TRAIN_PER_LIST = 64
 SEARCH_BLOCK = 16_384
 EDGE_BLOCK = 16_384
@@ -65,24 +66,10 @@ def check_gamma(value: float) -> None:
 
 def nearest_neighbors(x: np.ndarray, n_neighbors: int, *, seed: int = 0) -> np.ndarray:
     """Each row's ``n_neighbors`` nearest other rows (L2), nearest first; -1 where fewer were found."""
-    import faiss
-
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n, d = x.shape
+    n = len(x)
     want = min(n_neighbors + 1, n)  # +1: a row finds itself (or a copy of itself) first
-    if n <= EXACT_KNN_MAX:
-        index = faiss.IndexFlatL2(d)
-    else:
-        nlist = max(1, round(math.sqrt(n)))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
-        index.cp.seed = int(seed)
-        sample = np.random.default_rng(seed).choice(n, size=min(n, IVF_TRAIN_PER_LIST * nlist), replace=False)
-        index.train(x[np.sort(sample)])
-        index.nprobe = min(NPROBE, nlist)
-    index.add(x)
-    found = np.empty((n, want), dtype=np.int64)
-    for start in range(0, n, SEARCH_BLOCK):
-        _, found[start : start + SEARCH_BLOCK] = index.search(x[start : start + SEARCH_BLOCK], want)
+    found = _exact_search(x, want) if n <= EXACT_KNN_MAX else _clustered_search(x, want, seed)
     rows = np.arange(n)[:, None]
     valid = (found >= 0) & (found != rows)
     keep = valid & (np.cumsum(valid, axis=1) <= n_neighbors)
@@ -90,6 +77,44 @@ def nearest_neighbors(x: np.ndarray, n_neighbors: int, *, seed: int = 0) -> np.n
     slot = np.cumsum(keep, axis=1) - 1
     out[np.nonzero(keep)[0], slot[keep]] = found[keep]
     return out
+
+
+def _exact_search(x: np.ndarray, want: int) -> np.ndarray:
+    import faiss
+
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(x)
+    found = np.empty((len(x), want), dtype=np.int64)
+    for start in range(0, len(x), SEARCH_BLOCK):
+        _, found[start : start + SEARCH_BLOCK] = index.search(x[start : start + SEARCH_BLOCK], want)
+    return found
+
+
+def _clustered_search(x: np.ndarray, want: int, seed: int) -> np.ndarray:
+    """Approximate neighbours: k-means into sqrt(n) cells (trained on a seeded sample); the rows of a
+    cell are compared exactly (one GEMM) with the rows of the ``NPROBE`` cells nearest its centroid."""
+    from curate.clustering import assign, block_sq_dists, kmeans, members
+
+    n = len(x)
+    nlist = max(1, round(math.sqrt(n)))
+    sample = np.random.default_rng(seed).choice(n, size=min(n, IVF_TRAIN_PER_LIST * nlist), replace=False)
+    centroids = kmeans(x[np.sort(sample)], nlist, seed=seed, niter=10, spherical=False)
+    labels, _ = assign(x, centroids)
+    cells = members(labels, nlist)
+    c_sq = np.einsum("ij,ij->i", centroids, centroids)
+    probes = np.argsort(block_sq_dists(centroids, centroids, c_sq), axis=1, kind="stable")[:, :NPROBE]
+    sq = np.einsum("ij,ij->i", x, x)
+    found = np.full((n, want), -1, dtype=np.int64)
+    for cell, rows in enumerate(cells):
+        if len(rows) == 0:
+            continue
+        cand = np.sort(np.concatenate([cells[p] for p in probes[cell]]))
+        dist = block_sq_dists(x[rows], x[cand], sq[cand])
+        top = min(want, len(cand))
+        part = np.argpartition(dist, top - 1, axis=1)[:, :top]
+        order = np.argsort(np.take_along_axis(dist, part, axis=1), axis=1, kind="stable")
+        found[rows, :top] = cand[np.take_along_axis(part, order, axis=1)]
+    return found
 
 
 def undirected_edges(x: np.ndarray, neighbors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -173,5 +198,5 @@ def d2_pruning(embeddings: np.ndarray, k: int, *, seed: int = 0, scores: np.ndar
     if report is not None:
         report.update(n_neighbors=n_neighbors, gamma_forward=gamma_forward, gamma_reverse=gamma_reverse,
                       nodes=int(len(nodes)), edges=int(len(a)),
-                      knn="exact" if len(nodes) <= EXACT_KNN_MAX else f"ivf nprobe={NPROBE}")
+                      knn="exact" if len(nodes) <= EXACT_KNN_MAX else f"{NPROBE} nearest k-means cells")
     return nodes[picks]
