@@ -142,14 +142,16 @@ def test_d2_skips_unscored_samples_and_reports() -> None:
 
 def test_approximate_neighbours_are_deterministic_and_close(monkeypatch) -> None:
     monkeypatch.setattr(d2pruning, "EXACT_KNN_MAX", 100)
-    x = np.random.default_rng(6).standard_normal((600, 8)).astype(np.float32)
+    rng = np.random.default_rng(6)
+    centres = rng.standard_normal((12, 8))  # clustered, as embeddings are (uniform noise has no cells)
+    x = (centres[rng.integers(0, 12, 600)] + 0.3 * rng.standard_normal((600, 8))).astype(np.float32)
     first, again = nearest_neighbors(x, 5, seed=1), nearest_neighbors(x, 5, seed=1)
     assert first.tolist() == again.tolist()
     dist, _ = _dense_graph(x, 5)
     np.fill_diagonal(dist, np.inf)
     exact = np.argsort(dist, axis=1)[:, :5]
     recall = np.mean([len(set(first[i]) & set(exact[i])) / 5 for i in range(len(x))])
-    assert recall > 0.9
+    assert recall > 0.95
     s = np.random.default_rng(7).random(600)
     assert d2_pruning(x, 50, seed=1, scores=s).tolist() == d2_pruning(x, 50, seed=1, scores=s).tolist()
 
