@@ -44,7 +44,8 @@ from datasets_spec.errors import UserError
 DEFAULT_NEIGHBORS = 5
 DEFAULT_GAMMA_FORWARD = 1.0
 DEFAULT_GAMMA_REVERSE = 0.1
-# Up to this many pool samples the neighbours are exact (the flat search is n^2 d: ~1 s at 20K x 512).
+# Up to this many pool samples the neighbours are exact: the flat search is n^2 d (4e11 flops at
+# 20K x 512, under a minute on two cores), beyond that the cells are cheaper.
 EXACT_KNN_MAX = 20_000
 # Cells searched per cell for larger pools: recall@5 0.999 with 16 on the benchmark data at 66K, for
 # 4x the cost of 4; recall@5 at 4 is measured in bench/trainfree_bench.py (knn-recall).
