@@ -23,7 +23,7 @@ script additionally shifts CLIP scores by a constant, which is specific to that 
 
 Differences, and why: the greedy uses a lazy max-heap instead of an arg-max over the pool per pick
 (O((n + k * degree) log n) instead of O(n k); the same order, ties to the lowest pool index). For pools
-above ``EXACT_KNN_MAX`` the neighbours are approximate (k-means into ``sqrt(n)`` cells trained on a
+above ``EXACT_KNN_MAX`` the neighbours are approximate (k-means into ``2 sqrt(n)`` cells trained on a
 seeded sample; each cell's rows are compared exactly with the rows of the ``NPROBE`` cells nearest its
 centroid, one GEMM per cell -- the authors also search a FAISS index for DataComp): the exact search is
 quadratic in n (hours at 665K on two cores); edge distances are then recomputed exactly in float64 so
@@ -93,12 +93,13 @@ def _exact_search(x: np.ndarray, want: int) -> np.ndarray:
 
 
 def _clustered_search(x: np.ndarray, want: int, seed: int) -> np.ndarray:
-    """Approximate neighbours: k-means into sqrt(n) cells (trained on a seeded sample); the rows of a
+    """Approximate neighbours: k-means into 2 sqrt(n) cells (trained on a seeded sample); the rows of a
     cell are compared exactly (one GEMM) with the rows of the ``NPROBE`` cells nearest its centroid."""
     from curate.clustering import assign, block_sq_dists, kmeans, members
 
     n = len(x)
-    nlist = max(1, round(math.sqrt(n)))
+    # 2 sqrt(n) cells: the GEMMs cost n x NPROBE x n / nlist x d, the k-means on the sample nlist^2 x d
+    nlist = max(1, round(2 * math.sqrt(n)))
     sample = np.random.default_rng(seed).choice(n, size=min(n, IVF_TRAIN_PER_LIST * nlist), replace=False)
     centroids = kmeans(x[np.sort(sample)], nlist, seed=seed, niter=10, spherical=False)
     labels, _ = assign(x, centroids)
