@@ -17,13 +17,19 @@ from typing import Any
 import numpy as np
 
 from curate.coincide import coincide
+from curate.correlation import centred_correlation
+from curate.d2pruning import check_gamma, check_neighbors, d2_pruning
 from curate.kcenter import l2_maxdiverse
+from curate.leverage import check_energy, leverage
 from curate.scores import top_score
 from curate.semdedup import check_eps, semdedup
 from curate.strategies import kmeans_balanced, random_subset
 from datasets_spec.errors import UserError
 
-NEEDS = ("embeddings", "scores", "nothing")
+NEEDS = ("embeddings", "scores", "nothing", "embeddings+scores")
+# The needs that read a score set (the ``score`` option) and that read an embedding set.
+NEEDS_SCORE_SET = ("scores", "embeddings+scores")
+NEEDS_EMBEDDING_SET = ("embeddings", "embeddings+scores")
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ class StrategyRecord:
     """The plain function on arrays."""
     needs: str
     """``embeddings`` (an embedding set), ``scores`` (a score set named by the ``score`` option) or
-    ``nothing`` (the pool size only)."""
+    ``nothing`` (the pool size only) or ``embeddings+scores`` (both)."""
     summary: str
     """One line for help texts."""
     options: tuple[Option, ...] = ()
@@ -161,13 +167,36 @@ REGISTRY: dict[str, StrategyRecord] = {
                        (Option("score", str, "Score set under scores/ (curate score makes it).",
                                passed_as="scores"),
                         Option("ascending", bool, "Lowest scores first.", default=False))),
+        StrategyRecord("leverage", leverage, "embeddings",
+                       "ScalSelect-style: top-k statistical leverage in the rank that keeps --energy of the "
+                       "centred feature matrix's squared singular values",
+                       (Option("energy", float, "Share of the energy the rank keeps, in (0, 1] (paper: 0.9).",
+                               check=check_energy),
+                        Option("no_center", bool, "Skip centring the features (the authors' script centres).",
+                               default=False))),
+        StrategyRecord("centred-correlation", centred_correlation, "embeddings",
+                       "PRISM-style redundancy: the k samples of lowest mean correlation with the pool "
+                       "after re-centring on the pool mean",
+                       (Option("no_recentre", bool, "Skip subtracting the pool mean (raw cosine, the "
+                               "paper's ablation).", default=False),)),
+        StrategyRecord("d2-pruning", d2_pruning, "embeddings+scores",
+                       "D2-Pruning: kNN graph, forward message passing of a difficulty score, reverse-"
+                       "weighted greedy selection",
+                       (Option("score", str, "Difficulty score set under scores/ (e.g. a warm-up loss).",
+                               passed_as="scores"),
+                        Option("n_neighbors", int, "Neighbours per sample in the graph (paper: 5).",
+                               check=check_neighbors),
+                        Option("gamma_forward", float, "Forward edge weight exp(-gamma d) (paper: 1.0).",
+                               check=check_gamma),
+                        Option("gamma_reverse", float, "Reverse edge weight exp(-gamma d) (paper: 0.1).",
+                               check=check_gamma))),
     )
 }
 
 
 # The plain functions by name, and whether each reads an embedding set.
 STRATEGIES: dict[str, Callable[..., np.ndarray]] = {name: r.fn for name, r in REGISTRY.items()}
-NEEDS_EMBEDDINGS: dict[str, bool] = {name: r.needs == "embeddings" for name, r in REGISTRY.items()}
+NEEDS_EMBEDDINGS: dict[str, bool] = {name: r.needs in NEEDS_EMBEDDING_SET for name, r in REGISTRY.items()}
 
 
 def get_strategy(name: str) -> Callable[..., np.ndarray]:
@@ -204,7 +233,7 @@ def check_options(name: str, options: dict, *, where: str) -> dict:
     for opt in record.options:
         if opt.name not in out and opt.default is not None:
             out[opt.name] = opt.default
-    if record.needs == "scores" and not out.get("score"):
+    if record.needs in NEEDS_SCORE_SET and not out.get("score"):
         raise UserError(f"{where}: strategy {name!r} needs a score set: give score (--score NAME)")
     return out
 

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from curate.embedding_sets import load_embeddings
 from curate.kcenter.select import KCenterOptions, run_kcenter
-from curate.registry import StrategyRecord, check_options, get_record
+from curate.registry import NEEDS_EMBEDDING_SET, NEEDS_SCORE_SET, StrategyRecord, check_options, get_record
 from curate.shards import MANIFEST, check_subset_name, write_subset
 from curate.strategies import check_k, coverage_report, dedup_pool
 from datasets_spec.distributed import world_size
@@ -174,7 +174,7 @@ def select_subset(
 def _in_memory(ws, record: StrategyRecord, table, pool, k, fraction, seed, dedup_eps, tag, kcenter,
                strategy_opts):
     """Any strategy on the pool's rows loaded in memory (after the optional dedup); one process."""
-    needs = record.needs == "embeddings" or (dedup_eps is not None and dedup_eps > 0)
+    needs = record.needs in NEEDS_EMBEDDING_SET or (dedup_eps is not None and dedup_eps > 0)
     matrix = info = None
     if needs:
         matrix, _, info = load_embeddings(ws, tag)
@@ -206,7 +206,7 @@ def _score_inputs(
 ) -> tuple[dict, dict | None]:
     """The function's keyword options; for a scores strategy the named set read for the pool rows."""
     fn_opts = dict(opts)
-    if record.needs != "scores":
+    if record.needs not in NEEDS_SCORE_SET:
         return fn_opts, None
     from curate.scores import load_scores
 

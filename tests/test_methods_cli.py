@@ -185,6 +185,12 @@ def test_registry_generates_cli_options_and_checks_them() -> None:
         "gamma",
         "score",
         "ascending",
+        "energy",
+        "no_center",
+        "no_recentre",
+        "n_neighbors",
+        "gamma_forward",
+        "gamma_reverse",
     }
 
 
