@@ -231,7 +231,8 @@ def embed(
     workspace: Path | None = WorkspaceOption,
     model: str = typer.Option(
         "ViT-B-32", help="open_clip model name (tiny-clip: bundled tiny test config), or a reference model: "
-        "llava:runs/<run> (a run of this project / merged model) or lm:<dir or LLM preset> (text only).",
+        "llava:runs/<run> (a run of this project / merged model) or lm:<dir or LLM preset> (text only), "
+        "or grad:runs/<warm-up run> (per-sample LoRA gradients; docs/gradient-influence.md).",
     ),
     pretrained: str = typer.Option(
         "laion2b_s34b_b79k", help="open_clip tag, a local checkpoint file, or `none` for random weights."
@@ -248,15 +249,18 @@ def embed(
     dtype: str = typer.Option("float32", help="Stored vectors: float32 or float16 (half the bytes)."),
     layers: str = typer.Option("-1", help="llava:/lm: hidden-state layers to mean-pool, e.g. -1 or 4,8,-1."),
     max_length: int = typer.Option(4096, help="llava:/lm: a longer sample is an error."),
+    grad: str = typer.Option("adam", help="grad: adam (saved-moment normalised, LESS) or sgd (targets)."),
+    proj_dim: int = typer.Option(8192, help="grad: Rademacher projection dimension per checkpoint."),
 ) -> None:
-    """Embed every sample (open_clip image + text, or a reference model's hidden states) into
-    embeddings/<tag>/; resumable, torchrun-sharded."""
+    """Embed every sample (open_clip image + text, a reference model's hidden states, or a warm-up run's
+    per-sample LoRA gradients with grad:runs/<run>) into embeddings/<tag>/; resumable, torchrun-sharded."""
     from curate.embed_reference import embed_any
 
     out = embed_any(
         _workspace(workspace), model=model, pretrained=pretrained, fuse=fuse, batch_size=batch_size,
         device=device, num_workers=num_workers, tag=tag, overwrite=overwrite, rows_per_part=rows_per_part,
-        seed=seed, threads=threads, dtype=dtype, layers=layers, max_length=max_length,
+        seed=seed, threads=threads, dtype=dtype, layers=layers, max_length=max_length, grad=grad,
+        proj_dim=proj_dim,
     )
     typer.echo(str(out))
 

@@ -381,8 +381,16 @@ def _fill_parts(model, loader, parts_rows, ids, out_dir, layers, device, advance
 
 
 def embed_any(ws: Workspace, *, model: str, layers: str = "-1", max_length: int = 4096, pretrained=None,
-              fuse: str = "mean", dtype: str = "float32", **common) -> Path:
-    """``curate embed``: a reference model (``llava:`` / ``lm:``) here, any other name through open_clip."""
+              fuse: str = "mean", dtype: str = "float32", grad: str = "adam",
+              proj_dim: int | None = None, **common) -> Path:
+    """``curate embed``: a reference model (``llava:`` / ``lm:``) here, gradient features (``grad:``,
+    curate.grad_features), any other name through open_clip."""
+    from curate import grad_features
+
+    if grad_features.is_gradient(model):
+        common.pop("num_workers", None)
+        dim = grad_features.DEFAULT_PROJ_DIM if proj_dim is None else proj_dim
+        return grad_features.embed_gradients(ws, model=model, grad=grad, proj_dim=dim, dtype=dtype, **common)
     if is_reference(model):
         if dtype != "float32":
             raise UserError(f"--dtype {dtype}: reference-model features are stored as float32")
