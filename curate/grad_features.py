@@ -193,6 +193,8 @@ def gradient_params(ws: Workspace, model: str, grad: str, proj_dim: int, rows_pe
     if not source:
         raise UserError(f"--model {model!r}: give grad:runs/<warm-up run>")
     run_dir = Path(source).expanduser()
+    if not run_dir.is_dir() and not run_dir.is_absolute() and (ws.root / run_dir).is_dir():
+        run_dir = ws.root / run_dir  # runs/<run> of the workspace, from any working directory
     if not run_dir.is_dir():
         raise UserError(f"--model {model!r}: {run_dir} is not a run directory")
     run_dir = run_dir.resolve()

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from curate.coincide import coincide
+from curate.influence import check_percentile, influence, influence_inputs
 from curate.kcenter import l2_maxdiverse
 from curate.scores import top_score
 from curate.semdedup import check_eps, semdedup
@@ -97,6 +98,10 @@ class StrategyRecord:
     """One line for help texts."""
     options: tuple[Option, ...] = ()
     """Strategy-specific options (k, seed and the pool filters are common to every strategy)."""
+    inputs: Callable[..., dict] | None = None
+    """Reads what the function needs from the workspace beyond the pool's rows (influence: the target
+    samples' features): ``inputs(ws, options, table, pool_rows, embeddings_info, report) -> keywords``;
+    None: the options reach the function as given."""
 
     def __post_init__(self) -> None:
         if self.needs not in NEEDS:
@@ -161,6 +166,19 @@ REGISTRY: dict[str, StrategyRecord] = {
                        (Option("score", str, "Score set under scores/ (curate score makes it).",
                                passed_as="scores"),
                         Option("ascending", bool, "Lowest scores first.", default=False))),
+        StrategyRecord("influence", influence, "embeddings",
+                       "LESS/ICONS gradient influence: mean inner product with each target group's SGD "
+                       "gradients, max over groups (or ICONS' per-group top-percentile votes)",
+                       (Option("target", str, "Target data: a split (not test) or a subset under shards/.",
+                               passed_as="targets"),
+                        Option("target_embeddings", str, "SGD gradient set of the target (default: the "
+                               "one matching the pool's set).", passed_as="targets"),
+                        Option("target_group_by", str, "Column grouping the target samples (default: one "
+                               "group).", passed_as="target_groups"),
+                        Option("vote", bool, "ICONS' vote instead of LESS's max over groups.", default=False),
+                        Option("percentile", float, "--vote: top percent of the pool each group votes for "
+                               "(ICONS: 20).", check=check_percentile)),
+                       inputs=influence_inputs),
     )
 }
 
