@@ -1,8 +1,9 @@
 """Gradient features (LESS, Xia et al. 2024, sec. 4.1; ICONS, Wu et al. 2025): an embedding set of
 per-sample LoRA gradients of a warm-up run.
 
-``curate embed --model grad:runs/<warm-up>`` computes, for every dataset sample alone (batch size 1, the
-run's template, image tokens and label masking, dropout off), the gradient ``g`` of the training loss
+``curate embed --model grad:runs/<warm-up>`` computes, for every dataset sample on its own (the gradient
+of its loss alone, as at batch size 1; several samples share a forward pass without mixing; the run's
+template, image tokens and label masking; dropout off), the gradient ``g`` of the training loss
 with respect to every LoRA matrix of the warm-up at each kept checkpoint, then
 
 * ``--grad adam`` (the training-sample features of LESS, eq. 2): from the checkpoint's optimiser state
@@ -45,6 +46,7 @@ BLOCK_SIZE = 128  # LESS's traker block size; it fixes the seeds of the matrix, 
 # Below this many bytes the whole projection matrix is generated once and kept; above, traker regenerates
 # it block by block for every batch (a 7B model's LoRA gradient times 8192 columns would not fit).
 CACHE_BYTES = 1 << 30
+PROJECT_BYTES = 256 << 20  # gradients gathered before one projection (at least one batch)
 
 
 def is_gradient(model: str) -> bool:
@@ -108,17 +110,52 @@ class Projector:
         return self.basic.project(grads.cpu(), model_id=0).to(grads.device)
 
 
-def sample_gradient(model, params: list, batch: dict, device: str, where: str):
-    """The flattened gradient of one sample's training loss with respect to ``params``."""
-    import torch
+class PerSampleGradients:
+    """Per-sample gradients of the LoRA matrices from one batched forward and backward pass.
 
-    keys = ("input_ids", "attention_mask", "labels", "pixel_values")
-    inputs = {k: batch[k].to(device) for k in keys if batch.get(k) is not None}
-    loss = model(**inputs).loss
-    if not torch.isfinite(loss):
-        raise UserError(f"{where}: training loss is {loss.item()} (no answer tokens to learn?)")
-    grads = torch.autograd.grad(loss, params)
-    return torch.cat([g.reshape(-1) for g in grads]).float()
+    A LoRA matrix ``W`` is a Linear layer without bias, so the gradient of sample ``b``'s own loss is
+    ``sum over its tokens t of delta[b, t] outer x[b, t]`` (input ``x``, gradient at the output ``delta``).
+    Hooks keep both for every LoRA layer; the batch loss is the sum of the samples' mean token losses, so
+    each row's ``delta`` is that of its sample trained alone (batch size 1): rows of a batch never mix,
+    and padding gets no gradient. ``matrices`` are the LoRA weights' Linear modules in feature order.
+    """
+
+    def __init__(self, model, matrices: list) -> None:
+        self.model, self.matrices = model, matrices
+        self.inputs: dict[int, object] = {}
+        self.deltas: dict[int, object] = {}
+        for i, module in enumerate(matrices):
+            module.register_forward_hook(self._keep(i))
+
+    def _keep(self, i: int):
+        def hook(module, args, output):
+            self.inputs[i] = args[0].detach()
+            output.register_hook(lambda grad: self.deltas.__setitem__(i, grad.detach()))
+
+        return hook
+
+    def __call__(self, batch: dict, device: str, ids: list[str]):
+        """``[batch, n_lora_values]`` float32: each sample's gradient of its mean token loss."""
+        import torch
+        import torch.nn.functional as F
+
+        keys = ("input_ids", "attention_mask", "pixel_values")
+        logits = self.model(**{k: batch[k].to(device) for k in keys if batch.get(k) is not None}).logits
+        labels = batch["labels"].to(device)[:, 1:]
+        token_loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100,
+                                     reduction="none")
+        counts = (labels != -100).sum(dim=1)
+        if bool((counts == 0).any()):
+            first = ids[int((counts == 0).nonzero()[0])]
+            raise UserError(f"sample {first!r}: no answer tokens to learn, so no training gradient")
+        loss = (token_loss.sum(dim=1) / counts).sum()
+        params = [m.weight for m in self.matrices]
+        torch.autograd.grad(loss, params)  # runs the backward pass that fills the hooks' deltas
+        rows = [torch.einsum("bto,bti->boi", self.deltas[i].float(), self.inputs[i].float()).flatten(1)
+                for i in range(len(self.matrices))]
+        self.inputs.clear()
+        self.deltas.clear()
+        return torch.cat(rows, dim=1)
 
 
 # --- the embedding run ---------------------------------------------------------------------------------
@@ -145,15 +182,13 @@ class _Source:
         self.moments = [self.warm.adam_moments(c) if grad == "adam" else None for c in self.warm.checkpoints]
         self.projector = Projector(self.warm.grad_dim, proj_dim, seed, device)
         self.warm.model.to(device)
-        self.params = [p for n, p in self.warm.model.named_parameters() if p.requires_grad]
+        # "...lora_A.default.weight" -> its Linear module "...lora_A.default", in the feature order
+        matrices = [self.warm.model.get_submodule(n.removesuffix(".weight")) for n in self.warm.names]
+        self.gradients = PerSampleGradients(self.warm.model, matrices)
 
     @property
     def dim(self) -> int:
         return self.projector.out_dim * len(self.warm.checkpoints)
-
-    def _gradient(self, item: dict, sample_id: str):
-        batch = self.warm.collate([item])
-        return sample_gradient(self.warm.model, self.params, batch, self.device, f"sample {sample_id!r}")
 
     def part_vectors(self, table, batch_size: int, advance) -> np.ndarray:
         """Unit-norm features of the rows of ``table`` (one part), float32 ``[rows, dim]``."""
@@ -168,14 +203,20 @@ class _Source:
             self.warm.load(checkpoint)
             if moments is not None:
                 moments = tuple(t.to(self.device) for t in moments)
-            out = []
+            out, pending = [], []
+            # Gradients wait for one projection of many rows: the matrix is read once per group, not per
+            # batch (a skinny matmul against a 512 MB matrix is memory-bound).
+            group_rows = max(batch_size, PROJECT_BYTES // (4 * self.warm.grad_dim))
             for start in range(0, len(ids), batch_size):
                 rows = range(start, min(len(ids), start + batch_size))
-                g = torch.stack([self._gradient(dataset[i], ids[i]) for i in rows])
-                if moments is not None:
-                    g = adam_features(g, *moments)
-                out.append(F.normalize(self.projector.project(g), dim=-1) * math.sqrt(weight))
+                batch = self.warm.collate([dataset[i] for i in rows])
+                g = self.gradients(batch, self.device, [ids[i] for i in rows])
+                pending.append(adam_features(g, *moments) if moments is not None else g)
                 advance(len(rows))
+                if sum(len(t) for t in pending) >= group_rows or rows.stop == len(ids):
+                    projected = self.projector.project(torch.cat(pending))
+                    out.append(F.normalize(projected, dim=-1) * math.sqrt(weight))
+                    pending = []
             blocks.append(torch.cat(out).cpu())
         return F.normalize(torch.cat(blocks, dim=1), dim=-1).numpy().astype(np.float32)
 
@@ -242,8 +283,9 @@ def embed_gradients(
 ) -> Path:
     """Gradient features of every dataset sample (module doc); return ``embeddings/<tag>/``.
 
-    ``batch_size`` is the number of per-sample gradients projected together (each gradient is still
-    computed alone). ``max_parts``, ``stats`` and ``threads`` as for :func:`curate.embed.embed_workspace`.
+    ``batch_size`` samples share one forward and backward pass (:class:`PerSampleGradients`: each
+    gradient is still the sample's own, as at batch size 1); on a 7B model use a handful.
+    ``max_parts``, ``stats`` and ``threads`` as for :func:`curate.embed.embed_workspace`.
     """
     if batch_size <= 0 or rows_per_part <= 0:
         raise UserError("--batch-size and rows per part must be positive")
