@@ -296,3 +296,24 @@ def test_a_subset_with_test_samples_is_refused_as_target(ws, exact_sets):
                           "holds samples of the test split")
     with pytest.raises(UserError, match="needs target samples"):
         influence(np.ones((3, 2)), 1, targets=np.ones((0, 2)))
+
+
+def test_influence_grid_ships_and_validates():
+    from train import ablation
+    from train.ablation.grid import check_names, load_grid
+
+    grid = load_grid(ablation.packaged_grid("scienceqa-influence"))
+    check_names(grid)
+    assert {s.strategy for s in grid.strategies} == {"random", "influence", "coincide", "semdedup"}
+    influence_specs = [s.options for s in grid.strategies if s.strategy == "influence"]
+    assert len(influence_specs) == 2 and all(o["target"] == "val" for o in influence_specs)
+    assert sum(bool(o.get("vote")) for o in influence_specs) == 1
+
+
+def test_the_ablation_table_names_the_target():
+    from train.report import target_label
+
+    manifest = {"strategy_report": {"target": {"kind": "split", "name": "val", "rows": 30,
+                                               "group_by": "subject"}}}
+    assert target_label(manifest) == "split val (30 rows, by subject)"
+    assert target_label({"strategy_report": {}}) is None
