@@ -185,6 +185,11 @@ def test_registry_generates_cli_options_and_checks_them() -> None:
         "gamma",
         "score",
         "ascending",
+        "target",
+        "target_embeddings",
+        "target_group_by",
+        "vote",
+        "percentile",
     }
 
 
