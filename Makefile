@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) bench/methods_bench.py
 	$(PY) bench/embed_reference_bench.py
 	$(PY) bench/embed_text_bench.py
+	$(PY) bench/grad_features_bench.py
 	$(PY) bench/stats_bench.py
 
 lint: $(STAMP)

@@ -265,8 +265,9 @@ def embed(
     workspace: Path | None = WorkspaceOption,
     model: str = typer.Option(
         DEFAULT_CLIP_MODEL, help="open_clip model name (tiny-clip: bundled tiny test config); a text model: "
-        "wordllama or st:<sentence-transformers directory>; or a reference model: llava:runs/<run> (a run "
-        "of this project / merged model) or lm:<dir or LLM preset> (text only).",
+        "wordllama or st:<sentence-transformers directory>; a reference model: llava:runs/<run> (a run "
+        "of this project / merged model) or lm:<dir or LLM preset> (text only); or grad:runs/<warm-up run> "
+        "(per-sample LoRA gradients; docs/gradient-influence.md).",
     ),
     pretrained: str | None = typer.Option(
         None, show_default=False, help=f"open_clip weights (also --image-model's): a tag, a local checkpoint "
@@ -297,9 +298,12 @@ def embed(
     dtype: str = typer.Option("float32", help="Stored vectors: float32 or float16 (half the bytes)."),
     layers: str = typer.Option("-1", help="llava:/lm: hidden-state layers to mean-pool, e.g. -1 or 4,8,-1."),
     max_length: int = typer.Option(4096, help="llava:/lm: a longer sample is an error."),
+    grad: str = typer.Option("adam", help="grad: adam (saved-moment normalised, LESS) or sgd (targets)."),
+    proj_dim: int = typer.Option(8192, help="grad: Rademacher projection dimension per checkpoint."),
 ) -> None:
-    """Embed every sample (open_clip image + text, a text model, or a reference model's hidden states)
-    into embeddings/<tag>/; resumable, torchrun-sharded."""
+    """Embed every sample (open_clip image + text, a text model, a reference model's hidden states, or a
+    warm-up run's per-sample LoRA gradients with grad:runs/<run>) into embeddings/<tag>/; resumable,
+    torchrun-sharded."""
     from curate.clip_model import check_embed_options
     from curate.embed_reference import embed_any
 
@@ -309,7 +313,7 @@ def embed(
         _workspace(workspace), model=model, pretrained=pretrained, fuse=fuse, image_model=image_model,
         batch_size=batch_size, device=device, num_workers=num_workers, tag=tag, overwrite=overwrite,
         rows_per_part=rows_per_part, seed=seed, threads=threads, dtype=dtype, layers=layers,
-        max_length=max_length,
+        max_length=max_length, grad=grad, proj_dim=proj_dim,
     )
     typer.echo(str(out))
 

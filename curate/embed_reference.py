@@ -300,14 +300,20 @@ def _reference_vectors(dataset: _Rows, layers: tuple[int, ...], device: str, num
 
 def embed_any(ws: Workspace, *, model: str, layers: str = "-1", max_length: int = 4096, pretrained=None,
               fuse: str | None = None, dtype: str = "float32", image_model: str | None = None,
-              **common) -> Path:
-    """``curate embed``: a reference model (``llava:`` / ``lm:``), a text model (``wordllama``, ``st:``) or
-    any other name through open_clip. ``None`` options take each embedder's own default (``batch_size``,
-    ``fuse``: ``mean`` for open_clip, ``text`` for a text model; ``image_model``: the open_clip default)."""
+              grad: str = "adam", proj_dim: int | None = None, **common) -> Path:
+    """``curate embed``: a reference model (``llava:`` / ``lm:``), a text model (``wordllama``, ``st:``),
+    gradient features (``grad:``, curate.grad_features) or any other name through open_clip. ``None``
+    options take each embedder's own default (``batch_size``, ``fuse``: ``mean`` for open_clip, ``text``
+    for a text model; ``image_model``: the open_clip default)."""
+    from curate import grad_features
     from curate.embed_text import embed_text, is_text_model
 
     if common.get("batch_size") is None:
         common.pop("batch_size", None)
+    if grad_features.is_gradient(model):
+        common.pop("num_workers", None)
+        dim = grad_features.DEFAULT_PROJ_DIM if proj_dim is None else proj_dim
+        return grad_features.embed_gradients(ws, model=model, grad=grad, proj_dim=dim, dtype=dtype, **common)
     if is_reference(model):
         if dtype != "float32":
             raise UserError(f"--dtype {dtype}: reference-model features are stored as float32")

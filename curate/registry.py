@@ -19,6 +19,7 @@ import numpy as np
 from curate.coincide import coincide
 from curate.correlation import centred_correlation
 from curate.d2pruning import check_gamma, check_neighbors, d2_pruning
+from curate.influence import check_percentile, influence, influence_inputs
 from curate.kcenter import l2_maxdiverse
 from curate.leverage import check_energy, leverage
 from curate.scores import top_score
@@ -103,6 +104,10 @@ class StrategyRecord:
     """One line for help texts."""
     options: tuple[Option, ...] = ()
     """Strategy-specific options (k, seed and the pool filters are common to every strategy)."""
+    inputs: Callable[..., dict] | None = None
+    """Reads what the function needs from the workspace beyond the pool's rows (influence: the target
+    samples' features): ``inputs(ws, options, table, pool_rows, embeddings_info, report) -> keywords``;
+    None: the options reach the function as given."""
 
     def __post_init__(self) -> None:
         if self.needs not in NEEDS:
@@ -190,6 +195,19 @@ REGISTRY: dict[str, StrategyRecord] = {
                                check=check_gamma),
                         Option("gamma_reverse", float, "Reverse edge weight exp(-gamma d) (paper: 0.1).",
                                check=check_gamma))),
+        StrategyRecord("influence", influence, "embeddings",
+                       "LESS/ICONS gradient influence: mean inner product with each target group's SGD "
+                       "gradients, max over groups (or ICONS' per-group top-percentile votes)",
+                       (Option("target", str, "Target data: a split (not test) or a subset under shards/.",
+                               passed_as="targets"),
+                        Option("target_embeddings", str, "SGD gradient set of the target (default: the "
+                               "one matching the pool's set).", passed_as="targets"),
+                        Option("target_group_by", str, "Column grouping the target samples (default: one "
+                               "group).", passed_as="target_groups"),
+                        Option("vote", bool, "ICONS' vote instead of LESS's max over groups.", default=False),
+                        Option("percentile", float, "--vote: top percent of the pool each group votes for "
+                               "(ICONS: 20).", check=check_percentile)),
+                       inputs=influence_inputs),
     )
 }
 

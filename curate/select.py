@@ -187,6 +187,8 @@ def _in_memory(ws, record: StrategyRecord, table, pool, k, fraction, seed, dedup
     if record.name == KCENTER and kcenter is not None:
         fn_opts["device"] = kcenter.device
     report: dict = {}
+    if record.inputs is not None:
+        fn_opts = record.inputs(ws, fn_opts, table, kept, info, report)
     if record.takes_report():
         fn_opts["report"] = report
     picks = np.asarray(record.fn(x, k, seed=seed, **fn_opts), dtype=np.int64)

@@ -191,6 +191,11 @@ def test_registry_generates_cli_options_and_checks_them() -> None:
         "n_neighbors",
         "gamma_forward",
         "gamma_reverse",
+        "target",
+        "target_embeddings",
+        "target_group_by",
+        "vote",
+        "percentile",
     }
 
 

@@ -101,6 +101,10 @@ class TrainConfig:
     """GPU count for --dry-run estimates; None = the launcher's world size (1 without one)."""
     save_steps: int | None = None
     """Checkpoint every N optimiser steps; None = once per epoch."""
+    keep_checkpoints: bool = False
+    """Keep every Trainer checkpoint (adapter or weights, optimizer.pt with the Adam moments, the learning
+    rates in trainer_state.json) in runs/<run>/stage<N>/checkpoints/ instead of the newest two, deleted at
+    the end; a warm-up run for gradient features (curate embed --model grad:runs/<run>) needs them."""
     logging_steps: int = 1
     """Log the training loss every N optimiser steps."""
     max_steps: int | None = None

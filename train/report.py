@@ -64,8 +64,19 @@ def run_rows(ws: Workspace, plan: Plan, manifests: Mapping[str, Mapping]) -> lis
         row["image_fraction"] = _float(manifest_value(manifest, "image_fraction"))
         row["coverage_radius"] = _float(manifest_value(manifest, "coverage.radius"))
         row["manifest_hash"] = subset_hash(manifest)
+        row["target"] = target_label(manifest)
         rows.append(row)
     return rows
+
+
+def target_label(manifest: Mapping) -> str | None:
+    """Which data a target-aware strategy (influence) selected for, e.g. ``split val (30 rows, by
+    subject)``; None for the others."""
+    target = manifest_value(manifest, "strategy_report.target")
+    if not isinstance(target, Mapping):
+        return None
+    by = f", by {target['group_by']}" if target.get("group_by") else ""
+    return f"{target.get('kind')} {target.get('name')} ({target.get('rows')} rows{by})"
 
 
 def _stage2_steps(run_dir: Path) -> int:
@@ -91,6 +102,7 @@ RUN_SCHEMA = {
     "image_fraction": pl.Float64,
     "coverage_radius": pl.Float64,
     "manifest_hash": pl.String,
+    "target": pl.String,
 }
 
 
@@ -112,6 +124,7 @@ def summarize(runs: pl.DataFrame, stats: pl.DataFrame | None = None) -> pl.DataF
         pl.col("image_fraction").first(),
         pl.col("coverage_radius").first(),
         pl.col("manifest_hash").first(),
+        pl.col("target").first(),
         pl.col("seed").sort().cast(pl.String).str.join(",").alias("seeds"),
     ]
     summary = runs.group_by(list(GROUP_KEYS), maintain_order=True).agg(aggs)
@@ -166,6 +179,7 @@ def markdown_table(
         *[c for c in CATEGORIES if c != IMAGE],
         "img frac",
         "coverage radius",
+        "target",
         "manifest",
     ]
     lines = [f"# {title}", ""]
@@ -191,6 +205,7 @@ def markdown_table(
             *[_fmt(r[c]) for c in CATEGORIES if c != IMAGE],
             _fmt(r["image_fraction"], digits=3),
             _fmt(r["coverage_radius"], digits=3),
+            r.get("target") or "-",
             (r["manifest_hash"] or "-")[:12],
         ]
         lines.append("| " + " | ".join(cells) + " |")

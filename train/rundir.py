@@ -27,7 +27,11 @@ runs/<run>/
 ```
 
 Trainer checkpoints live in ``stage<N>/checkpoints/checkpoint-<step>/`` of the partial directory and are
-deleted when the run completes.
+deleted when the run completes, unless the run keeps them (``--keep-checkpoints``: all of them, moved with
+the run to ``runs/<run>/stage<N>/checkpoints/``). Each holds the trainable weights
+(``adapter_model.safetensors`` for LoRA), ``optimizer.pt``, ``scheduler.pt``, ``trainer_state.json``
+(the logged learning rates) and ``optimizer_params.json`` (the parameter names of each optimiser group,
+in the order of the state's keys).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
+OPTIMIZER_NAMES_FILE = "optimizer_params.json"
 DONE_FILE = "done.json"
 STAGE_DIRS = {"pretrain": "stage1", "finetune": "stage2"}
 

@@ -189,8 +189,10 @@ def _finish(partial: Path, final: Path, record: dict, summaries: dict) -> None:
         src = partial / last / name
         if src.exists():
             os.replace(src, partial / name)
+    keep = bool(read_json(partial / CONFIG_FILE).get("config", {}).get("keep_checkpoints"))
     for stage_dir in STAGE_DIRS.values():
-        shutil.rmtree(partial / stage_dir / CHECKPOINTS_DIR, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(partial / stage_dir / CHECKPOINTS_DIR, ignore_errors=True)
         if stage_dir != last:
             shutil.rmtree(partial / stage_dir / MODEL_DIR, ignore_errors=True)
     write_json(partial / TRAIN_METRICS_FILE, summaries)

@@ -23,6 +23,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from datasets_spec.checkpoints import check_trainer_checkpoint
 from datasets_spec.distributed import barrier, world_size
 from datasets_spec.errors import UserError
+from datasets_spec.parts import write_json
 from datasets_spec.workspace import Workspace
 from train.config import TrainConfig, deepspeed_config_path
 from train.hparams import batch_layout
@@ -30,6 +31,7 @@ from train.rundir import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
     MODEL_DIR,
+    OPTIMIZER_NAMES_FILE,
     PROJECTOR_FILE,
     append_log,
     latest_checkpoint,
@@ -107,6 +109,8 @@ class LlavaTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.projector_lr = projector_lr
         self.custom_sampler = sampler
+        self.optimizer_param_names: list[list[str]] = []
+        self.add_callback(OptimizerNames(self))
 
     def _get_train_sampler(self, train_dataset=None):
         if self.custom_sampler is not None:
@@ -123,7 +127,9 @@ class LlavaTrainer(Trainer):
             if param.requires_grad:
                 groups.setdefault((PROJECTOR_KEY in name, name in decay), []).append(param)
         param_groups = []
+        names = {id(p): n for n, p in model.named_parameters()}
         for (is_projector, decays), params in sorted(groups.items()):
+            self.optimizer_param_names.append([names[id(p)] for p in params])
             group = {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
             if is_projector and self.projector_lr is not None:
                 group["lr"] = self.projector_lr
@@ -145,6 +151,22 @@ class LlavaTrainer(Trainer):
         }
         save_file(tensors, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+
+class OptimizerNames(TrainerCallback):
+    """Write the parameter names of each optimiser group next to every checkpoint's optimizer.pt.
+
+    The optimiser state is keyed by position (group by group); this file maps positions back to the
+    parameter names, which is how gradient features find the Adam moments of each LoRA matrix.
+    """
+
+    def __init__(self, trainer: LlavaTrainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir() and self.trainer.optimizer_param_names:
+            write_json(folder / OPTIMIZER_NAMES_FILE, {"groups": self.trainer.optimizer_param_names})
 
 
 class JsonlLog(TrainerCallback):
@@ -392,8 +414,9 @@ def _training_args(
         logging_steps=config.logging_steps,
         save_strategy="steps" if config.save_steps else "epoch",
         save_steps=config.save_steps or 500,
-        # Two checkpoints: the newest may be half-written when a job is killed while saving.
-        save_total_limit=2,
+        # Two checkpoints: the newest may be half-written when a job is killed while saving. A warm-up
+        # for gradient features keeps all of them (one per epoch, each weighted by its learning rate).
+        save_total_limit=None if config.keep_checkpoints else 2,
         eval_strategy="epoch" if has_eval else "no",
         bf16=bf16,
         gradient_checkpointing=config.gradient_checkpointing,
