@@ -148,7 +148,7 @@ def stats(
     ),
     workspace: Path | None = WorkspaceOption,
 ) -> None:
-    """Counts by split/subject/topic/grade, image fraction, difficulty histogram, token lengths."""
+    """Counts by split/task/subject/topic/grade, image fraction, difficulty histogram, token lengths."""
     import json
 
     from curate.stats import resolve_target, stats_target
@@ -183,7 +183,7 @@ def _print_stats(result: dict) -> None:
     ):
         head.add_row(key, str(value))
     console.print(head)
-    for title in ("splits", "subjects", "grades", "topics"):
+    for title in ("splits", "tasks", "subjects", "grades", "topics"):
         table = Table(title=title)
         table.add_column(title.rstrip("s"))
         table.add_column("rows", justify="right")

@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from curate.dataset_store import write_dataset_batches
 from datasets_spec.llava_json import LlavaJsonReader
+from datasets_spec.llava_tasks import TASK_RULES_VERSION
 from datasets_spec.parts import read_part, write_part
 from datasets_spec.workspace import Workspace
 
@@ -53,6 +54,7 @@ def ingest_llava(
             "ignored_keys": dict(sorted(reader.ignored_keys.items())),
             "renamed_or_int_ids": len(reader.original_ids),
             "duplicate_ids": duplicate_ids,
+            "task_rules_version": TASK_RULES_VERSION,
         }
 
     return write_dataset_batches(

@@ -33,6 +33,7 @@ from datasets_spec.difficulty import (
     tokens_from_counts,
 )
 from datasets_spec.errors import UserError
+from datasets_spec.llava_tasks import sample_tasks
 from datasets_spec.schema import (
     CANONICAL_SCHEMA,
     IMAGE_TOKEN,
@@ -290,7 +291,10 @@ class LlavaJsonReader:
 
     def _table(self, columns: dict[str, list]) -> pa.Table:
         n = len(columns["sample_id"])
-        return _columns_to_table({**columns, "split": [self.split] * n, "source": [self.source] * n})
+        tasks = sample_tasks(columns["image"], columns["conversations"])
+        return _columns_to_table(
+            {**columns, "split": [self.split] * n, "source": [self.source] * n, "task": tasks}
+        )
 
 
 def image_usable(
