@@ -41,7 +41,8 @@ def _lmms_output(out: Path, model: Path, date: str, scores: dict[str, float],
                for task, value in scores.items()}
     args = f"pretrained={model},conv_template=vicuna_v1"
     payload = {"results": results, "config": {"model": "llava", "model_args": args},
-               "model_name": str(model), "total_evaluation_time_seconds": str(eval_s), "versions": {}}
+               "model_name": str(model), "total_evaluation_time_seconds": str(eval_s), "versions": {},
+               "lmms_eval_version": "0.7.3"}
     (folder / f"{date}_results.json").write_text(json.dumps(payload, indent=2))
     for task, values in (samples or {}).items():
         lines = [{"doc_id": i, "target": "x", "filtered_resps": ["y"], "doc_hash": "h", METRIC[task]: v}
@@ -137,6 +138,15 @@ def test_results_for_another_model(setup):
     payload["config"]["model_args"] = "pretrained=liuhaotian/llava-v1.5-7b"
     results.write_text(json.dumps(payload))
     _assert_refused(ws, out, "lmms-eval evaluated 'liuhaotian/llava-v1.5-7b', not run 'random-k133060")
+
+
+def test_rows_scored_by_different_evaluators(setup):
+    ws, out = setup
+    results = next((out / RUNS["coincide"]).rglob("*_results.json"))
+    payload = json.loads(results.read_text())
+    payload["config"]["model"] = "llava_hf"
+    results.write_text(json.dumps(payload))
+    _assert_refused(ws, out, "rows were evaluated differently")
 
 
 def test_task_reported_twice(setup):

@@ -72,6 +72,9 @@ class RunResults:
     """``config.model_args`` of every results file."""
     eval_seconds: float = 0.0
     """Sum of the files' ``total_evaluation_time_seconds``."""
+    evaluators: set[str] = field(default_factory=set)
+    """``<lmms-eval model type> (lmms-eval <version>)`` of every file: ``llava`` and ``llava_hf``, or two
+    lmms-eval versions, score the same checkpoint differently."""
 
 
 def results_files(directory: Path) -> list[Path]:
@@ -91,7 +94,10 @@ def read_run_results(directory: Path, benchmarks: tuple[Benchmark, ...] = BENCHM
         results = payload.get("results")
         if not isinstance(results, dict):
             raise UserError(f"{path}: no 'results' object; not an lmms-eval results file")
-        out.models.add(str((payload.get("config") or {}).get("model_args") or ""))
+        config = payload.get("config") or {}
+        out.models.add(str(config.get("model_args") or ""))
+        version = payload.get("lmms_eval_version") or "?"
+        out.evaluators.add(f"{config.get('model') or '?'} (lmms-eval {version})")
         out.eval_seconds += _float(payload.get("total_evaluation_time_seconds")) or 0.0
         for bench in benchmarks:
             if bench.task not in results:

@@ -137,12 +137,14 @@ def build_protocol_table(ws: Workspace, config: ProtocolTableConfig) -> dict:
         _check_models(results, ws.runs_dir / run, folder)
         table.append((label, run, run_config, results))
     by_label = {label: results for label, _, _, results in table}
+    _check_same_evaluator(by_label)
     rel_over, left_out = _rel_benchmarks(by_label)
     full = by_label[config.full]
     return {
         "benchmarks": [b.label for b in BENCHMARKS],
         "full": config.full, "versus": config.versus if config.versus in by_label else None,
         "method": config.method,
+        "evaluator": sorted({e for r in by_label.values() for e in r.evaluators}),
         "rel_over": rel_over,
         "left_out": left_out,
         "rows": [
@@ -154,6 +156,15 @@ def build_protocol_table(ws: Workspace, config: ProtocolTableConfig) -> dict:
         "paired": _paired(by_label, config.versus),
         "cost": [_cost(ws, label, run, run_config, results) for label, run, run_config, results in table],
     }
+
+
+def _check_same_evaluator(by_label: dict[str, RunResults]) -> None:
+    """Every row scored by the same lmms-eval model type and version, or the columns do not compare."""
+    seen = {label: sorted(r.evaluators) for label, r in by_label.items()}
+    kinds = {e for evaluators in seen.values() for e in evaluators}
+    if len(kinds) > 1:
+        detail = "; ".join(f"{label}: {', '.join(e)}" for label, e in seen.items())
+        raise UserError(f"rows were evaluated differently, so their scores do not compare ({detail})")
 
 
 def _rel_benchmarks(by_label: dict[str, RunResults]) -> tuple[list[str], dict[str, list[str]]]:
@@ -232,6 +243,7 @@ def render_markdown(payload: dict) -> str:
     lines.append("")
     lines.append(f"Rel = 100 x mean of score / score({payload['full']}) over {len(payload['rel_over'])} "
                  f"benchmarks: {', '.join(payload['rel_over'])}.")
+    lines.append(f"Evaluated with {', '.join(payload['evaluator'])}.")
     for bench, rows in payload["left_out"].items():
         lines.append(f"Left out of Rel: {bench} (no score for {', '.join(rows)}).")
     if payload["paired"]:

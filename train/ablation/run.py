@@ -71,7 +71,8 @@ def evaluate_run(ws: Workspace, run_dir: Path, spec: EvalSpec) -> dict:
     """``train.evaluate.evaluate_run`` with the grid's evaluation settings."""
     from train.evaluate import evaluate_run as evaluate
 
-    return evaluate(ws, run_dir, **dataclasses.asdict(spec))
+    settings = {k: v for k, v in dataclasses.asdict(spec).items() if k != "skip"}
+    return evaluate(ws, run_dir, **settings)
 
 
 @dataclass(frozen=True)
