@@ -30,11 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_bench import MIX665K_SAMPLES, WORDS, _text, peak_rss_mb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# Generated task -> count in the real mix (LLaVA-Instruct split by its released files' sizes).
+# Generated task -> count in the real mix; LLaVA-Instruct's 157,712 split 58:23:77 as its file names
+# (conversation_58k, detail_23k, complex_reasoning_77k) say, since the mix does not mark them.
 COMPOSITION = {
     "text_only": 40_688, "vqav2_okvqa": 82_783 + 8_998, "aokvqa": 66_160, "refcoco": 48_447,
     "vg_region": 86_417, "gqa": 72_140, "ocr_vqa": 80_000, "textcaps": 21_953,
-    "llava_conversation": 56_681, "llava_detail": 23_240, "llava_reasoning": 76_643,
+    "llava_conversation": 57_894, "llava_detail": 22_958, "llava_reasoning": 76_860,
 }
 KINDS = ["json_load", "label_only", "ingest", "ingest_no_task"]
 SHORT = "Answer the question using a single word or phrase."
