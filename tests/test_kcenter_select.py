@@ -22,7 +22,7 @@ from curate.select import select_subset
 from curate.shards import read_subset
 from datasets_spec.parts import list_parts
 
-VOLATILE = ("created_at", "command", "name")
+VOLATILE = ("created_at", "command", "name", "selection_seconds")
 
 
 @pytest.fixture()
