@@ -212,6 +212,8 @@ def export(
 
     summary = export_target(_workspace(workspace), target, fmt=fmt, out=out, overwrite=overwrite)
     typer.echo(f"exported {summary['rows']} samples ({summary['format']}) to {summary['out']}")
+    if summary.get("index"):
+        typer.echo(f"index (ids, source positions, sha256): {summary['index']}")
 
 
 @app.command()
