@@ -179,7 +179,7 @@ def stats(
     ),
     workspace: Path | None = WorkspaceOption,
 ) -> None:
-    """Counts by split/subject/topic/grade, image fraction, difficulty histogram, token lengths."""
+    """Counts by split/task/subject/topic/grade, image fraction, difficulty histogram, token lengths."""
     import json
 
     from curate.stats import resolve_target, stats_target
@@ -214,7 +214,7 @@ def _print_stats(result: dict) -> None:
     ):
         head.add_row(key, str(value))
     console.print(head)
-    for title in ("splits", "subjects", "grades", "topics"):
+    for title in ("splits", "tasks", "subjects", "grades", "topics"):
         table = Table(title=title)
         table.add_column(title.rstrip("s"))
         table.add_column("rows", justify="right")
@@ -244,6 +244,8 @@ def export(
 
     summary = export_target(_workspace(workspace), target, fmt=fmt, out=out, overwrite=overwrite)
     typer.echo(f"exported {summary['rows']} samples ({summary['format']}) to {summary['out']}")
+    if summary.get("index"):
+        typer.echo(f"index (ids, source positions, sha256): {summary['index']}")
 
 
 @app.command()

@@ -2,8 +2,10 @@
 
 ``llava-json`` writes ``[{"id", "image"?, "conversations"}]`` in stored order (a subset in selection
 order), with the ids the source file had (integers stay integers; see curate.ingest_llava), so the
-official LLaVA training code reads it as is. ``scienceqa`` writes a self-contained ScienceQA folder:
-``problems.json``, ``pid_splits.json`` and copies of the images at ``images/<split>/<pid>/image.png``;
+official LLaVA training code reads it as is, plus ``<out>.index.json`` (curate.export_index: ids, source
+positions, the source file's sha256, the subset's seed and library versions). ``scienceqa`` writes a
+self-contained ScienceQA folder: ``problems.json``, ``pid_splits.json`` and copies of the images at
+``images/<split>/<pid>/image.png``;
 ingesting that folder again gives the same rows (each problem also carries its ``source``). Both write to a
 temporary name and rename at the end.
 """
@@ -16,6 +18,13 @@ from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 
+from curate.export_index import (
+    build_index,
+    check_index_replaceable,
+    index_path,
+    subset_manifest,
+    write_index,
+)
 from curate.ingest_llava import read_original_ids
 from curate.stats import read_target, resolve_target
 from datasets_spec.errors import UserError
@@ -39,8 +48,12 @@ def export_llava_json(
     *,
     original_ids: dict[str, str] | None = None,
     overwrite: bool = False,
+    index: dict | None = None,
 ) -> dict:
     """Write ``table`` as LLaVA conversation JSON at ``out``; return a summary.
+
+    ``index`` (curate.export_index.build_index) is written beside it as ``<out>.index.json`` before the
+    export itself is renamed into place.
 
     ``original_ids`` maps sample_id -> the source file's id as JSON text (int ids, renamed duplicates).
     Rows are written batch by batch, so exporting mix665k does not build the whole list in memory.
@@ -62,9 +75,12 @@ def export_llava_json(
                 fh.write(("," if rows else "") + "\n" + json.dumps(item, ensure_ascii=False))
                 rows += 1
         fh.write("\n]\n")
+        if index is not None:
+            write_index(out, index)
         # The marker goes before the rename: a file is only replaced when its marker says it is an export.
         _write_json(export_marker_path(out), _marker("llava-json", rows))
-    return {"format": "llava-json", "out": str(out), "rows": rows}
+    summary = {"format": "llava-json", "out": str(out), "rows": rows}
+    return {**summary, "index": str(index_path(out))} if index is not None else summary
 
 
 def _original_id(sample_id: str, original_ids: dict[str, str]) -> str | int:
@@ -112,7 +128,7 @@ def _problem(row: dict) -> dict:
         "answer": row["answer"],
         "hint": row["context"],
         "image": PurePosixPath(row["image"]).name if row["image"] is not None else None,
-        # The canonical schema keeps no task; ScienceQA readers (ours included) do not need it.
+        # ScienceQA's own question-form task is not kept (the canonical `task` labels LLaVA-mix sources).
         "task": None,
         "grade": f"grade{grade}" if grade is not None else None,
         "subject": row["subject"],
@@ -169,8 +185,10 @@ def export_target(
     _refuse_existing(Path(out), fmt, overwrite)
     kind, path, table = read_target(ws, target)
     if fmt == "llava-json":
+        check_index_replaceable(out, overwrite)
         ids = read_original_ids(ws.dataset_dir) if ws.dataset_dir.is_dir() else {}
-        summary = export_llava_json(table, out, original_ids=ids, overwrite=overwrite)
+        index = build_index(ws, table, subset=subset_manifest(kind, path), export_name=Path(out).name)
+        summary = export_llava_json(table, out, original_ids=ids, overwrite=overwrite, index=index)
     else:
         summary = export_scienceqa(table, out, image_root=ws.image_root(), overwrite=overwrite)
     return {"target": str(path), "kind": kind, **summary}

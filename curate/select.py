@@ -7,6 +7,7 @@ embedding rows; its pool indices map back to dataset rows and are written in sel
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,7 @@ def select_subset(
     ``strategy_opts`` are the registry record's options (curate/registry.py); a scores strategy reads
     the score set named by ``score`` for the pool (every pool sample must have a row).
     """
+    started = time.perf_counter()
     record = get_record(strategy)
     strategy_opts = check_options(strategy, strategy_opts, where="curate select")
     if k is not None and k <= 0:
@@ -161,6 +163,7 @@ def select_subset(
         "strategy_report": report,
         "coverage": coverage,
         "command": command,
+        "selection_seconds": round(time.perf_counter() - started, 3),  # the cost table's selection time
     }
     path = ws.shards_dir / (name or f"{strategy}-k{k}")
     if run is None or run.comm.rank == 0:

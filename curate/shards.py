@@ -29,6 +29,7 @@ from datasets_spec.parts import (
     write_record,
 )
 from datasets_spec.schema import COLUMNS
+from datasets_spec.versions import selection_library_versions
 from datasets_spec.workspace import Workspace, now_utc, tool_version
 
 MANIFEST = "manifest.json"
@@ -80,6 +81,8 @@ def write_subset(
         "counts": {c: _counts(table, c) for c in COUNT_COLUMNS},
         "image_fraction": round(1.0 - table.column("image").null_count / max(1, table.num_rows), 6),
         "dataset_fingerprint": dataset_fingerprint or ws.dataset_fingerprint(),
+        "seed": manifest.get("seed"),  # every subset says its seed (None: the strategy takes none)
+        "library_versions": selection_library_versions(),
         "tool_version": tool_version(),
         "created_at": now_utc(),
     }

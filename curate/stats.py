@@ -13,11 +13,11 @@ from datasets_spec.schema import COLUMNS
 from datasets_spec.workspace import Workspace
 
 DIFFICULTY_BINS = 10
-STAT_COLUMNS = ["split", "subject", "topic", "grade", "image", "difficulty", "n_tokens_est"]
+STAT_COLUMNS = ["split", "subject", "topic", "grade", "task", "image", "difficulty", "n_tokens_est"]
 
 
 def dataset_stats(table: pa.Table) -> dict:
-    """Counts by split/subject/topic/grade, image fraction, 10-bin difficulty histogram, token summary."""
+    """Counts by split/subject/topic/grade/task, image fraction, 10-bin difficulty histogram, tokens."""
     df = pl.from_arrow(table.select(STAT_COLUMNS))
     rows = df.height
     if rows == 0:
@@ -34,6 +34,7 @@ def dataset_stats(table: pa.Table) -> dict:
         "subjects": _counts(df, "subject"),
         "topics": _counts(df, "topic"),
         "grades": _counts(df, "grade"),
+        "tasks": _counts(df, "task"),
         "image_rows": rows - df["image"].null_count(),
         "image_fraction": round((rows - df["image"].null_count()) / rows, 6),
         "difficulty_histogram": {

@@ -1,6 +1,7 @@
 """Content fingerprint of a canonical table: what embeddings, subsets and runs are tied to.
 
-Each row is serialised as canonical JSON of every schema column and hashed (sha256) on its own; the
+Each row is serialised as canonical JSON of every fingerprinted schema column (all but the derived
+columns added after schema version 1, see datasets_spec.schema) and hashed (sha256) on its own; the
 fingerprint is sha256 over the ``sample_id`` / row-digest pairs ordered by sample_id. Hashing rows one at
 a time lets a streaming writer fingerprint a dataset it never holds in memory (it keeps only ids and
 32-byte digests) and still agree with :func:`table_fingerprint` of the whole table. Row order on disk
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datasets_spec.errors import UserError
-from datasets_spec.schema import CANONICAL_SCHEMA, COLUMNS
+from datasets_spec.schema import FINGERPRINT_COLUMNS, FINGERPRINT_SCHEMA
 
 DIGEST_TYPE = pa.binary(32)
 # Rows per serialisation chunk: keeps each chunk's JSON text far below Arrow's 2 GB string offsets.
@@ -44,8 +45,8 @@ def row_digests(table: pa.Table | pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
     """``(sample_id, sha256 of the row's canonical JSON)`` for every row, in table order."""
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
-    selected = table.select(list(COLUMNS))
-    if not selected.schema.equals(CANONICAL_SCHEMA, check_metadata=False):
+    selected = table.select(list(FINGERPRINT_COLUMNS))
+    if not selected.schema.equals(FINGERPRINT_SCHEMA, check_metadata=False):
         return row_digests_reference(table)
     digests = [_hash_rows(_rows_json(batch)) for batch in selected.to_batches(max_chunksize=CHUNK_ROWS)]
     ids = table.column("sample_id").combine_chunks()
@@ -57,7 +58,7 @@ def row_digests_reference(table: pa.Table | pa.RecordBatch) -> tuple[pa.Array, p
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
     digests = []
-    for batch in table.select(list(COLUMNS)).to_batches(max_chunksize=CHUNK_ROWS):
+    for batch in table.select(list(FINGERPRINT_COLUMNS)).to_batches(max_chunksize=CHUNK_ROWS):
         for row in batch.to_pylist():
             text = json.dumps(row, sort_keys=True, ensure_ascii=False, default=_float_repr)
             digests.append(hashlib.sha256(text.encode()).digest())
@@ -86,7 +87,7 @@ def _float_repr(value: object) -> str:
 def _rows_json(batch: pa.RecordBatch) -> pa.Array:
     """Each row's ``json.dumps(row, sort_keys=True, ensure_ascii=False)`` text, as one string array."""
     pieces: list = []
-    for i, name in enumerate(sorted(COLUMNS)):
+    for i, name in enumerate(sorted(FINGERPRINT_COLUMNS)):
         pieces.append(("{" if i == 0 else ", ") + json.dumps(name) + ": ")
         pieces.append(_value_json(batch.column(name)))
     pieces.append("}")

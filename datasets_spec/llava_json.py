@@ -33,6 +33,7 @@ from datasets_spec.difficulty import (
     tokens_from_counts,
 )
 from datasets_spec.errors import UserError
+from datasets_spec.llava_tasks import sample_tasks
 from datasets_spec.parts import DATASET_ROWS_PER_PART
 from datasets_spec.safe_json import GuardedJsonFile
 from datasets_spec.schema import (
@@ -96,7 +97,8 @@ def json_error_position(message: str, tracked: _TrackedFile, size: int) -> str:
 class LlavaJsonReader:
     """Stream one LLaVA conversation JSON file as canonical Arrow tables (see the module docstring).
 
-    After :meth:`batches` is exhausted, :attr:`skipped_images`, :attr:`original_ids` (sample_id -> the
+    After :meth:`batches` is exhausted, :attr:`skipped_images` (and the list positions of the skipped
+    items, :attr:`skipped_positions`), :attr:`original_ids` (sample_id -> the
     id's JSON text, only where it differs from the plain string) and :attr:`ignored_keys` describe what
     the read did.
     """
@@ -129,6 +131,7 @@ class LlavaJsonReader:
         self.source = source
         self.follow_symlinks = follow_symlinks
         self.skipped_images = 0
+        self.skipped_positions: list[int] = []
         self.original_ids: dict[str, str] = {}
         self.ignored_keys: Counter = Counter()
         self._seen: set[str] = set()
@@ -222,6 +225,7 @@ class LlavaJsonReader:
         if image is not None and self.image_root is not None:
             if not self._image_ok(image, f"{self.path}: sample {sample_id!r}"):
                 self.skipped_images += 1
+                self.skipped_positions.append(index)
                 return None
         self._remember_id(raw, sample_id)
         columns["sample_id"].append(sample_id)
@@ -250,6 +254,7 @@ class LlavaJsonReader:
                 self.ignored_keys[key] += 1
         if image is not None and self.image_root is not None and not self._image_ok(image, here):
             self.skipped_images += 1
+            self.skipped_positions.append(index)
             return
         self._remember_id(item["id"], sample_id)
         columns["sample_id"].append(sample_id)
@@ -293,7 +298,10 @@ class LlavaJsonReader:
 
     def _table(self, columns: dict[str, list]) -> pa.Table:
         n = len(columns["sample_id"])
-        return _columns_to_table({**columns, "split": [self.split] * n, "source": [self.source] * n})
+        tasks = sample_tasks(columns["image"], columns["conversations"])
+        return _columns_to_table(
+            {**columns, "split": [self.split] * n, "source": [self.source] * n, "task": tasks}
+        )
 
 
 def image_usable(

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from datasets_spec.errors import UserError
 from datasets_spec.outputs import clean_stale_temps
 from datasets_spec.safe_json import load_json_file
+from datasets_spec.schema import ADDED_COLUMNS, with_added_columns
 
 PART_PATTERN = "part-{:05d}.parquet"
 # Rows per Parquet part of canonical samples (dataset/, shards/; embedding sets have their own, smaller
@@ -57,7 +58,12 @@ def list_parts(directory: Path) -> list[Path]:
 def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
     """One Parquet file; a corrupt, truncated or foreign file is a UserError naming it."""
     try:
-        table = pq.read_table(path, columns=columns)
+        present = columns
+        if columns is not None and any(c in ADDED_COLUMNS for c in columns):
+            # a part written before those columns existed lacks them (pyarrow refuses absent names)
+            names = set(pq.read_schema(path).names)
+            present = [c for c in columns if c in names or c not in ADDED_COLUMNS]
+        table = pq.read_table(path, columns=present)
     except FileNotFoundError:
         raise UserError(f"{path}: not found") from None
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -69,6 +75,8 @@ def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
         ) from None
     if columns is not None:
         missing = [c for c in columns if c not in table.column_names]
+        if missing and all(c in ADDED_COLUMNS for c in missing):
+            return with_added_columns(table, columns)
         if missing:
             raise UserError(f"{path}: lacks columns {missing}; not a part this tool wrote")
     return table

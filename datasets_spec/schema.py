@@ -1,4 +1,12 @@
-"""The canonical sample (schema version 1): every source becomes rows of this Arrow schema."""
+"""The canonical sample (schema version 2): every source becomes rows of this Arrow schema.
+
+Version 2 added ``task`` (the source task of a LLaVA-mix sample, see datasets_spec/llava_tasks.py; null for
+sources that do not derive one). Columns added after version 1 are nullable and listed in
+:data:`ADDED_COLUMNS`: parts written by version 1 read as if the column were null, and the content
+fingerprint covers only :data:`FINGERPRINT_COLUMNS`, so a version-1 dataset keeps its fingerprint (and
+the embeddings and subsets tied to it stay valid). ``task`` is a function of ``image`` and
+``conversations``, which the fingerprint does cover; the rules' version is in dataset.json.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ import pyarrow as pa
 
 from datasets_spec.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TURN_TYPE = pa.struct([("from", pa.string()), ("value", pa.string())])
 CONVERSATIONS_TYPE = pa.list_(TURN_TYPE)
@@ -37,9 +45,14 @@ CANONICAL_SCHEMA = pa.schema(
         pa.field("grade", pa.int8()),
         pa.field("difficulty", pa.float32(), nullable=False),
         pa.field("n_tokens_est", pa.int32(), nullable=False),
+        pa.field("task", pa.string()),
     ]
 )
 COLUMNS = tuple(CANONICAL_SCHEMA.names)
+# Column -> the schema version that added it; older parts lack it and read it as nulls.
+ADDED_COLUMNS = {"task": 2}
+FINGERPRINT_COLUMNS = tuple(c for c in COLUMNS if c not in ADDED_COLUMNS)
+FINGERPRINT_SCHEMA = pa.schema([CANONICAL_SCHEMA.field(c) for c in FINGERPRINT_COLUMNS])
 NON_NULL_COLUMNS = tuple(f.name for f in CANONICAL_SCHEMA if not f.nullable)
 
 
@@ -48,6 +61,16 @@ def rows_to_table(rows: Iterable[Mapping]) -> pa.Table:
     rows = list(rows)
     columns = {name: [row.get(name) for row in rows] for name in COLUMNS}
     return pa.Table.from_pydict(columns, schema=CANONICAL_SCHEMA)
+
+
+def with_added_columns(table: pa.Table, columns: list[str]) -> pa.Table:
+    """``table``'s ``columns`` in that order, the :data:`ADDED_COLUMNS` it lacks (an older part) as nulls."""
+    arrays = [
+        table.column(name) if name in table.column_names
+        else pa.nulls(table.num_rows, type=CANONICAL_SCHEMA.field(name).type)
+        for name in columns
+    ]
+    return pa.Table.from_arrays(arrays, names=list(columns))
 
 
 def validate_table(table: pa.Table, *, where: str = "table") -> None:

@@ -56,6 +56,8 @@ def _dataclass_parameters(cls: type, flag_names: dict[str, str]) -> list[inspect
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
     params = []
     for f in dataclasses.fields(cls):
+        if f.name in getattr(cls, "CLI_EXCLUDED", ()):
+            continue
         flag = flag_names.get(f.name, "--" + f.name.replace("_", "-"))
         option = typer.Option(f.default, flag, help=docs[f.name])
         kind = inspect.Parameter.KEYWORD_ONLY
@@ -189,6 +191,38 @@ def eval_command(
 
 # `train eval` has one option per EvalSpec field, as `train run` has one per TrainConfig field.
 app.command("eval")(_with_dataclass_options(eval_command, EvalSpec))
+
+
+@app.command("report")
+def report_command(
+    lmms_eval: Path = typer.Option(
+        ..., "--lmms-eval", help="Folder holding one lmms-eval --output_path folder per run, named so."
+    ),
+    row: list[str] = typer.Option(
+        [], "--row", help="LABEL=RUN, in table order (repeat); default: every run folder, labelled by subset."
+    ),
+    full: str = typer.Option("full", "--full", help="Label of the whole-data row Rel divides by."),
+    versus: str = typer.Option("random", "--versus", help="Row the paired differences are taken to."),
+    method: str | None = typer.Option(None, "--method", help="Label of the proposed method's row (last)."),
+    name: str = typer.Option("protocol", "--name", help="Report name: reports/<name>.md and .json."),
+    workspace: Path | None = WorkspaceOption,
+) -> None:
+    """The data-selection protocol's table (benchmarks, Rel, paired CIs, cost) from lmms-eval results."""
+    from train.protocol_table import (
+        ProtocolTableConfig,
+        build_protocol_table,
+        parse_row,
+        render_markdown,
+        write_protocol_report,
+    )
+
+    ws = _workspace(workspace)
+    config = ProtocolTableConfig(results_dir=lmms_eval, rows=tuple(parse_row(r) for r in row), full=full,
+                                 versus=versus, method=method, name=name)
+    payload = build_protocol_table(ws, config)
+    path = write_protocol_report(ws, payload, name)
+    typer.echo(render_markdown(payload))
+    typer.echo(f"wrote {path} and {path.with_suffix('.json')}")
 
 
 # --- ablate -------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -68,6 +68,11 @@ class EvalSpec:
     prompt_suffix: str | None = None
     """A line appended to every question, e.g. LLaVA-1.5's "Answer with the option's letter from the given
     choices directly." (``train.evaluate.SINGLE_PRED_PROMPT``)."""
+    skip: bool = False
+    """Ablation grids only: train the cells and evaluate them outside the ablation (lmms-eval on each run's
+    model/, then `train report --lmms-eval`), as for the LLaVA-665K protocol, whose pool has no test split."""
+
+    CLI_EXCLUDED: ClassVar[tuple[str, ...]] = ("skip",)
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit <= 0:
@@ -87,7 +92,8 @@ class EvalSpec:
         while they are unset, so that runs recorded before those fields existed keep their keys (and are
         not trained again)."""
         optional = ("prompt_format", "prompt_suffix")
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k not in optional}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if (v is not None or k not in optional) and not (k == "skip" and not v)}
 
 
 # --- run directories --------------------------------------------------------------------------------

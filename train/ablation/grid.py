@@ -154,6 +154,13 @@ class StageSpec:
     under shards/, e.g. an LCS-558K-like caption set)."""
     skip: bool = False
     """Stage 1 only: start stage 2 from a freshly initialised projector instead."""
+    projector: str | None = None
+    """Stage 1 only: an existing projector (a projector.safetensors, or a stage-1 run directory) every cell
+    starts from; stage 1 is then not trained (the protocol's "from the pretrained projector")."""
+
+    def __post_init__(self) -> None:
+        if self.projector is not None and self.skip:
+            raise UserError("[stage1]: give either projector or skip = true, not both")
 
 
 @dataclass(frozen=True)
@@ -421,7 +428,7 @@ def check_names(grid: AblationGrid, *, where: str = "grid") -> None:
         check_strategy_options(spec, where)
     checks = [("llm", name, "llms") for name in grid.llms] + [("vision", grid.vision, "vision")]
     checks += [("hparams", grid.train.hparams, "[train] hparams")]
-    if not grid.stage1.skip:
+    if not grid.stage1.skip and grid.stage1.projector is None:
         checks.append(("hparams", grid.stage1.hparams, "[stage1] hparams"))
     valid_overrides = override_keys()
     for key, spec in (("[train]", grid.train), ("[stage1]", grid.stage1)):

@@ -104,7 +104,7 @@ def plan_ablation(grid: AblationGrid, pool_size: Callable[[bool], int]) -> Plan:
                         )
                     origins[cell.run] = origin
                     cells.append(cell)
-    if not grid.stage1.skip and grid.stage1.subset == FULL:
+    if not grid.stage1.skip and grid.stage1.projector is None and grid.stage1.subset == FULL:
         add_subset(SubsetPlan(FULL, None, full_pool), "[stage1]")
     stage1_runs = {stage1_run_name(llm) for llm in grid.llms}
     for run in origins:

@@ -19,7 +19,7 @@ from curate.select import pool_size as workspace_pool_size
 from curate.shards import MANIFEST, read_manifest, subset_hash
 from datasets_spec.errors import UserError
 from datasets_spec.outputs import check_ablation_owned
-from datasets_spec.parts import read_json, write_json
+from datasets_spec.parts import atomic_file, file_sha256, read_json, write_json
 from datasets_spec.workspace import Workspace
 from train.ablation.grid import RULES, AblationGrid, EvalSpec, check_names
 from train.ablation.plan import (
@@ -34,7 +34,7 @@ from train.ablation.plan import (
 )
 from train.config import TrainConfig
 from train.report import write_reports
-from train.rundir import CONFIG_FILE, METRICS_FILE, PROJECTOR_FILE, partial_dir
+from train.rundir import CONFIG_FILE, METRICS_FILE, PROJECTOR_FILE, partial_dir, projector_file
 from train.scoring import ACCURACY, metrics_value
 
 CELL_FILE = "ablation_cell.json"
@@ -235,6 +235,8 @@ def run_ablation(
         progress = f"[{i}/{len(plan.cells)}]"
         cell_jobs.append(CellJob(ws, grid, cell, config, key, backend, command, log, progress))
     _run_cells(cell_jobs, jobs)
+    if grid.eval.skip:
+        return _write_trained_list(ws, grid, plan)
     return write_reports(ws, grid, plan, manifests, plots=plots, log=log)
 
 
@@ -273,6 +275,10 @@ def _ensure_stage1(
     """(projector file, stage-1 key) of ``llm``, training stage 1 unless a run of the same key exists."""
     if grid.stage1.skip:
         return None, None
+    if grid.stage1.projector is not None:
+        path = projector_file(grid.stage1.projector)
+        log(f"stage 1 {llm}: using the pretrained projector {path}")
+        return path, {"projector": str(path.resolve()), "sha256": file_sha256(path)}
     run = stage1_run_name(llm)
     subset_dir = ws.shards_dir / grid.stage1.subset
     manifest = manifests.get(grid.stage1.subset) or read_manifest(subset_dir)
@@ -340,10 +346,25 @@ def _run_cell(job: CellJob) -> None:
         run_dir = job.backend.train(ws, ws.shards_dir / cell.subset, resumable, command=job.command)
         _mark(run_dir, job.key, kind="cell", cell=dataclasses.asdict(cell))
     eval_spec = job.grid.eval
+    if eval_spec.skip:
+        log(f"{label}: trained; evaluated outside the ablation ([eval] skip)")
+        return
     first = f" (first {eval_spec.limit})" if eval_spec.limit else ""
     log(f"{label}: evaluating on {eval_spec.split}{first}")
     avg = metrics_value(job.backend.evaluate(ws, run_dir, eval_spec), ACCURACY)
     log(f"{label}: Avg {avg:.2f}" if avg is not None else f"{label}: evaluated (no problem scored)")
+
+
+def _write_trained_list(ws: Workspace, grid: AblationGrid, plan: Plan) -> Path:
+    """reports/ablation.md for a train-only grid: its runs and how they become the table."""
+    lines = [f"# {grid.name}", "", "Trained; evaluate each run's model/ with lmms-eval into "
+             "<results>/<run>/, then `train report --lmms-eval <results>`.", ""]
+    lines += [f"- {cell.strategy} ({cell.budget}, {cell.k} samples): runs/{cell.run}" for cell in plan.cells]
+    ws.reports_dir.mkdir(parents=True, exist_ok=True)
+    path = ws.reports_dir / "ablation.md"
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def describe_plan(ws: Workspace, grid: AblationGrid, *, backend: Backend | None = None) -> str:
