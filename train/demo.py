@@ -4,8 +4,8 @@ Planted synthetic ScienceQA-format data (duplicated and rare families, balanced 
 dataset -> WordLlama text + tiny-clip image features -> random subsets of 150 and 300 problems, the whole
 600-problem pool, k-center at 150 (positive control) and random at 150 with another seed (negative
 control) -> stage 1 and stage 2 of two tiny random backbones, every cell at the whole pool's compute ->
-ScienceQA scoring -> table with paired statistics, control verdicts and plots. Every step is the library function the CLI calls, and
-every step resumes: running the demo again reuses what exists.
+ScienceQA scoring -> table with paired statistics, control verdicts and plots. Every step is the library
+function the CLI calls, and every step resumes: running the demo again reuses what exists.
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ def _signal_check(report_dir: Path) -> list[str]:
             accs = curve["acc_mean"].to_list()
             rises = all(b > a for a, b in zip(accs, accs[1:], strict=False))
             points = " -> ".join(f"{a:.2f}% (k={k})" for a, k in zip(accs, curve["k"], strict=True))
-            lines.append(f"budget check: random then full, {llm}: {points}: {'rises' if rises else 'does NOT rise'}")
+            verdict = "rises" if rises else "does NOT rise"
+            lines.append(f"budget check: random then full, {llm}: {points}: {verdict}")
     md = (report_dir / "ablation.md").read_text().rstrip().splitlines()
     lines += [line[2:] for line in md if line.startswith(("- positive control:", "- negative control:"))]
     if md and ("significant" in md[-1] or md[-1].startswith("No comparisons")):
