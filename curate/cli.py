@@ -81,6 +81,10 @@ def ingest(
     n_train: int = typer.Option(1200, "--n-train", help="synthetic: train problems."),
     n_val: int = typer.Option(200, "--n-val", help="synthetic: val problems."),
     n_test: int = typer.Option(300, "--n-test", help="synthetic: test problems."),
+    layout: str = typer.Option(
+        "uniform", "--layout",
+        help="synthetic: uniform, or planted (duplicated and rare families, balanced test).",
+    ),
     questions: Path | None = typer.Option(None, "--questions", help="vqa: the questions JSON."),
     annotations: Path | None = typer.Option(None, "--annotations", help="vqa: the annotations JSON."),
     image_root: Path | None = typer.Option(None, "--image-root", help="llava/vqa: the images' folder."),
@@ -105,8 +109,9 @@ def ingest(
     ws = _workspace(workspace)
     info = _run_ingest(
         ws, source, path, prompt_format=prompt_format, splits=splits, skip_bad_images=skip_bad_images,
-        overwrite=overwrite, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, questions=questions,
-        annotations=annotations, image_root=image_root, split=split, decode_images=decode_images,
+        overwrite=overwrite, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, layout=layout,
+        questions=questions, annotations=annotations, image_root=image_root, split=split,
+        decode_images=decode_images,
         duplicate_ids=duplicate_ids, image_pattern=image_pattern, follow_symlinks=follow_symlinks,
     )
     _print_ingest_summary(ws, info)
@@ -132,7 +137,7 @@ def _run_ingest(ws: Workspace, source: str, path: Path | None, **opt) -> dict:
 
         sizes = {k: opt[k] for k in ("n_train", "n_val", "n_test")}
         return ingest_synthetic(ws, seed=opt["seed"], **sizes, prompt_format=opt["prompt_format"],
-                                overwrite=opt["overwrite"])
+                                layout=opt["layout"], overwrite=opt["overwrite"])
     if source == "llava":
         from curate.ingest_llava import ingest_llava
 

@@ -15,7 +15,7 @@ from datasets_spec.fingerprint import table_fingerprint
 from datasets_spec.outputs import check_replaceable
 from datasets_spec.parts import atomic_directory, read_json, write_json
 from datasets_spec.scienceqa import DEFAULT_PROMPT_FORMAT, load_scienceqa
-from datasets_spec.synthetic import generate_synthetic_scienceqa
+from datasets_spec.synthetic import LAYOUTS, generate_synthetic_scienceqa
 from datasets_spec.workspace import Workspace
 
 SYNTHETIC_SOURCE_DIR = "synthetic-source"
@@ -68,6 +68,7 @@ def ingest_synthetic(
     n_test: int = SYNTHETIC_DEFAULTS["n_test"],
     image_size: int = SYNTHETIC_DEFAULTS["image_size"],
     prompt_format: str = DEFAULT_PROMPT_FORMAT,
+    layout: str = "uniform",
     overwrite: bool = False,
 ) -> dict:
     """Generate the synthetic ScienceQA folder into ``ws.root/synthetic-source`` and ingest it.
@@ -81,9 +82,12 @@ def ingest_synthetic(
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {n}")
     if n_train + n_val + n_test == 0:
         raise UserError("synthetic dataset: the dataset is empty (0 samples); pass a positive --n-train")
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown --layout {layout!r}; valid: {', '.join(LAYOUTS)}")
     source_dir = ws.root / SYNTHETIC_SOURCE_DIR
     check_dataset_target(ws, [source_dir])  # before the source is generated: a refusal writes nothing
-    params = {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test, "image_size": image_size}
+    params = {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test, "image_size": image_size,
+              "layout": layout}
     check_replaceable(source_dir, kind="synthetic source", overwrite=True, marker=SYNTHETIC_MARKER,
                       is_previous=lambda path: _is_synthetic_source(ws, path))
     with atomic_directory(source_dir, overwrite=True) as tmp:

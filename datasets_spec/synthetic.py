@@ -53,6 +53,12 @@ from PIL import Image
 
 from datasets_spec.parts import write_json
 from datasets_spec.synthetic_families import FAMILIES, IMAGE_FAMILIES, TASK, TEXT_FAMILIES, Family
+from datasets_spec.synthetic_planted import PLANTED, balanced_families, train_plan
+
+# ``uniform``: every problem distinct, families drawn at random (half image, half text). ``planted``: the
+# pool with duplicated and rare families and balanced val/test splits
+# (:mod:`datasets_spec.synthetic_planted`).
+LAYOUTS = ("uniform", "planted")
 
 # Mini splits are the first 10% of each split, like ScienceQA's minitrain/minival/minitest.
 MINI_FRACTION = 0.1
@@ -106,17 +112,21 @@ def generate_synthetic_scienceqa(
     n_test: int = 300,
     seed: int = 0,
     image_size: int = 64,
+    layout: str = "uniform",
 ) -> Path:
     """Write a synthetic ScienceQA dataset into ``out_dir`` and return ``out_dir``.
 
     Layout: ``problems.json``, ``pid_splits.json`` (train/val/test, trainval, minitrain/minival/minitest)
     and ``images/<split>/<pid>/image.png``. pids are "1".."N" (train first, then val, then test).
+    ``layout`` is ``uniform`` or ``planted`` (see :data:`LAYOUTS`).
     """
     for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if n < 0:
             raise ValueError(f"{name} must be >= 0, got {n}")
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -124,11 +134,14 @@ def generate_synthetic_scienceqa(
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     pid = 0
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
-        for _ in range(n):
+        drawn: list[tuple[dict, Image.Image | None]] = []
+        for family, copy_of in _split_plan(layout, split, n, rng):
+            copy = drawn[copy_of] if copy_of is not None else None
+            drawn.append(copy or draw_problem(rng, family, split, image_size))
+        for problem, image in drawn:
             pid += 1
             key = str(pid)
-            problem, image = draw_problem(rng, choose_family(rng), split, image_size)
-            problems[key] = problem
+            problems[key] = dict(problem)
             splits[split].append(key)
             if image is not None:
                 folder = out_dir / "images" / split / key
@@ -141,3 +154,13 @@ def generate_synthetic_scienceqa(
     write_json(out_dir / "problems.json", problems)
     write_json(out_dir / "pid_splits.json", splits)
     return out_dir
+
+
+def _split_plan(layout: str, split: str, n: int, rng: np.random.Generator) -> list[tuple[Family, int | None]]:
+    """(family, copy-of) for each problem of ``split``: copy-of is the index of an earlier problem of this
+    split that the row repeats exactly, or None for a new draw."""
+    if layout == "uniform":
+        return [(choose_family(rng), None) for _ in range(n)]
+    if split == "train":
+        return train_plan(PLANTED, n, rng)
+    return [(family, None) for family in balanced_families(n)]

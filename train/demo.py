@@ -1,10 +1,11 @@
 """The end-to-end CPU demo: ``python -m train.demo --workspace demo-workspace`` (what ``make demo`` runs).
 
-Synthetic ScienceQA-format data -> canonical dataset -> tiny random CLIP embeddings -> random subsets of
-100 and 300 problems plus the whole 600-problem pool -> stage 1 and stage 2 of two tiny random backbones
-(tiny-llama, tiny-mistral), two seeds each, every cell at the whole pool's compute -> ScienceQA scoring ->
-table with paired statistics, verdicts and plots. Every step is the library function the CLI calls, and
-every step resumes: running the demo again reuses what exists.
+Planted synthetic ScienceQA-format data (duplicated and rare families, balanced test split) -> canonical
+dataset -> WordLlama text + tiny-clip image features -> random subsets of 150 and 300 problems, the whole
+600-problem pool, k-center at 150 (positive control) and random at 150 with another seed (negative
+control) -> stage 1 and stage 2 of two tiny random backbones, every cell at the whole pool's compute ->
+ScienceQA scoring -> table with paired statistics, control verdicts and plots. Every step is the library
+function the CLI calls, and every step resumes: running the demo again reuses what exists.
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ from datasets_spec.workspace import resolve_workspace
 # Sizes of the synthetic dataset: a 600-problem pool, so that every cell at the pool's compute (10 epochs of
 # it, 1,500 steps) fits 12 trainings + 12 evaluations of all 300 test problems in 15 minutes on 2 CPU cores.
 N_TRAIN = 600
-N_VAL = 100
+N_VAL = 60
 N_TEST = 300
+# The planted layout: a pool in which a selector must help for a known reason (the positive control).
+LAYOUT = "planted"
 # QCM-EA: the reply states the solution in words, then the letter ("The big shape is red. The answer is A.").
 # A tiny character-level model from random weights stays at chance with bare letters (QCM-A: 27% on the
 # test split after 10 epochs of 1,200 problems), but learns copy-the-keyword-then-its-letter in a few epochs.
 PROMPT_FORMAT = "QCM-EA"
 EMBED_MODEL = "tiny-clip"
+# Real text features (WordLlama ships its weights in its wheel) concatenated with the random tiny-clip image
+# vectors: text alone cannot tell two pictures of one image family apart (their questions are the same).
+TEXT_MODEL = "wordllama"
+FEATURES_TAG = "wordllama-concat"
 
 
 def run_demo(
@@ -38,9 +45,11 @@ def run_demo(
     n_train: int = N_TRAIN,
     n_val: int = N_VAL,
     n_test: int = N_TEST,
+    verbose: bool = False,
 ) -> dict:
     """Run every step of the demo in ``workspace``; return paths, the summary table and the wall time."""
     from curate.embed import embed_workspace
+    from curate.embed_text import embed_text
     from curate.ingest import ingest_synthetic
     from train.ablation import load_grid, packaged_grid, run_ablation
 
@@ -52,13 +61,17 @@ def run_demo(
         "1/4 ingest: synthetic ScienceQA-format problems "
         f"({n_train} train / {n_val} val / {n_test} test, {PROMPT_FORMAT})"
     )
-    ingest_synthetic(ws, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, prompt_format=PROMPT_FORMAT)
-    _step(f"2/4 embed: every sample with a random {EMBED_MODEL} (open_clip), image and text fused")
+    ingest_synthetic(ws, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, prompt_format=PROMPT_FORMAT,
+                     layout=LAYOUT)
+    _step(f"2/4 embed: a random {EMBED_MODEL} (open_clip) set, and {TEXT_MODEL} text + {EMBED_MODEL} images")
     embed_workspace(ws, model=EMBED_MODEL, pretrained="none", batch_size=64, show_progress=False)
+    embed_text(ws, model=TEXT_MODEL, fuse="concat", image_model=EMBED_MODEL, pretrained="none",
+               tag=FEATURES_TAG, show_progress=False)
     _step("3/4 ablation: subsets -> stage 1 -> stage 2 -> ScienceQA evaluation, per backbone")
     # One cell per core: the tiny models use one thread each, so two cores train two cells at once.
     jobs = max(1, min(2, os.cpu_count() or 1))
-    report = run_ablation(ws, grid, command=" ".join(["python -m train.demo", *sys.argv[1:]]), jobs=jobs)
+    report = run_ablation(ws, grid, command=" ".join(["python -m train.demo", *sys.argv[1:]]), jobs=jobs,
+                          verbose=verbose)
     _step("4/4 results")
     return {"workspace": ws.root, "report": report, "elapsed": time.perf_counter() - started}
 
@@ -89,13 +102,17 @@ def _signal_check(report_dir: Path) -> list[str]:
     verdict = "clears" if ok else "does NOT clear"
     lines = [f"signal check: full data {', '.join(parts)} vs chance {chance:.2f}%: {verdict} twice chance"]
     for llm in summary["llm"].unique(maintain_order=True):
-        curve = summary.filter((pl.col("strategy") == "random") & (pl.col("llm") == llm)).sort("k")
+        # the budget curve: random at each k, then the whole pool, at equal compute
+        curve = summary.filter(((pl.col("strategy") == "random") | (pl.col("strategy") == FULL))
+                               & (pl.col("llm") == llm)).sort("k")
         if curve.height > 1:
             accs = curve["acc_mean"].to_list()
             rises = all(b > a for a, b in zip(accs, accs[1:], strict=False))
             points = " -> ".join(f"{a:.2f}% (k={k})" for a, k in zip(accs, curve["k"], strict=True))
-            lines.append(f"budget check: random, {llm}: {points}: {'rises' if rises else 'does NOT rise'}")
+            verdict = "rises" if rises else "does NOT rise"
+            lines.append(f"budget check: random then full, {llm}: {points}: {verdict}")
     md = (report_dir / "ablation.md").read_text().rstrip().splitlines()
+    lines += [line[2:] for line in md if line.startswith(("- positive control:", "- negative control:"))]
     if md and ("significant" in md[-1] or md[-1].startswith("No comparisons")):
         lines.append(f"verdicts: {md[-1]}")
     return lines
@@ -111,10 +128,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-train", type=int, default=N_TRAIN)
     parser.add_argument("--n-val", type=int, default=N_VAL)
     parser.add_argument("--n-test", type=int, default=N_TEST)
+    parser.add_argument("--verbose", action="store_true",
+                        help="Each cell's training and evaluation messages and the trainer's log lines.")
     args = parser.parse_args(argv)
     # The demo never downloads anything: tiny models are built from configs.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args.verbose:
+        from train.trainer import CONSOLE_LOGS_ENV
+
+        os.environ.setdefault(CONSOLE_LOGS_ENV, "0")  # reaches the spawned cell workers
+        import torch
+
+        if not torch.cuda.is_available():
+            # DeepSpeed (imported by transformers) warns that it found no GPU unless told the device.
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not os.environ.get("OMP_NUM_THREADS"):  # unset or empty: choose for the user
         import torch
 
@@ -129,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         n_train=args.n_train,
         n_val=args.n_val,
         n_test=args.n_test,
+        verbose=args.verbose,
     )
     reports = result["report"].parent
     print(result["report"].read_text())

@@ -16,6 +16,7 @@ from curate.shards import manifest_value, subset_hash
 from datasets_spec.parts import read_json, write_json
 from datasets_spec.workspace import Workspace
 from train.comparisons import FULL, STAT_COLUMNS, grid_comparisons, verdict_lines
+from train.controls import control_lines
 from train.paired_stats import DEFAULT_LEVEL, format_p
 from train.rundir import METRICS_FILE, TRAIN_METRICS_FILE
 from train.scoring import ACCURACY, CATEGORIES, metrics_value
@@ -156,9 +157,15 @@ def summarize(runs: pl.DataFrame, stats: pl.DataFrame | None = None) -> pl.DataF
 
 
 def markdown_table(
-    summary: pl.DataFrame, *, title: str, chance: float | None = None, verdicts: list[str] | None = None
+    summary: pl.DataFrame,
+    *,
+    title: str,
+    chance: float | None = None,
+    verdicts: list[str] | None = None,
+    controls: list[str] | None = None,
 ) -> str:
-    """The ablation table as GitHub markdown (percentages with two decimals), then the verdicts."""
+    """The ablation table as GitHub markdown (percentages with two decimals), then the controls' lines and
+    the verdicts."""
     level = f"{100 * DEFAULT_LEVEL:.0f}%"
     head = [
         "strategy",
@@ -209,6 +216,8 @@ def markdown_table(
             (r["manifest_hash"] or "-")[:12],
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if controls:
+        lines += ["", "## Controls", "", *(f"- {line}" for line in controls)]
     if verdicts:
         lines += ["", "## Verdicts", "", *verdicts]
     return "\n".join(lines) + "\n"
@@ -253,6 +262,7 @@ def write_tables(
     title: str,
     chance: float | None = None,
     comparisons: list | None = None,
+    controls: list[str] | None = None,
 ) -> Path:
     reports_dir.mkdir(parents=True, exist_ok=True)
     runs.write_csv(reports_dir / RUNS_CSV_NAME, float_precision=4)
@@ -261,7 +271,7 @@ def write_tables(
     comparisons_frame(comparisons).write_csv(reports_dir / COMPARISONS_CSV_NAME, float_precision=4)
     md = reports_dir / MD_NAME
     verdicts = verdict_lines(comparisons) if comparisons else None
-    md.write_text(markdown_table(summary, title=title, chance=chance, verdicts=verdicts))
+    md.write_text(markdown_table(summary, title=title, chance=chance, verdicts=verdicts, controls=controls))
     return md
 
 
@@ -320,8 +330,10 @@ def write_reports(
     stats, comparisons = grid_comparisons(runs, ws.runs_dir, GROUP_KEYS)
     summary = summarize(runs, stats)
     chance = chance_accuracy(ws, grid.eval.split, grid.eval.limit)
+    controls = control_lines(grid.controls, comparisons)
     md = write_tables(
-        ws.reports_dir, runs, summary, title=f"Ablation: {grid.name}", chance=chance, comparisons=comparisons
+        ws.reports_dir, runs, summary, title=f"Ablation: {grid.name}", chance=chance, comparisons=comparisons,
+        controls=controls,
     )
     write_json(
         ws.reports_dir / "ablation.json",

@@ -101,6 +101,17 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
 # --- trainer ----------------------------------------------------------------------------------------
 
 
+# Set to 0 by callers that print their own progress (the demo, `train ablate` without --verbose): the
+# trainer's per-step dictionaries then go only to the run's log file, not to the console. An environment
+# variable rather than a config field, so that it reaches spawned cell workers without changing a run's key.
+CONSOLE_LOGS_ENV = "LLAVA_CURATE_TRAINER_CONSOLE"
+
+
+def console_logs() -> bool:
+    """Whether the HF Trainer prints its log dictionaries (default yes)."""
+    return os.environ.get(CONSOLE_LOGS_ENV, "1") != "0"
+
+
 class LlavaTrainer(Trainer):
     """HF Trainer with a projector learning rate, a modality/length-grouped sampler, and slim stage-1
     checkpoints (only the trainable weights)."""
@@ -296,6 +307,10 @@ def train_stage(
         sampler=_sampler(train_ds, per_device, accum, world, config.seed),
         callbacks=[JsonlLog(run_dir, stage)],
     )
+    if not console_logs():
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the same entries still reach the run's JSONL log
     if eval_ds is not None and stage == "finetune" and not _zero3(config):
         accuracy = ScienceQAAccuracy(bundle, eval_table, ws.image_root(), template, config)
         accuracy.trainer = trainer

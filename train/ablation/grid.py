@@ -43,6 +43,7 @@ from typing import Any
 
 from datasets_spec.errors import UserError
 from train.comparisons import FULL
+from train.controls import ControlsSpec
 from train.evaluate import EvalSpec
 
 if sys.version_info >= (3, 11):
@@ -87,6 +88,9 @@ class StrategySpec:
     """Registered strategy name (curate.registry.REGISTRY) or ``rules``."""
     options: dict = field(default_factory=dict)
     """Keyword options passed to ``select_subset`` / ``rules_subset`` (seed, require_image, ...)."""
+    budgets: tuple[Budget, ...] | None = None
+    """The grid budgets this row family is trained at (TOML ``budgets = [150]``); None: every budget. A
+    control row needs only the budget it controls, so the grid's time goes where the question is."""
 
     def __post_init__(self) -> None:
         if self.label == FULL:
@@ -198,6 +202,9 @@ class AblationGrid:
     """Stage-2 training of every cell."""
     eval: EvalSpec = EvalSpec()
     """Evaluation of every cell."""
+    controls: ControlsSpec = ControlsSpec()
+    """The rows that check the measurement itself: a positive and a negative control
+    (:mod:`train.controls`)."""
 
     def __post_init__(self) -> None:
         for name, values in (
@@ -222,6 +229,14 @@ class AblationGrid:
             raise UserError('grid: no strategies and no "full" budget: nothing to train')
         if not self.strategies and not all(b.full for b in self.budgets):
             raise UserError('grid: budgets other than "full" need at least one entry under [strategies]')
+        for spec in self.strategies:
+            for budget in spec.budgets or ():
+                if budget.full or budget not in self.budgets:
+                    raise UserError(
+                        f"grid: [strategies.{spec.label}] budgets: {budget.label} is not one of the grid's "
+                        f"subset budgets ({', '.join(b.label for b in self.budgets if not b.full)})"
+                    )
+        self.controls.check([spec.label for spec in self.strategies], "grid:")
         try:
             self.run_name.format(**dict.fromkeys(RUN_NAME_FIELDS, "x"))
         except (KeyError, IndexError, ValueError) as exc:
@@ -302,7 +317,15 @@ def _strategies(raw: Any, where: str) -> tuple[StrategySpec, ...]:
     specs = []
     for label, options in _typed(raw, dict, f"{where} [strategies]").items():
         options = dict(_typed(options, dict, f"{where} [strategies.{label}]"))
-        specs.append(StrategySpec(label=label, strategy=str(options.get("strategy", label)), options=options))
+        budgets = options.pop("budgets", None)
+        if budgets is not None:
+            budgets = tuple(
+                Budget.parse(b) for b in _typed(budgets, list, f"{where} [strategies.{label}] budgets")
+            )
+        specs.append(
+            StrategySpec(label=label, strategy=str(options.get("strategy", label)), options=options,
+                         budgets=budgets)
+        )
     return tuple(specs)
 
 
@@ -325,6 +348,7 @@ def grid_from_dict(raw: Mapping, *, where: str = "grid") -> AblationGrid:
         "stage1": _table(StageSpec, raw.get("stage1", {}), f"{where} [stage1]"),
         "train": _table(StageSpec, raw.get("train", {}), f"{where} [train]"),
         "eval": _eval_table(raw.get("eval", {}), f"{where} [eval]"),
+        "controls": _table(ControlsSpec, raw.get("controls", {}), f"{where} [controls]"),
     }
     if "steps" in raw:
         values = raw["steps"] if isinstance(raw["steps"], list) else [raw["steps"]]

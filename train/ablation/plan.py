@@ -123,6 +123,8 @@ def _families(
             families.append((FULL, budget, SubsetPlan(FULL, None, full_pool)))
             continue
         for spec in grid.strategies:
+            if spec.budgets is not None and budget not in spec.budgets:
+                continue
             require_image = bool(spec.options.get("require_image", grid.require_image))
             try:
                 k = budget.resolve(pool_size(require_image))

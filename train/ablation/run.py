@@ -32,6 +32,7 @@ from train.ablation.plan import (
     plan_ablation,
     stage1_run_name,
 )
+from train.ablation.progress import CellProgress
 from train.config import TrainConfig
 from train.report import write_reports
 from train.rundir import CONFIG_FILE, METRICS_FILE, PROJECTOR_FILE, partial_dir, projector_file
@@ -208,11 +209,14 @@ def run_ablation(
     log: Callable[[str], None] = _log,
     plots: bool = True,
     jobs: int = 1,
+    verbose: bool = True,
 ) -> Path:
     """Create missing subsets, train stage 1 once per LLM, train + evaluate every cell, write reports.
 
     ``jobs`` > 1 trains that many cells at once in separate processes (each with an equal share of the
-    CPU threads); cells are independent, so results do not depend on it. Returns ``reports/ablation.md``.
+    CPU threads); cells are independent, so results do not depend on it. ``verbose`` False: one line per
+    finished cell (accuracy, elapsed, ETA) instead of each cell's training and evaluation messages.
+    Returns ``reports/ablation.md``.
     """
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
@@ -233,11 +237,24 @@ def run_ablation(
             "presets": preset_key(cell.llm, grid.vision),
         }
         progress = f"[{i}/{len(plan.cells)}]"
-        cell_jobs.append(CellJob(ws, grid, cell, config, key, backend, command, log, progress))
-    _run_cells(cell_jobs, jobs)
+        cell_log = log if verbose else _quiet
+        cell_jobs.append(CellJob(ws, grid, cell, config, key, backend, command, cell_log, progress))
+    _run_cells(cell_jobs, jobs, _progress_printer(cell_jobs, log, verbose))
     if grid.eval.skip:
         return _write_trained_list(ws, grid, plan)
     return write_reports(ws, grid, plan, manifests, plots=plots, log=log)
+
+
+def _progress_printer(cell_jobs: list[CellJob], log: Callable[[str], None], verbose: bool) -> Callable:
+    """The ``on_done`` of :func:`_run_cells`: nothing when verbose (each cell logs itself), else one line."""
+    progress = CellProgress(len(cell_jobs), sum(job.estimated_steps for job in cell_jobs))
+
+    def on_done(job: CellJob, outcome: str, reused: bool) -> None:
+        line = progress.done(job.cell.run, job.estimated_steps, outcome, reused=reused)
+        if not verbose:
+            log(line)
+
+    return on_done
 
 
 def _ensure_subset(
@@ -302,18 +319,19 @@ def _ensure_stage1(
     return run_dir / PROJECTOR_FILE, key
 
 
-def _run_cells(cell_jobs: list[CellJob], jobs: int) -> None:
-    """Run every cell: in this process when ``jobs`` is 1, else in a pool of ``jobs`` spawned processes.
+def _run_cells(cell_jobs: list[CellJob], jobs: int, on_done: Callable[[CellJob, str, bool], None]) -> None:
+    """Run every cell: in this process when ``jobs`` is 1, else in a pool of ``jobs`` spawned processes;
+    ``on_done(job, outcome, reused)`` is called in this process as each cell ends.
 
     Spawned (not forked) workers: a forked child of a process that already ran OpenMP work can hang.
     """
     if jobs == 1 or len(cell_jobs) <= 1:
         for job in cell_jobs:
-            _run_cell(job)
+            on_done(job, *_run_cell(job))
         return
     import multiprocessing
     import os
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or jobs) // jobs)
     context = multiprocessing.get_context("spawn")
@@ -322,8 +340,10 @@ def _run_cells(cell_jobs: list[CellJob], jobs: int) -> None:
     ordered = sorted(cell_jobs, key=lambda job: -job.estimated_steps)
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_limit_threads, initargs=(threads,))
     with pool:
-        for future in [pool.submit(_run_cell, job) for job in ordered]:
-            future.result()  # re-raises a worker's error (a UserError stays one line)
+        futures = {pool.submit(_run_cell, job): job for job in ordered}
+        for future in as_completed(futures):
+            # result() re-raises a worker's error (a UserError stays one line)
+            on_done(futures[future], *future.result())
 
 
 def _limit_threads(threads: int) -> None:
@@ -332,13 +352,14 @@ def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_cell(job: CellJob) -> None:
+def _run_cell(job: CellJob) -> tuple[str, bool]:
+    """Train (unless trained with the same key) and evaluate one cell; returns (outcome, reused)."""
     cell, ws, log = job.cell, job.ws, job.log
     run_dir = ws.runs_dir / cell.run
     label = f"{job.progress} {cell.run}"
     if _finished(run_dir, job.key):
         log(f"{label}: finished earlier, skipped")
-        return
+        return _outcome(run_dir, "finished earlier"), True
     if not _trained(run_dir, job.key):
         resumable = _prepare_run(ws, job.config)
         resumed = " (resuming its checkpoint)" if resumable is not job.config else ""
@@ -353,6 +374,18 @@ def _run_cell(job: CellJob) -> None:
     log(f"{label}: evaluating on {eval_spec.split}{first}")
     avg = metrics_value(job.backend.evaluate(ws, run_dir, eval_spec), ACCURACY)
     log(f"{label}: Avg {avg:.2f}" if avg is not None else f"{label}: evaluated (no problem scored)")
+    return _outcome(avg, "trained and evaluated"), False
+
+
+def _outcome(avg: float | None | Path, how: str) -> str:
+    if isinstance(avg, Path):
+        metrics = avg / METRICS_FILE
+        avg = metrics_value(read_json(metrics), ACCURACY) if metrics.is_file() else None
+    return f"Avg {avg:.2f}% ({how})" if avg is not None else f"no problem scored ({how})"
+
+
+def _quiet(message: str) -> None:
+    """The log of a cell whose progress the parent prints (one line per cell)."""
 
 
 def _write_trained_list(ws: Workspace, grid: AblationGrid, plan: Plan) -> Path:
