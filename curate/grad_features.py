@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from curate import embed as clip_embed
-from curate.embed import PROGRESS_NAME, _progress, _write_embedding_part
+from curate.embed_parts import PROGRESS_NAME, EmbedJob, _progress
+from curate.embed_parts import _finalise as finalise_set
+from curate.embed_parts import write_embedding_part as _write_embedding_part
 from datasets_spec.distributed import barrier
 from datasets_spec.errors import UserError
 from datasets_spec.parts import list_parts, part_name, read_json, write_json
@@ -273,7 +275,7 @@ def embed_gradients(
     device: str = "auto",
     tag: str | None = None,
     overwrite: bool = False,
-    rows_per_part: int = clip_embed.DEFAULT_ROWS_PER_PART,
+    rows_per_part: int = clip_embed.EMBEDDING_ROWS_PER_PART,
     seed: int = 0,
     max_parts: int | None = None,
     show_progress: bool = True,
@@ -295,7 +297,7 @@ def embed_gradients(
     if not re.fullmatch(r"[A-Za-z0-9._-]+", tag) or tag.startswith("."):
         raise UserError(f"--tag {tag!r}: use letters, digits, '.', '_' and '-' only")
     final = ws.embeddings_dir / tag
-    if clip_embed.finished_set(ws, final, params, overwrite):
+    if clip_embed.finished_set(_job(ws, tag, params), overwrite):
         return final
     with clip_embed.embedding_process(threads) as (rank, world):
         t0 = time.perf_counter()
@@ -356,10 +358,15 @@ def _run(ws, final, tag, params, source: _Source, batch_size, max_parts, show_pr
     barrier()
     complete = len(list_parts(partial)) == n_parts
     if rank == 0 and complete:
-        clip_embed._finalise(ws, partial, final, tag, params, n_rows, n_parts, world, rule=FEATURE_RULE,
-                             text_rule="the warm-up run's training example: template, image tokens, labels")
+        finalise_set(_job(ws, tag, params), n_rows, n_parts, world)
     barrier()
     return final if complete else partial
+
+
+def _job(ws: Workspace, tag: str, params: dict) -> EmbedJob:
+    """The set's identity as the shared parts helper sees it (for its existing-set check and finalise)."""
+    return EmbedJob(ws=ws, tag=tag, params=params, rule=FEATURE_RULE, batch_size=1,
+                    text_rule="the warm-up run's training example: template, image tokens, labels")
 
 
 FEATURE_RULE = (
