@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datasets_spec.errors import UserError
-from datasets_spec.parts import atomic_file, list_parts, part_name, read_json
+from datasets_spec.parts import atomic_file, list_parts, part_name, read_record
 from datasets_spec.workspace import Workspace
 
 DEFAULT_POINTER = "DEFAULT"
@@ -186,7 +186,7 @@ def open_embedding_set(ws: Workspace, tag: str | None = None) -> EmbeddingSet:
     incomplete, computed for another dataset, or when its record disagrees with its parts."""
     tag = resolve_tag(ws, tag)
     d = ws.embeddings_dir / tag
-    info = read_json(d / INFO_NAME)
+    info = read_record(d / INFO_NAME)
     if not isinstance(info, dict) or not info.get("complete"):
         raise UserError(f"{d}: embedding set is incomplete; rerun `curate embed` to finish it")
     fingerprint = ws.dataset_fingerprint()

@@ -42,7 +42,9 @@ def check_index_replaceable(out: Path, overwrite: bool) -> None:
         ours = False
     if not ours:
         raise UserError(f"{path}: exists and is not an export index; move it or choose another --out")
-    if not overwrite:
+    # The index is renamed into place just before its export; an index without its export is what an
+    # export killed between the two renames leaves, and is replaced without --overwrite.
+    if not overwrite and Path(out).exists():
         raise UserError(f"{path}: exists (a previous export index); pass --overwrite to replace it")
 
 

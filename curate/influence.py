@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.kcenter import check_k
 from datasets_spec.errors import UserError
 from datasets_spec.workspace import Workspace
 
@@ -66,6 +67,7 @@ def influence(
     ``targets``: the target rows' features (same dimension as ``embeddings``); ``target_groups``: one label
     per target row (None: one group). ``seed`` is unused: the ranking has no random choice.
     """
+    check_k(k, len(embeddings))
     if targets is None or len(targets) == 0:
         raise UserError("influence needs target samples (--target SPLIT or SUBSET)")
     if targets.shape[1] != embeddings.shape[1]:
@@ -85,9 +87,9 @@ def influence(
     if report is not None:
         report.update(rule="icons-vote" if vote else "less-max-mean", groups=int(means.shape[1]),
                       score_min=float(less.min()), score_max=float(less.max()),
-                      kept_score_min=float(less[picks].min()) if k else None)
+                      kept_score_min=float(less[picks].min()))
         if vote:
-            report.update(percentile=percentile, kept_votes_min=int(votes[picks].min()) if k else None)
+            report.update(percentile=percentile, kept_votes_min=int(votes[picks].min()))
     return picks
 
 

@@ -86,7 +86,7 @@ def test_grid_parses_every_field(tmp_path):
     assert grid.eval.limit == 5 and grid.eval.split == "test"
 
 
-@pytest.mark.parametrize(("name", "n_strategies"), [("demo", 1), ("scienceqa-1k", 4)])
+@pytest.mark.parametrize(("name", "n_strategies"), [("demo", 3), ("scienceqa-1k", 4)])
 def test_shipped_grids_are_valid(name, n_strategies):
     grid = load_grid(ablation.packaged_grid(name))
     assert len(grid.strategies) == n_strategies and any(b.full for b in grid.budgets)
@@ -119,7 +119,10 @@ def test_demo_cells_cost_their_planned_steps():
     plan = plan_ablation(grid, lambda require_image: 600)
 
     steps = {c.run: finetune_steps(cell_config(grid, c, pool_size=plan.pool_size), c.k) for c in plan.cells}
-    assert len(steps) == 12  # 2 LLMs x (2 budgets + full) x 2 seeds
+    # 2 LLMs x (random at 150, 300 and full; random-b and l2-maxdiverse at 150 only) x 1 seed
+    assert len(steps) == 10
+    assert sorted({c.run.split("__")[0] for c in plan.cells}) == [
+        "full", "l2-maxdiverse-k150", "random-b-k150", "random-k150", "random-k300"]
     assert set(steps.values()) == {1500}  # 600 problems x 10 epochs / batch 4, for every cell
 
 
@@ -185,7 +188,9 @@ def test_bad_grid_exits_2_with_one_line(case, plan_only, tmp_path, ws, monkeypat
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path):
-    with pytest.raises(UserError, match="valid: coincide, kmeans-balanced, l2-maxdiverse, random, rules"):
+    valid = ("valid: centred-correlation, coincide, d2-pruning, influence, kmeans-balanced, l2-maxdiverse, "
+             "leverage, random, rules")
+    with pytest.raises(UserError, match=valid):
         load_grid(_grid_file(tmp_path, BAD_GRIDS["unknown strategy"][0]))
     with pytest.raises(UserError, match="tiny-llama"):
         load_grid(_grid_file(tmp_path, BAD_GRIDS["unknown llm preset"][0]))

@@ -185,6 +185,7 @@ def test_demo_signal_check_says_what_holds(tmp_path):
     (tmp_path / "ablation.md").write_text("# T\n\nNone of the 4 comparisons is significant at p < 0.05.\n")
     lines = _signal_check(tmp_path)
     assert lines[0].endswith("does NOT clear twice chance") and "b 49.00% (1.96x)" in lines[0]
-    assert lines[1] == "budget check: random, a: 40.00% (k=100) -> 45.00% (k=300): rises"
-    assert lines[2] == "budget check: random, b: 50.00% (k=100) -> 48.00% (k=300): does NOT rise"
+    head = "budget check: random then full"
+    assert lines[1] == f"{head}, a: 40.00% (k=100) -> 45.00% (k=300) -> 60.00% (k=600): rises"
+    assert lines[2] == f"{head}, b: 50.00% (k=100) -> 48.00% (k=300) -> 49.00% (k=600): does NOT rise"
     assert lines[3] == "verdicts: None of the 4 comparisons is significant at p < 0.05."

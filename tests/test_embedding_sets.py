@@ -13,7 +13,7 @@ from curate_helpers import copy_workspace
 
 from curate.cli import app
 from curate.embedding_sets import load_embeddings, open_embedding_set, resolve_tag
-from datasets_spec.parts import list_parts
+from datasets_spec.parts import list_parts, write_record
 
 
 @pytest.fixture()
@@ -26,10 +26,20 @@ def _set_dir(ws):
 
 
 def _edit_info(ws, **changes) -> None:
+    """Rewrite embeddings.json with ``changes`` and a fresh seal: a record that passes the seal check but
+    disagrees with its parts (another writer, or a hand edit that re-sealed it)."""
     path = _set_dir(ws) / "embeddings.json"
     info = json.loads(path.read_text())
     info.update(changes)
-    path.write_text(json.dumps(info))
+    write_record(path, info)
+
+
+def test_hand_edit_without_a_new_seal_is_refused_by_select_and_check(ws):
+    path = _set_dir(ws) / "embeddings.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "dim": 32}))
+    _one_error_line(*_select(ws), "embeddings.json: edited since it was written")
+    assert not ws.shards_dir.exists()
+    _one_error_line(*_check(ws), "embeddings.json: edited since it was written")
 
 
 def _one_error_line(code: int, err: str, *needles: str) -> None:
@@ -105,7 +115,7 @@ def test_part_with_other_rows_per_row_count_is_named(ws):
     pq.write_table(table.slice(0, table.num_rows - 1), part)
     info = json.loads((d / "embeddings.json").read_text())
     info["part_hashes"][part.name] = file_sha256(part)
-    (d / "embeddings.json").write_text(json.dumps(info))
+    write_record(d / "embeddings.json", info)
     _one_error_line(*_select(ws), f"{part}: {table.num_rows - 1} rows", f"gives it {table.num_rows}")
 
 

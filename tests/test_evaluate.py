@@ -182,7 +182,9 @@ def test_cli_eval_options_are_the_eval_spec_fields() -> None:
     assert params["batch_size"].default == 16 and params["max_new_tokens"].default == 64
     assert params["prompt_format"].default is None and params["prompt_suffix"].default is None
     assert {"split", "limit", "batch_size", "max_new_tokens", "prompt_format", "prompt_suffix"} <= set(params)
-    assert EvalSpec() == EvalSpec(**{name: params[name].default for name in EvalSpec.__dataclass_fields__})
+    cli_fields = [name for name in EvalSpec.__dataclass_fields__ if name not in EvalSpec.CLI_EXCLUDED]
+    assert EvalSpec() == EvalSpec(**{name: params[name].default for name in cli_fields})
+    assert "skip" not in params  # a grid's `[eval] skip`, meaningless for one `train eval`
     assert params["max_new_tokens"].opts == ["--max-new-tokens"]
     assert "LEA/LEPA" in params["max_new_tokens"].help
 

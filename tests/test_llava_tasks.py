@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 from curate.cli import app
 from curate.stats import stats_target
 from datasets_spec.fingerprint import table_fingerprint
+from datasets_spec.parts import part_hashes, read_json, write_record
 from datasets_spec.llava_tasks import TASKS, sample_task
 from datasets_spec.schema import ADDED_COLUMNS, COLUMNS
 from datasets_spec.workspace import Workspace
@@ -114,6 +115,9 @@ def test_version_1_dataset_reads_with_null_task_and_same_fingerprint(tmp_path):
     for part in sorted(ws.dataset_dir.glob("part-*.parquet")):
         old = pq.read_table(part)
         pq.write_table(old.drop_columns(list(ADDED_COLUMNS)), part)
+    # the record such a dataset carries: the hashes of the parts as they were written then
+    record_path = ws.dataset_dir / "dataset.json"
+    write_record(record_path, {**read_json(record_path), "part_hashes": part_hashes(ws.dataset_dir)})
     table = ws.read_dataset()
     assert table.column_names == list(COLUMNS)
     assert table.column("task").null_count == table.num_rows == 5

@@ -15,7 +15,7 @@ from curate.scores import load_scores, score_workspace, write_scores
 from curate.select import select_subset
 from curate.shards import read_subset
 from datasets_spec.errors import UserError
-from datasets_spec.parts import read_json, write_json
+from datasets_spec.parts import read_json, write_json, write_record
 from tests.cli_helpers import run_app
 from tests.curate_helpers import assert_user_error, copy_workspace, run_curate
 
@@ -203,7 +203,7 @@ def _foreign_embeddings(ws, tmp_path):
     bad = copy_workspace(ws, tmp_path)
     tag = next(p for p in bad.embeddings_dir.iterdir() if p.is_dir())
     info = read_json(tag / "embeddings.json")
-    write_json(tag / "embeddings.json", dict(info, dataset_fingerprint="f" * 64))
+    write_record(tag / "embeddings.json", dict(info, dataset_fingerprint="f" * 64))
     return bad
 
 
@@ -261,7 +261,7 @@ def test_bad_input_exits_2_with_one_line(ws, tmp_path) -> None:
 def test_scores_of_another_dataset_are_refused(ws, tmp_path) -> None:
     bad = copy_workspace(ws, tmp_path)
     path = bad.root / "scores" / "length" / "scores.json"
-    write_json(path, dict(read_json(path), dataset_fingerprint="0" * 64))
+    write_record(path, dict(read_json(path), dataset_fingerprint="0" * 64))  # sealed: only the fingerprint
     with pytest.raises(UserError, match="scores were computed for dataset 000000000000"):
         load_scores(bad, "length")
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from curate.cli import app
 from curate.ingest_llava import SKIPPED_POSITIONS_FILE
-from datasets_spec.parts import read_json
+from datasets_spec.parts import read_json, write_record
 from datasets_spec.workspace import Workspace
 from tests.cli_helpers import run_app
 
@@ -92,7 +92,11 @@ def test_index_path_taken_by_another_file_refused_nothing_written(tmp_path):
 
 def test_old_dataset_with_skipped_items_cannot_place_rows(tmp_path):
     ws, _ = _workspace(tmp_path)
-    (ws.dataset_dir / SKIPPED_POSITIONS_FILE).unlink()  # as written before positions were recorded
+    # as written before positions were recorded: no side file, and a record that never listed it
+    (ws.dataset_dir / SKIPPED_POSITIONS_FILE).unlink()
+    record = read_json(ws.dataset_dir / "dataset.json")
+    del record["part_hashes"][SKIPPED_POSITIONS_FILE]
+    write_record(ws.dataset_dir / "dataset.json", record)
     code, err = run_app(app, ["export", "--format", "llava-json", "--out", str(tmp_path / "all.json"),
                               "-w", str(ws.root)])
     assert code == 2 and "ingest again" in err and "2 were skipped" in err

@@ -124,7 +124,7 @@ def test_existing_subset_needs_overwrite(ws):
         (["--strategy", "random", "--k", "-3"], ["k must be positive"]),
         (["--strategy", "l2-maxdiverse", "--k", "121"], ["k=121", "larger than the pool", "120"]),
         (["--strategy", "random", "--k", "70", "--require-image"], ["k=70", "larger than the pool"]),
-        (["--strategy", "furthest", "--k", "5"], ["unknown strategy", "l2-maxdiverse, random"]),
+        (["--strategy", "furthest", "--k", "5"], ["unknown strategy", "l2-maxdiverse, leverage, random"]),
         (["--strategy", "random", "--k", "5", "--split", "nosuch"], ["pool is empty", "nosuch"]),
         (["--strategy", "random"], ["--k N or --fraction F"]),
         (["--strategy", "random", "--fraction", "1.5"], ["--fraction"]),

@@ -82,8 +82,9 @@ def test_kmeans_balanced_picks_distinct_samples_nearest_their_centroid():
 
 def test_get_strategy_lists_valid_names():
     assert set(STRATEGIES) == {"l2-maxdiverse", "random", "kmeans-balanced", "semdedup", "coincide",
-                               "top-score", "leverage", "centred-correlation", "d2-pruning"}
-    valid = "valid: centred-correlation, coincide, d2-pruning, kmeans-balanced, l2-maxdiverse, leverage"
+                               "top-score", "leverage", "centred-correlation", "d2-pruning", "influence"}
+    valid = ("valid: centred-correlation, coincide, d2-pruning, influence, kmeans-balanced, l2-maxdiverse, "
+             "leverage")
     with pytest.raises(UserError, match=valid):
         get_strategy("l2-maxdiverce")
 
@@ -93,6 +94,8 @@ def test_bad_k_is_a_user_error(k):
     x = np.zeros((10, 3), dtype=np.float32)
     for name, fn in STRATEGIES.items():
         extra = {"scores": np.zeros(10)} if name in ("top-score", "d2-pruning") else {}
+        if name == "influence":
+            extra = {"targets": np.ones((2, 3), dtype=np.float32)}
         with pytest.raises(UserError, match="k"):
             fn(x, k, seed=0, **extra)
 

@@ -360,7 +360,8 @@ def _run_cell(job: CellJob) -> tuple[str, bool]:
     if _finished(run_dir, job.key):
         log(f"{label}: finished earlier, skipped")
         return _outcome(run_dir, "finished earlier"), True
-    if not _trained(run_dir, job.key):
+    trained_now = not _trained(run_dir, job.key)
+    if trained_now:
         resumable = _prepare_run(ws, job.config)
         resumed = " (resuming its checkpoint)" if resumable is not job.config else ""
         log(f"{label}: training ({cell.strategy}, {cell.k} samples, {cell.llm}, seed {cell.seed}){resumed}")
@@ -369,7 +370,8 @@ def _run_cell(job: CellJob) -> tuple[str, bool]:
     eval_spec = job.grid.eval
     if eval_spec.skip:
         log(f"{label}: trained; evaluated outside the ablation ([eval] skip)")
-        return
+        return ("trained; evaluated outside the ablation" if trained_now else "trained earlier, skipped"), \
+            not trained_now
     first = f" (first {eval_spec.limit})" if eval_spec.limit else ""
     log(f"{label}: evaluating on {eval_spec.split}{first}")
     avg = metrics_value(job.backend.evaluate(ws, run_dir, eval_spec), ACCURACY)
