@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 from curate.cli import app
 from curate.stats import stats_target
 from datasets_spec.fingerprint import table_fingerprint
-from datasets_spec.parts import part_hashes, read_json, write_record
 from datasets_spec.llava_tasks import TASKS, sample_task
+from datasets_spec.parts import part_hashes, read_json, write_record
 from datasets_spec.schema import ADDED_COLUMNS, COLUMNS
 from datasets_spec.workspace import Workspace
 from tests.cli_helpers import run_app
