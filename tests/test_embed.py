@@ -18,7 +18,7 @@ from curate.clip_model import load_model
 from curate.embed import default_tag, embed_workspace, sample_text
 from curate.embedding_sets import load_embeddings, resolve_tag
 from datasets_spec.errors import UserError
-from datasets_spec.parts import file_sha256, list_parts, read_json
+from datasets_spec.parts import file_sha256, list_parts, read_json, write_record
 from datasets_spec.workspace import Workspace
 
 TAG = "tiny-clip_none"
@@ -141,7 +141,8 @@ def test_torchrun_two_ranks_write_one_set(embedded_workspace, tmp_path):
 def test_stale_embeddings_are_refused(embedded_workspace, tmp_path):
     ws = copy_workspace(embedded_workspace, tmp_path)
     info_path = ws.embeddings_dir / TAG / "embeddings.json"
-    info_path.write_text(info_path.read_text().replace(ws.dataset_fingerprint(), "0" * 64))
+    # re-sealed, as a set written for another dataset would be: only the fingerprint gives it away
+    write_record(info_path, json.loads(info_path.read_text().replace(ws.dataset_fingerprint(), "0" * 64)))
     result = run_curate("select", "-w", str(ws.root), "--strategy", "l2-maxdiverse", "--k", "5")
     assert_user_error(result, "stale embeddings", "curate embed")
     assert not ws.shards_dir.exists()
@@ -160,7 +161,7 @@ def test_nan_embeddings_are_refused(embedded_workspace, tmp_path):
     info_path = part.parent / "embeddings.json"
     info = json.loads(info_path.read_text())
     info["part_hashes"][part.name] = file_sha256(part)
-    info_path.write_text(json.dumps(info))
+    write_record(info_path, info)
     bad_id = table.column("sample_id")[0].as_py()
     result = run_curate("select", "-w", str(ws.root), "--strategy", "kmeans-balanced", "--k", "5")
     assert_user_error(result, "NaN or inf", bad_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -182,7 +183,7 @@ def test_cli_eval_options_are_the_eval_spec_fields() -> None:
     assert params["batch_size"].default == 16 and params["max_new_tokens"].default == 64
     assert params["prompt_format"].default is None and params["prompt_suffix"].default is None
     assert {"split", "limit", "batch_size", "max_new_tokens", "prompt_format", "prompt_suffix"} <= set(params)
-    cli_fields = [name for name in EvalSpec.__dataclass_fields__ if name not in EvalSpec.CLI_EXCLUDED]
+    cli_fields = [f.name for f in dataclasses.fields(EvalSpec) if f.name not in EvalSpec.CLI_EXCLUDED]
     assert EvalSpec() == EvalSpec(**{name: params[name].default for name in cli_fields})
     assert "skip" not in params  # a grid's `[eval] skip`, meaningless for one `train eval`
     assert params["max_new_tokens"].opts == ["--max-new-tokens"]
