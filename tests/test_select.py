@@ -132,7 +132,7 @@ def test_existing_subset_needs_overwrite(ws):
         (["--strategy", "random", "--k", "5", "--dedup-eps", "-1"], ["--dedup-eps", "finite number >= 0"]),
         (["--strategy", "random", "--k", "5", "--dedup-eps", "nan"], ["--dedup-eps", "got nan"]),
         (["--strategy", "l2-maxdiverse", "--k", "5", "--dedup-eps", "inf"], ["--dedup-eps", "got inf"]),
-        (["--strategy", "l2-maxdiverse", "--k", "5", "--memory-budget", "nan"], ["--memory-budget", "got nan"]),
+        (["--strategy", "l2-maxdiverse", "--k", "5", "--memory-budget", "nan"], ["--memory-budget", "nan"]),
         (["--strategy", "random", "--k", "5", "--name", "../../evil"], ["--name '../../evil'"]),
         (["--strategy", "random", "--k", "5", "--name", "."], ["--name '.'"]),
     ],
