@@ -18,7 +18,7 @@ from curate.embedding_sets import load_embeddings
 from curate.kcenter.select import KCenterOptions, run_kcenter
 from curate.registry import NEEDS_EMBEDDING_SET, NEEDS_SCORE_SET, StrategyRecord, check_options, get_record
 from curate.shards import MANIFEST, check_subset_name, write_subset
-from curate.strategies import check_k, coverage_report, dedup_pool
+from curate.strategies import check_dedup_eps, check_k, coverage_report, dedup_pool
 from datasets_spec.distributed import world_size
 from datasets_spec.errors import UserError
 from datasets_spec.outputs import check_replaceable, has_file
@@ -124,6 +124,10 @@ def select_subset(
     strategy_opts = check_options(strategy, strategy_opts, where="curate select")
     if k is not None and k <= 0:
         raise UserError(f"k must be positive (got {k})")
+    if dedup_eps is not None:
+        check_dedup_eps(dedup_eps)
+    if name is not None:
+        check_subset_name(name)  # before the rows are read; the path is shards/<name> exactly
     fingerprint = ws.dataset_fingerprint()  # before the rows are read: write_subset checks it still holds
     table, pool = build_pool(ws, split, require_image)
     sharded = strategy == KCENTER and not dedup_eps
@@ -177,7 +181,7 @@ def select_subset(
 def _in_memory(ws, record: StrategyRecord, table, pool, k, fraction, seed, dedup_eps, tag, kcenter,
                strategy_opts):
     """Any strategy on the pool's rows loaded in memory (after the optional dedup); one process."""
-    needs = record.needs in NEEDS_EMBEDDING_SET or (dedup_eps is not None and dedup_eps > 0)
+    needs = record.needs in NEEDS_EMBEDDING_SET or dedup_eps is not None
     matrix = info = None
     if needs:
         matrix, _, info = load_embeddings(ws, tag)

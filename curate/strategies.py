@@ -9,6 +9,8 @@ Indices are returned in selection order (the subset's ``rank``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from curate.kcenter import check_k, exact_sq_dists, l2_maxdiverse  # noqa: F401 (l2_maxdiverse re-exported)
@@ -65,6 +67,12 @@ def kmeans_balanced(
 EXACT_DEDUP_MAX_ROWS = 20_000
 
 
+def check_dedup_eps(eps: float) -> None:
+    """A finite distance >= 0 (0: keep every sample); NaN or inf would silently keep or drop everything."""
+    if not math.isfinite(eps) or eps < 0:
+        raise UserError(f"--dedup-eps must be a finite number >= 0 (got {eps})")
+
+
 def dedup_pool(
     embeddings: np.ndarray, eps: float, *, exact_max_rows: int = EXACT_DEDUP_MAX_ROWS
 ) -> np.ndarray:
@@ -73,8 +81,7 @@ def dedup_pool(
     ``exact_max_rows`` rows; above, the same rule through k-means cells (``dedup_clustered``)."""
     import faiss
 
-    if eps < 0:
-        raise UserError(f"--dedup-eps must be >= 0 (got {eps})")
+    check_dedup_eps(eps)
     x = _as_matrix(embeddings)
     n = x.shape[0]
     if eps == 0 or n == 0:

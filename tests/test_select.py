@@ -129,12 +129,27 @@ def test_existing_subset_needs_overwrite(ws):
         (["--strategy", "random"], ["--k N or --fraction F"]),
         (["--strategy", "random", "--fraction", "1.5"], ["--fraction"]),
         (["--strategy", "random", "--k", "5", "--embeddings", "nosuch"], ["nosuch", "curate embed"]),
+        (["--strategy", "random", "--k", "5", "--dedup-eps", "-1"], ["--dedup-eps", "finite number >= 0"]),
+        (["--strategy", "random", "--k", "5", "--dedup-eps", "nan"], ["--dedup-eps", "got nan"]),
+        (["--strategy", "l2-maxdiverse", "--k", "5", "--dedup-eps", "inf"], ["--dedup-eps", "got inf"]),
+        (["--strategy", "l2-maxdiverse", "--k", "5", "--memory-budget", "nan"], ["--memory-budget", "nan"]),
+        (["--strategy", "random", "--k", "5", "--name", "../../evil"], ["--name '../../evil'"]),
+        (["--strategy", "random", "--k", "5", "--name", "."], ["--name '.'"]),
     ],
 )
 def test_bad_select_inputs(ws, args, needles):
     result = run_curate("select", "-w", str(ws.root), *args)
     assert_user_error(result, *needles)
     assert not ws.shards_dir.exists()
+
+
+def test_dedup_eps_zero_keeps_every_sample(ws, tmp_path):
+    # eps 0 drops nothing: the same rows as no dedup, for a strategy that reads no embeddings itself
+    plain = select_subset(ws, "random", k=7, seed=3, name="plain")
+    zero = select_subset(ws, "random", k=7, seed=3, name="zero", dedup_eps=0.0)
+    assert read_subset(plain)[0].column("sample_id").to_pylist() == \
+        read_subset(zero)[0].column("sample_id").to_pylist()
+    assert json.loads((zero / "manifest.json").read_text())["pool"]["after_dedup"] == 120
 
 
 def test_manifest_is_json_with_sorted_counts(ws):

@@ -7,6 +7,7 @@ the device, the number of processes or where a resumed run was interrupted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,8 +45,9 @@ class KCenterOptions:
     """Stop after this many picks, leaving the checkpoint to resume from (tests, time-boxed jobs)."""
 
     def __post_init__(self) -> None:
-        if self.memory_budget_gb is not None and self.memory_budget_gb <= 0:
-            raise UserError(f"--memory-budget must be positive (got {self.memory_budget_gb})")
+        budget = self.memory_budget_gb
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise UserError(f"--memory-budget must be a positive number of GB (got {budget})")
         if self.checkpoint_every <= 0:
             raise UserError(f"--checkpoint-every must be positive (got {self.checkpoint_every})")
         if self.stop_after is not None and self.stop_after <= 0:
