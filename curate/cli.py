@@ -343,6 +343,11 @@ def _select(
     ),
     checkpoint_every: int = typer.Option(1000, help="l2-maxdiverse: picks between resumable checkpoints."),
     progress: bool = typer.Option(True, help="l2-maxdiverse: progress bar (picks/s, ETA) on stderr."),
+    group_by: str | None = typer.Option(None, help="Run the strategy in each group of this column: subject, "
+                                        "topic, category, skill, task, source (name gets -by-<col>)."),
+    per_group: str | None = typer.Option(None, help="--group-by: proportional (default), equal or a JSON "
+                                         "file {group: count}."),
+    min_per_group: int | None = typer.Option(None, help="--group-by: at least min(N, size) from each group."),
     **strategy_options: object,
 ) -> None:
     from curate.kcenter.select import KCenterOptions
@@ -355,7 +360,7 @@ def _select(
         overwrite=overwrite, command=command_line(),
         kcenter=KCenterOptions(device=device, memory_budget_gb=memory_budget,
                                checkpoint_every=checkpoint_every, show_progress=progress),
-        **given,
+        group_by=group_by, per_group=per_group, min_per_group=min_per_group, **given,
     )
     if rank() == 0:  # under torchrun rank 0 wrote the subset
         typer.echo(str(out))

@@ -20,15 +20,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
+from curate.group_budgets import GROUP_COLUMNS, MISSING_GROUP
 from curate.select import build_pool, optional_coverage
 from curate.shards import write_subset
 from curate.strategies import check_k
 from datasets_spec.errors import UserError
 from datasets_spec.workspace import Workspace
 
-GROUP_COLUMNS = ("subject", "topic", "category", "skill")
 PREFERENCES = ("hard", "easy", "none")
-MISSING_GROUP = "(none)"
 
 
 def rule_order(difficulty: np.ndarray, has_image: np.ndarray, *, prefer: str, image_first: bool,

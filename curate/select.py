@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.embedding_sets import load_embeddings
+from curate.group_budgets import Grouping, parse_grouping, pick_in_groups
 from curate.kcenter.select import KCenterOptions, run_kcenter
 from curate.registry import NEEDS_EMBEDDING_SET, NEEDS_SCORE_SET, StrategyRecord, check_options, get_record
 from curate.shards import MANIFEST, check_subset_name, write_subset
@@ -110,14 +111,19 @@ def select_subset(
     overwrite: bool = False,
     command: str = "",
     kcenter: KCenterOptions | None = None,
+    group_by: str | None = None,
+    per_group: str | None = None,
+    min_per_group: int | None = None,
     **strategy_opts: object,
 ) -> Path | None:
-    """Select a subset with ``strategy``; return ``shards/<name or strategy-k<k>>/``.
+    """Select a subset with ``strategy``; return ``shards/<name or strategy-k<k>[-by-<group_by>]>/``.
 
     ``l2-maxdiverse`` without dedup runs on :mod:`curate.kcenter` (``kcenter`` options: device, memory
     budget, checkpoints, progress; sharded under torchrun); None when it stopped early to resume later.
     ``strategy_opts`` are the registry record's options (curate/registry.py); a scores strategy reads
-    the score set named by ``score`` for the pool (every pool sample must have a row).
+    the score set named by ``score`` for the pool (every pool sample must have a row). ``group_by``
+    runs the strategy within each group of that column (curate/group_budgets.py): ``per_group`` is the
+    allocation rule, ``min_per_group`` each group's floor.
     """
     started = time.perf_counter()
     record = get_record(strategy)
@@ -128,14 +134,22 @@ def select_subset(
         check_dedup_eps(dedup_eps)
     if name is not None:
         check_subset_name(name)  # before the rows are read; the path is shards/<name> exactly
+    grouping = parse_grouping(group_by, per_group, min_per_group)
+    if grouping is not None and world_size() > 1:
+        raise UserError("--group-by runs in one process, not under torchrun; run it without torchrun")
+    if grouping is not None and isinstance(grouping.rule, dict) and k is None and fraction is None:
+        k = sum(grouping.rule.values())  # the file spells out every count: k is their sum
+        if k <= 0:
+            raise UserError(f"--per-group file counts sum to {k}; give at least one sample")
     fingerprint = ws.dataset_fingerprint()  # before the rows are read: write_subset checks it still holds
     table, pool = build_pool(ws, split, require_image)
-    sharded = strategy == KCENTER and not dedup_eps
+    # Grouped k-center runs the in-memory greedy once per group (the sharded engine is one pool's run).
+    sharded = strategy == KCENTER and not dedup_eps and grouping is None
     if world_size() > 1 and not sharded:
         raise UserError("under torchrun only l2-maxdiverse without --dedup-eps runs (sharded); run others "
                         "in one process")
     run = None
-    scores_summary, report = None, {}
+    scores_summary, report, groups = None, {}, None
     if sharded:
         k = resolve_k(k, fraction, len(pool))
         name = name or f"{strategy}-k{k}"
@@ -148,8 +162,9 @@ def select_subset(
             return None
         kept, rows, emb_summary, coverage = pool, pool[run.picks], embeddings_summary(run.info), run.coverage
     else:
-        kept, k, rows, emb_summary, coverage, scores_summary, report = _in_memory(
-            ws, record, table, pool, k, fraction, seed, dedup_eps, embeddings_tag, kcenter, strategy_opts
+        kept, k, rows, emb_summary, coverage, scores_summary, report, groups = _in_memory(
+            ws, record, table, pool, k, fraction, seed, dedup_eps, embeddings_tag, kcenter, strategy_opts,
+            grouping,
         )
     manifest = {
         "kind": "select",
@@ -157,6 +172,7 @@ def select_subset(
         "params": {
             "k": k, "fraction": fraction, "seed": seed, "split": split, "require_image": require_image,
             "dedup_eps": dedup_eps, "embeddings_tag": embeddings_tag, **strategy_opts,
+            **_grouping_params(grouping),
         },
         "k": k,
         "seed": seed,
@@ -169,7 +185,10 @@ def select_subset(
         "command": command,
         "selection_seconds": round(time.perf_counter() - started, 3),  # the cost table's selection time
     }
-    path = ws.shards_dir / (name or f"{strategy}-k{k}")
+    if groups is not None:
+        manifest["groups"] = groups
+    suffix = f"-by-{grouping.by}" if grouping is not None else ""
+    path = ws.shards_dir / (name or f"{strategy}-k{k}{suffix}")
     if run is None or run.comm.rank == 0:
         path = write_subset(ws, path.name, table, rows, manifest, overwrite=overwrite,
                             dataset_fingerprint=fingerprint)
@@ -178,9 +197,16 @@ def select_subset(
     return path
 
 
+def _grouping_params(grouping: Grouping | None) -> dict:
+    if grouping is None:  # ungrouped manifests keep their params as before
+        return {}
+    return {"group_by": grouping.by, "per_group": grouping.label, "min_per_group": grouping.min_per_group}
+
+
 def _in_memory(ws, record: StrategyRecord, table, pool, k, fraction, seed, dedup_eps, tag, kcenter,
-               strategy_opts):
-    """Any strategy on the pool's rows loaded in memory (after the optional dedup); one process."""
+               strategy_opts, grouping: Grouping | None):
+    """Any strategy on the pool's rows loaded in memory (after the optional dedup); one process; within
+    each group when ``grouping`` (returned last: the manifest's ``groups``, else None)."""
     needs = record.needs in NEEDS_EMBEDDING_SET or dedup_eps is not None
     matrix = info = None
     if needs:
@@ -198,7 +224,11 @@ def _in_memory(ws, record: StrategyRecord, table, pool, k, fraction, seed, dedup
         fn_opts = record.inputs(ws, fn_opts, table, kept, info, report)
     if record.takes_report():
         fn_opts["report"] = report
-    picks = np.asarray(record.fn(x, k, seed=seed, **fn_opts), dtype=np.int64)
+    groups = None
+    if grouping is None:
+        picks = np.asarray(record.fn(x, k, seed=seed, **fn_opts), dtype=np.int64)
+    else:
+        picks, groups = pick_in_groups(grouping, record.fn, x, k, table, kept, seed=seed, **fn_opts)
     rows = kept[picks]
     if info is not None:
         emb_summary = embeddings_summary(info)
@@ -207,7 +237,7 @@ def _in_memory(ws, record: StrategyRecord, table, pool, k, fraction, seed, dedup
         coverage = coverage_report(matrix[pool], position[rows])
     else:
         emb_summary, coverage = optional_coverage(ws, tag, pool, rows)
-    return kept, k, rows, emb_summary, coverage, scores_summary, report
+    return kept, k, rows, emb_summary, coverage, scores_summary, report, groups
 
 
 def _score_inputs(
