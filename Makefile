@@ -46,6 +46,10 @@ bench: $(STAMP)
 	$(PY) bench/embed_reference_bench.py
 	$(PY) bench/embed_text_bench.py
 	$(PY) bench/grad_features_bench.py
+	$(PY) bench/trainfree_bench.py
+	$(PY) bench/group_budgets_bench.py
+	$(PY) bench/integrity_bench.py
+	$(PY) bench/llava_tasks_bench.py
 	$(PY) bench/stats_bench.py
 
 lint: $(STAMP)
