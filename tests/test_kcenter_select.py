@@ -158,7 +158,7 @@ def test_progress_bar_reports_picks_per_second(ws):
 
 def test_bad_kcenter_options_are_user_errors(ws):
     for args, needle in ((["--checkpoint-every", "0"], "--checkpoint-every must be positive"),
-                         (["--memory-budget", "-1"], "--memory-budget must be positive"),
+                         (["--memory-budget", "-1"], "--memory-budget must be a positive number of GB"),
                          (["--device", "tpu"], "unknown --device 'tpu'")):
         result = run_curate("select", "-w", str(ws.root), "--strategy", "l2-maxdiverse", "--k", "5", *args)
         assert_user_error(result, needle)
