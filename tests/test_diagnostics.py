@@ -180,3 +180,14 @@ def test_cli_rules_writes_diagnostics(ws):
     assert d["groups"]["subject"]["subset"] == d["groups"]["subject"]["pool"]  # a minimum per subject
     assert isinstance(d["near_duplicates"]["pairs"], int)
     assert "diagnostics:" in result.stderr
+
+
+def test_load_rows_reads_the_requested_rows_in_order(embedded_workspace):
+    from curate.embedding_sets import load_rows
+    from datasets_spec.errors import UserError
+
+    matrix, ids, _ = load_embeddings(embedded_workspace)
+    picked = [ids[150], ids[3], ids[64], ids[63]]  # across the 64-row parts, out of order
+    np.testing.assert_array_equal(load_rows(embedded_workspace, picked), matrix[[150, 3, 64, 63]])
+    with pytest.raises(UserError, match="no vector"):
+        load_rows(embedded_workspace, [ids[0], "not-a-sample"])
