@@ -20,13 +20,14 @@ from curate.shards import manifest_value, read_manifest
 
 # Group columns compared between subset and pool, when the dataset has them.
 DIAGNOSTIC_GROUP_COLUMNS = ("subject", "topic", "category", "skill", "task")
-# The one group column the ablation table and the CLI line show: the finest available. A skill or topic
-# splits a subject into many groups, so missing ones there say more than a missing subject; category
-# (ScienceQA's coarse natural/social/language split) comes last because nearly any subset hits all of it.
-FINEST_GROUP_ORDER = ("skill", "topic", "task", "subject", "category")
-# Cosine similarity at or above which two samples count as near-duplicates. 0.98 sits above what two
-# different questions on one image reach with CLIP-style fused embeddings, yet catches re-encoded images
-# and reworded copies, whose vectors differ only by encoder noise.
+# The one group column the ablation table and the CLI line show: the finest available, since a selector
+# that misses groups shows it first where there are many small ones. In ScienceQA's hierarchy a subject
+# (3) splits into topics, a topic into categories, a category into skills; task (LLaVA-mix source task)
+# is coarser than a topic; subject, the coarsest, is hit by nearly any subset.
+FINEST_GROUP_ORDER = ("skill", "category", "topic", "task", "subject")
+# Cosine similarity at or above which two samples count as near-duplicates. Exact copies score 1 up to
+# float error; 0.98 leaves room for re-encoded images and trivially reworded text while staying far above
+# what unrelated samples reach, so the count reads as "copies", not "similar topics".
 NEAR_DUP_COSINE = 0.98
 # Rows per block of the exact pairwise pass: a 4096 x 4096 float32 similarity block is 64 MiB, which
 # bounds memory whatever the subset size.

@@ -51,6 +51,9 @@ def test_group_coverage_and_difficulty_by_hand():
 
     d = subset_diagnostics(table, pool, subset)
     assert d["finest_group"] == "skill"
+    no_skill = subset_diagnostics(table.drop_columns(["skill"]), pool, subset)
+    assert no_skill["finest_group"] == "topic"  # category is all null here
+    assert "skill" not in no_skill["groups"]
     assert d["image_fraction"] == {"subset": pytest.approx(2 / 3, abs=1e-6), "pool": pytest.approx(0.6)}
     assert d["near_duplicates"]["pairs"] is None and d["near_duplicates"]["skipped"]
     assert d["coverage_radius"] == "coverage.radius"
