@@ -350,6 +350,7 @@ def _select(
     min_per_group: int | None = typer.Option(None, help="--group-by: at least min(N, size) from each group."),
     **strategy_options: object,
 ) -> None:
+    from curate.diagnostics import diagnostics_line
     from curate.kcenter.select import KCenterOptions
     from curate.select import select_subset
 
@@ -364,6 +365,7 @@ def _select(
     )
     if rank() == 0:  # under torchrun rank 0 wrote the subset
         typer.echo(str(out))
+        typer.echo(diagnostics_line(out), err=True)
 
 
 def _with_strategy_options(fn):
@@ -476,6 +478,7 @@ def rules(
     max_score: list[str] = typer.Option([], "--max-score", help="NAME=Y: keep scores <= Y (repeatable)."),
 ) -> None:
     """Select a subset by the curator's rules and write shards/rules-k<k>/."""
+    from curate.diagnostics import diagnostics_line
     from curate.rules import rules_subset
 
     out = rules_subset(
@@ -485,6 +488,7 @@ def rules(
         max_scores=_bounds(max_score, "--max-score"),
     )
     typer.echo(str(out))
+    typer.echo(diagnostics_line(out), err=True)
 
 
 def main() -> None:

@@ -237,3 +237,23 @@ def load_embeddings(ws: Workspace, tag: str | None = None) -> tuple[np.ndarray, 
             f"rerun `curate embed --overwrite`"
         )
     return matrix, dataset_ids, info
+
+
+def load_rows(ws: Workspace, sample_ids: list[str], tag: str | None = None) -> np.ndarray:
+    """The embeddings of ``sample_ids`` (float32, in that order), read one part at a time: memory holds a
+    part and the requested rows, never the whole set. A sample without a vector is a UserError."""
+    found = open_embedding_set(ws, tag)
+    where = {sid: i for i, sid in enumerate(sample_ids)}
+    out = np.empty((len(sample_ids), found.dim), dtype=np.float32)
+    seen = np.zeros(len(sample_ids), dtype=bool)
+    for index in range(len(found.parts)):
+        part_ids, mat = found.read_part(index)
+        target = np.array([where.get(sid, -1) for sid in part_ids], dtype=np.int64)
+        hit = target >= 0
+        out[target[hit]] = mat[hit]
+        seen[target[hit]] = True
+    if not seen.all():
+        missing = sample_ids[int(np.flatnonzero(~seen)[0])]
+        raise UserError(f"{found.directory}: stale embeddings, sample {missing!r} has no vector; "
+                        f"run `curate embed --overwrite`")
+    return out

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
+from curate.diagnostics import subset_diagnostics
 from curate.group_budgets import GROUP_COLUMNS, MISSING_GROUP
 from curate.select import build_pool, optional_coverage
 from curate.shards import write_subset
@@ -116,7 +117,7 @@ def rules_subset(
     order = rule_order(difficulty, has_image, prefer=prefer, image_first=require_image, seed=seed)
     positions, summary = pick_by_rules(order, groups, k, min_per_group)
     rows = pool[positions]
-    emb_summary, coverage = optional_coverage(ws, embeddings_tag, pool, rows)
+    emb_summary, coverage, matrix = optional_coverage(ws, embeddings_tag, pool, rows)
     picked_groups = [groups[p] for p in positions.tolist()]
     manifest = {
         "kind": "rules",
@@ -135,6 +136,8 @@ def rules_subset(
         "embeddings": emb_summary,
         "coverage": coverage,
         "command": command,
+        # the pool after the score thresholds: the one the rules chose from
+        "diagnostics": subset_diagnostics(table, pool, rows, matrix),
     }
     return write_subset(ws, name or f"rules-k{k}", table, rows, manifest, overwrite=overwrite)
 

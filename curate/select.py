@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.embedding_sets import load_embeddings
+from curate.diagnostics import NEAR_DUP_MAX_ROWS, subset_diagnostics
+from curate.embedding_sets import load_embeddings, load_rows
 from curate.group_budgets import Grouping, parse_grouping, pick_in_groups
 from curate.kcenter.select import KCenterOptions, run_kcenter
 from curate.registry import NEEDS_EMBEDDING_SET, NEEDS_SCORE_SET, StrategyRecord, check_options, get_record
@@ -80,8 +81,9 @@ def embeddings_summary(info: dict) -> dict:
 
 def optional_coverage(
     ws: Workspace, tag: str | None, pool: np.ndarray, rows: np.ndarray
-) -> tuple[dict | None, dict]:
+) -> tuple[dict | None, dict, np.ndarray | None]:
     """Coverage of the pool by ``rows`` when an embedding set is usable; else the reason it is skipped.
+    Last, the loaded matrix (dataset row order; None when skipped), for the subset's diagnostics.
 
     An explicitly requested tag must load; the default set is used only if it exists and is current.
     """
@@ -90,10 +92,10 @@ def optional_coverage(
     except UserError as exc:
         if tag is not None:
             raise
-        return None, {"skipped": str(exc)}
+        return None, {"skipped": str(exc)}, None
     position = np.full(matrix.shape[0], -1, dtype=np.int64)
     position[pool] = np.arange(len(pool))
-    return embeddings_summary(info), coverage_report(matrix[pool], position[rows])
+    return embeddings_summary(info), coverage_report(matrix[pool], position[rows]), matrix
 
 
 def select_subset(
@@ -161,8 +163,9 @@ def select_subset(
             run.finish(written=False)
             return None
         kept, rows, emb_summary, coverage = pool, pool[run.picks], embeddings_summary(run.info), run.coverage
+        matrix = None  # the sharded engine never holds the whole matrix
     else:
-        kept, k, rows, emb_summary, coverage, scores_summary, report, groups = _in_memory(
+        kept, k, rows, emb_summary, coverage, scores_summary, report, groups, matrix = _in_memory(
             ws, record, table, pool, k, fraction, seed, dedup_eps, embeddings_tag, kcenter, strategy_opts,
             grouping,
         )
@@ -187,6 +190,12 @@ def select_subset(
     }
     if groups is not None:
         manifest["groups"] = groups
+    sub_matrix = None
+    if run is not None and run.comm.rank == 0 and len(rows) <= NEAR_DUP_MAX_ROWS:
+        # After the timing above: read back only the subset's rows for the near-duplicate count.
+        ids = table.column("sample_id").take(pa.array(rows)).to_pylist()
+        sub_matrix = load_rows(ws, ids, run.info.get("tag"))
+    manifest["diagnostics"] = subset_diagnostics(table, pool, rows, matrix, subset_embeddings=sub_matrix)
     suffix = f"-by-{grouping.by}" if grouping is not None else ""
     path = ws.shards_dir / (name or f"{strategy}-k{k}{suffix}")
     if run is None or run.comm.rank == 0:
@@ -206,7 +215,8 @@ def _grouping_params(grouping: Grouping | None) -> dict:
 def _in_memory(ws, record: StrategyRecord, table, pool, k, fraction, seed, dedup_eps, tag, kcenter,
                strategy_opts, grouping: Grouping | None):
     """Any strategy on the pool's rows loaded in memory (after the optional dedup); one process; within
-    each group when ``grouping`` (returned last: the manifest's ``groups``, else None)."""
+    each group when ``grouping`` (the manifest's ``groups``, else None); last the embedding matrix when one
+    was loaded (dataset row order), else None."""
     needs = record.needs in NEEDS_EMBEDDING_SET or dedup_eps is not None
     matrix = info = None
     if needs:
@@ -236,8 +246,8 @@ def _in_memory(ws, record: StrategyRecord, table, pool, k, fraction, seed, dedup
         position[pool] = np.arange(len(pool))
         coverage = coverage_report(matrix[pool], position[rows])
     else:
-        emb_summary, coverage = optional_coverage(ws, tag, pool, rows)
-    return kept, k, rows, emb_summary, coverage, scores_summary, report, groups
+        emb_summary, coverage, matrix = optional_coverage(ws, tag, pool, rows)
+    return kept, k, rows, emb_summary, coverage, scores_summary, report, groups, matrix
 
 
 def _score_inputs(

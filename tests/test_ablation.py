@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from curate.dataset_store import write_dataset
+from curate.diagnostics import subset_diagnostics
 from curate.select import pool_rows
 from curate.shards import read_manifest, write_subset
 from datasets_spec.errors import UserError
@@ -219,6 +220,9 @@ class FakeBackend:
         rows = pool_rows(table, grid.split, grid.require_image)[: plan.k]
         strategy = "random" if plan.strategy is None else plan.strategy.strategy
         manifest = {"kind": "select", "strategy": strategy, "k": plan.k, "coverage": {"radius": 1.0 / plan.k}}
+        if strategy == "rules":  # the others stand for manifests written before diagnostics were recorded
+            pool = pool_rows(table, grid.split, grid.require_image)
+            manifest["diagnostics"] = subset_diagnostics(table, pool, rows)
         return write_subset(ws, plan.name, table, rows, manifest)
 
     def train(self, ws, subset_dir, config: TrainConfig, *, command=""):
@@ -252,6 +256,17 @@ def test_ablation_resumes_without_retraining_finished_cells(tmp_path, ws):
         "full__tiny-llama__s0",
     ]
     assert md.exists() and (ws.reports_dir / "ablation.csv").exists()
+    # the subsets' diagnostics reach both tables
+    table = pl.read_csv(ws.reports_dir / "ablation.csv")
+    assert {"group_coverage", "mean_difficulty", "near_dup_pairs"} <= set(table.columns)
+    d = read_manifest(ws.shards_dir / "rules-k4")["diagnostics"]
+    counts = d["groups"][d["finest_group"]]
+    rules = table.filter(pl.col("strategy") == "rules").row(0, named=True)
+    assert rules["group_coverage"] == f"{d['finest_group']} {counts['subset']}/{counts['pool']}"
+    assert rules["mean_difficulty"] == pytest.approx(d["difficulty"]["subset"], abs=1e-4)
+    random = table.filter(pl.col("strategy") == "random").row(0, named=True)
+    assert random["group_coverage"] is None and random["near_dup_pairs"] is None
+    assert "| group cov | mean diff | near-dup pairs |" in md.read_text()
 
     # Interruption: one cell never got evaluated, another never trained.
     (ws.runs_dir / "rules-k4__tiny-llama__s0" / "metrics.json").unlink()
@@ -348,6 +363,29 @@ def test_markdown_and_plots(tmp_path):
     for fn, name in ((report.plot_curves, "c.png"), (report.plot_categories, "b.png")):
         path = fn(summary, tmp_path / name)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_diagnostic_columns_and_manifests_without_them():
+    manifest = {"diagnostics": {"finest_group": "topic", "groups": {"topic": {"subset": 2, "pool": 9}},
+                                "difficulty": {"subset": 0.25, "pool": 0.5}, "near_duplicates": {"pairs": 0}}}
+    assert report.diagnostic_values(manifest) == {
+        "group_coverage": "topic 2/9", "mean_difficulty": 0.25, "near_dup_pairs": 0,
+    }
+    # a manifest written before diagnostics were recorded
+    assert report.diagnostic_values({"image_fraction": 0.5}) == {
+        "group_coverage": None, "mean_difficulty": None, "near_dup_pairs": None,
+    }
+    new = {**_run("rules", 4, "a", 0, 45.0), "group_coverage": "skill 3/5", "mean_difficulty": 0.4567,
+           "near_dup_pairs": 2}
+    md = report.markdown_table(report.summarize(report.runs_frame([_run("random", 4, "a", 0, 40.0), new])),
+                               title="T")
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| strategy"))
+    assert "| img frac | coverage radius | group cov | mean diff | near-dup pairs | target |" in header
+    rules = next(line for line in lines if line.startswith("| rules"))
+    old = next(line for line in lines if line.startswith("| random"))
+    assert "| 0.500 | 0.100 | skill 3/5 | 0.457 | 2 | - |" in rules
+    assert "| 0.500 | 0.100 | - | - | - | - |" in old
 
 
 # --- the real pipeline: a 2-cell tiny grid, interrupted and resumed -----

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from curate.diagnostics import group_cell
 from curate.shards import manifest_value, subset_hash
 from datasets_spec.parts import read_json, write_json
 from datasets_spec.workspace import Workspace
@@ -64,10 +65,26 @@ def run_rows(ws: Workspace, plan: Plan, manifests: Mapping[str, Mapping]) -> lis
         row["steps"] = _stage2_steps(ws.runs_dir / cell.run)
         row["image_fraction"] = _float(manifest_value(manifest, "image_fraction"))
         row["coverage_radius"] = _float(manifest_value(manifest, "coverage.radius"))
+        row.update(diagnostic_values(manifest))
         row["manifest_hash"] = subset_hash(manifest)
         row["target"] = target_label(manifest)
         rows.append(row)
     return rows
+
+
+# The manifest's ``diagnostics`` (curate/diagnostics.py) in the tables; None (shown "-") for a manifest
+# written before they were recorded. ``group_coverage`` is "<column> subset/pool" for the finest group column.
+DIAGNOSTIC_COLUMNS = {"group_coverage": pl.String, "mean_difficulty": pl.Float64, "near_dup_pairs": pl.Int64}
+
+
+def diagnostic_values(manifest: Mapping) -> dict:
+    """The :data:`DIAGNOSTIC_COLUMNS` of one subset's manifest."""
+    pairs = manifest_value(manifest, "diagnostics.near_duplicates.pairs")
+    return {
+        "group_coverage": group_cell(manifest),
+        "mean_difficulty": _float(manifest_value(manifest, "diagnostics.difficulty.subset")),
+        "near_dup_pairs": None if pairs is None else int(pairs),
+    }
 
 
 def target_label(manifest: Mapping) -> str | None:
@@ -102,6 +119,7 @@ RUN_SCHEMA = {
     "steps": pl.Int64,
     "image_fraction": pl.Float64,
     "coverage_radius": pl.Float64,
+    **DIAGNOSTIC_COLUMNS,
     "manifest_hash": pl.String,
     "target": pl.String,
 }
@@ -124,6 +142,7 @@ def summarize(runs: pl.DataFrame, stats: pl.DataFrame | None = None) -> pl.DataF
         pl.col("steps").max(),
         pl.col("image_fraction").first(),
         pl.col("coverage_radius").first(),
+        *[pl.col(c).first() for c in DIAGNOSTIC_COLUMNS],
         pl.col("manifest_hash").first(),
         pl.col("target").first(),
         pl.col("seed").sort().cast(pl.String).str.join(",").alias("seeds"),
@@ -186,6 +205,9 @@ def markdown_table(
         *[c for c in CATEGORIES if c != IMAGE],
         "img frac",
         "coverage radius",
+        "group cov",
+        "mean diff",
+        "near-dup pairs",
         "target",
         "manifest",
     ]
@@ -212,6 +234,9 @@ def markdown_table(
             *[_fmt(r[c]) for c in CATEGORIES if c != IMAGE],
             _fmt(r["image_fraction"], digits=3),
             _fmt(r["coverage_radius"], digits=3),
+            r.get("group_coverage") or "-",
+            _fmt(r.get("mean_difficulty"), digits=3),
+            "-" if r.get("near_dup_pairs") is None else str(r["near_dup_pairs"]),
             r.get("target") or "-",
             (r["manifest_hash"] or "-")[:12],
         ]
