@@ -167,14 +167,27 @@ def pooled_features(model, batch: dict, layers: tuple[int, ...], device: str) ->
     if batch.get("pixel_values") is not None:
         kwargs["pixel_values"] = batch["pixel_values"].to(device)
     hidden = body(**kwargs).hidden_states
-    if not all(-len(hidden) <= layer < len(hidden) for layer in layers):
-        raise UserError(
-            f"--layers {','.join(map(str, layers))}: the model has hidden states 0..{len(hidden) - 1} "
-            f"(0 = embeddings; negative counts from the last)"
-        )
+    check_layers(layers, len(hidden))
     mask = kwargs["attention_mask"].unsqueeze(-1).float()
     pooled = [F.normalize((hidden[layer].float() * mask).sum(1) / mask.sum(1), dim=-1) for layer in layers]
     return F.normalize(torch.cat(pooled, dim=-1), dim=-1).cpu().numpy().astype(np.float32)
+
+
+def check_layers(layers: tuple[int, ...], n_hidden: int) -> None:
+    """Every index names one of the model's ``n_hidden`` hidden states (embeddings + one per layer)."""
+    if not all(-n_hidden <= layer < n_hidden for layer in layers):
+        raise UserError(
+            f"--layers {','.join(map(str, layers))}: the model has hidden states 0..{n_hidden - 1} "
+            f"(0 = embeddings; negative counts from the last)"
+        )
+
+
+def hidden_state_count(model) -> int | None:
+    """Hidden states the language model returns (its layers + the embeddings), from its config; None when
+    the config does not say (the first batch then checks)."""
+    config = getattr(model.config, "text_config", None) or model.config
+    layers = getattr(config, "num_hidden_layers", None)
+    return layers + 1 if isinstance(layers, int) else None
 
 
 # --- the embedding run ---------------------------------------------------------------------------------
@@ -263,6 +276,9 @@ def _run(job: EmbedJob, kind: str, source: str, layers: tuple[int, ...], rank: i
     dev = _device(job.device, world)
     t0 = time.perf_counter()
     encoder = _Encoder(kind, source, job.params["seed"])
+    n_hidden = hidden_state_count(encoder.model)
+    if n_hidden is not None:
+        check_layers(layers, n_hidden)  # before any part (or the .partial directory) is written
     encoder.model.to(dev)
     if job.stats is not None:
         job.stats["seconds_model_load"] = time.perf_counter() - t0

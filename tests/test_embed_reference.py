@@ -140,16 +140,22 @@ def test_llava_features_equal_one_sample_forward_and_resume_is_identical(small_w
     assert any(has_image[:N_ROWS]) and info["model"].startswith("llava:")
 
 
+def _listing(root) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if ".lock" not in p.name)
+
+
 def test_bad_layers_and_foreign_run(small_ws, run_dir, tmp_path) -> None:
     for spec in ("a,b", "", "1,1"):
         with pytest.raises(UserError, match="--layers"):
             parse_layers(spec)
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(small_ws.root, ws.root)
+    before = _listing(ws.root)
     result = run_curate(
         "embed", "-w", str(ws.root), "--model", "lm:tiny-llama", "--layers", "40", "--num-workers", "0"
     )
     assert_user_error(result, "--layers 40: the model has hidden states 0..")
+    assert _listing(ws.root) == before  # refused before any part or .partial directory was written
     run = ws.runs_dir / run_dir.name
     write_json(run / "config.json", {"dataset_fingerprint": "9" * 64, "config": {}})
     assert_user_error(
