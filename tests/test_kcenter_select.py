@@ -85,6 +85,23 @@ def test_killed_selection_resumes_from_its_checkpoint_identically(ws, monkeypatc
     assert not checkpoint_dir(ws, "cut").exists()
 
 
+@pytest.mark.parametrize("keep_digest", [True, False])
+def test_edited_checkpoint_is_refused_not_resumed(ws, keep_digest):
+    opts = KCenterOptions(device="cpu", checkpoint_every=4, stop_after=9)
+    assert select_subset(ws, "l2-maxdiverse", k=20, name="cut", kcenter=opts) is None
+    path = checkpoint_dir(ws, "cut") / "rank-00000-000000008.npz"
+    with np.load(path) as z:
+        saved = {name: z[name] for name in z.files}
+    saved["picks"] = saved["picks"][::-1].copy()  # still a loadable checkpoint, of other picks
+    if not keep_digest:
+        del saved["digest"]
+    np.savez(path, **saved)
+    result = run_curate("select", "-w", str(ws.root), "--strategy", "l2-maxdiverse", "--k", "20",
+                        "--name", "cut")
+    assert_user_error(result, "rank-00000-000000008.npz: k-center checkpoint edited since it was written")
+    assert not (ws.shards_dir / "cut").exists()
+
+
 def test_resume_with_another_world_size_is_refused(ws):
     opts = KCenterOptions(device="cpu", checkpoint_every=5, stop_after=6)
     assert select_subset(ws, "l2-maxdiverse", k=20, name="cut", kcenter=opts) is None

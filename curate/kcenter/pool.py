@@ -112,6 +112,20 @@ def selection_key(pool: np.ndarray, k: int, info: dict) -> str:
     return h.hexdigest()
 
 
+# A resumed selection trusts these arrays completely (an edited `picks` would select other samples with rc 0),
+# so each file carries the sha256 of its arrays' dtypes, shapes and bytes, checked before they are used.
+STATE_ARRAYS = ("picks", "bound", "min_d", "nearest")
+
+
+def state_digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in STATE_ARRAYS:
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 class Checkpoints:
     """Per-rank checkpoint files of one selection (see the module docstring)."""
 
@@ -152,7 +166,12 @@ class Checkpoints:
         path = self._file(int(max(common)))
         remedy = f"delete {self.dir} and rerun the select (it starts the picks again)"
         with guarded_load(path, what="k-center checkpoint", remedy=remedy), np.load(path) as z:
-            return Resume(z["picks"], float(z["bound"]), z["min_d"], z["nearest"])
+            arrays = {name: z[name] for name in STATE_ARRAYS}
+            sealed = str(z["digest"]) if "digest" in z.files else None
+        if sealed != state_digest(arrays):
+            raise UserError(f"{path}: k-center checkpoint edited since it was written (its digest no longer "
+                            f"matches its arrays); {remedy}")
+        return Resume(arrays["picks"], float(arrays["bound"]), arrays["min_d"], arrays["nearest"])
 
     def _counts(self) -> list[int]:
         pat = re.compile(rf"rank-{self.comm.rank:05d}-(\d+)\.npz$")
@@ -167,8 +186,9 @@ class Checkpoints:
             return
         min_d, nearest = g.shard.state()
         with atomic_file(self._file(m)) as tmp, open(tmp, "wb") as fh:
-            picks = np.asarray(g.picks, dtype=np.int64)
-            np.savez(fh, picks=picks, bound=g.bound, min_d=min_d, nearest=nearest)
+            arrays = {"picks": np.asarray(g.picks, dtype=np.int64), "bound": np.asarray(g.bound),
+                      "min_d": min_d, "nearest": nearest}
+            np.savez(fh, digest=np.asarray(state_digest(arrays)), **arrays)
         for old in sorted(self._counts())[:-2]:
             self._file(old).unlink(missing_ok=True)
 
