@@ -191,8 +191,8 @@ def select_within_groups(fn: Callable[..., np.ndarray], embeddings: np.ndarray, 
     """Run ``fn`` on each group's rows with its budget; pool positions, groups in name order, each in
     the strategy's order.
 
-    ``groups`` is the group of each row of ``embeddings``. A numpy option with one row per pool sample
-    (``scores``) is cut to the group's rows; every other option (influence's targets) is shared. A
+    ``groups`` is the group of each row of ``embeddings``. The per-row options (:data:`PER_ROW_OPTIONS`:
+    ``scores``) are cut to the group's rows; every other option (influence's targets) is shared. A
     ``report`` dict receives one report per group. A group with budget 0 is not run.
     """
     n = len(embeddings)
@@ -209,7 +209,7 @@ def select_within_groups(fn: Callable[..., np.ndarray], embeddings: np.ndarray, 
         if budget == 0:
             continue
         rows = members.get(name, np.empty(0, dtype=np.int64))
-        sub_opts = {key: _rows_of(value, rows, n) for key, value in opts.items()}
+        sub_opts = {key: _rows_of(key, value, rows, n) for key, value in opts.items()}
         if report is not None:
             sub_opts["report"] = report.setdefault("groups", {}).setdefault(name, {})
         local = fn(embeddings[rows], budget, seed=group_seed(seed, index), **sub_opts)
@@ -239,7 +239,16 @@ def _members(groups: np.ndarray) -> dict[str, np.ndarray]:
     return {str(g): order[a:b] for g, a, b in zip(names, starts, stops, strict=True)}
 
 
-def _rows_of(value: object, rows: np.ndarray, n: int) -> object:
-    if isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n:
-        return value[rows]
-    return value
+# The strategy options that hold one value per pool row (curate select fills `scores` from a score set);
+# by name, not by shape, so that another array that happens to have as many rows (influence's targets) is
+# never cut.
+PER_ROW_OPTIONS = ("scores",)
+
+
+def _rows_of(key: str, value: object, rows: np.ndarray, n: int) -> object:
+    if key not in PER_ROW_OPTIONS:
+        return value
+    value = np.asarray(value)
+    if value.shape[0] != n:
+        raise ValueError(f"option {key!r} has {value.shape[0]} rows for a pool of {n}")
+    return value[rows]
