@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.group_budgets import MISSING_GROUP
 from curate.shards import manifest_value, read_manifest
 
 # Group columns compared between subset and pool, when the dataset has them.
@@ -39,29 +38,29 @@ NEAR_DUP_MAX_ROWS = 50_000
 COVERAGE_RADIUS_KEY = "coverage.radius"
 
 
-def _labels(table: pa.Table, column: str, rows: np.ndarray) -> list[str | None]:
-    return table.column(column).take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+def _take(table: pa.Table, column: str, rows: np.ndarray) -> pa.ChunkedArray:
+    return table.column(column).take(pa.array(np.asarray(rows, dtype=np.int64)))
+
+
+def _distinct(values: pa.ChunkedArray) -> int:
+    """Distinct values, null counted as one more (pyarrow's count over the column, no Python loop)."""
+    return int(pc.count_distinct(values, mode="all").as_py())
 
 
 def group_coverage(
     table: pa.Table, pool_rows: np.ndarray, subset_rows: np.ndarray
 ) -> dict[str, dict[str, int]]:
     """``{column: {"subset": distinct groups in the subset, "pool": distinct groups in the pool}}`` for each
-    of :data:`DIAGNOSTIC_GROUP_COLUMNS` the table has. A null value is its own group (``MISSING_GROUP``); a
-    column whose pool values are all null is skipped (it groups nothing)."""
+    of :data:`DIAGNOSTIC_GROUP_COLUMNS` the table has. A null value is its own group (as ``MISSING_GROUP``
+    is for --group-by); a column whose pool values are all null is skipped (it groups nothing)."""
     out: dict[str, dict[str, int]] = {}
     for column in DIAGNOSTIC_GROUP_COLUMNS:
         if column not in table.column_names:
             continue
-        pool = _labels(table, column, pool_rows)
-        if all(v is None for v in pool):
+        pool = _take(table, column, pool_rows)
+        if pool.null_count == len(pool):
             continue
-        subset = _labels(table, column, subset_rows)
-
-        def distinct(values: list) -> int:
-            return len({MISSING_GROUP if v is None else str(v) for v in values})
-
-        out[column] = {"subset": distinct(subset), "pool": distinct(pool)}
+        out[column] = {"subset": _distinct(_take(table, column, subset_rows)), "pool": _distinct(pool)}
     return out
 
 
@@ -69,7 +68,7 @@ def mean_difficulty(table: pa.Table, rows: np.ndarray) -> float | None:
     """Mean of the ``difficulty`` column over ``rows`` (nulls skipped); None without the column or values."""
     if "difficulty" not in table.column_names or len(rows) == 0:
         return None
-    value = pc.mean(table.column("difficulty").take(pa.array(np.asarray(rows, dtype=np.int64)))).as_py()
+    value = pc.mean(_take(table, "difficulty", rows)).as_py()
     return None if value is None else round(float(value), 6)
 
 
@@ -77,8 +76,7 @@ def image_fraction(table: pa.Table, rows: np.ndarray) -> float | None:
     """Fraction of ``rows`` with an image (rounded like the manifest's ``image_fraction``)."""
     if "image" not in table.column_names or len(rows) == 0:
         return None
-    images = table.column("image").take(pa.array(np.asarray(rows, dtype=np.int64)))
-    return round(1.0 - images.null_count / len(rows), 6)
+    return round(1.0 - _take(table, "image", rows).null_count / len(rows), 6)
 
 
 def near_duplicate_pairs(

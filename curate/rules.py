@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from curate.diagnostics import subset_diagnostics
-from curate.group_budgets import GROUP_COLUMNS, MISSING_GROUP
+from curate.group_budgets import GROUP_COLUMNS, group_labels
 from curate.select import build_pool, optional_coverage
 from curate.shards import write_subset
 from curate.strategies import check_k
@@ -113,7 +113,7 @@ def rules_subset(
     sub = table.take(pool)
     difficulty = sub.column("difficulty").to_numpy(zero_copy_only=False)
     has_image = pc.is_valid(sub.column("image")).to_numpy(zero_copy_only=False)
-    groups = [MISSING_GROUP if g is None else str(g) for g in sub.column(group_by).to_pylist()]
+    groups = group_labels(table, pool, group_by).tolist()
     order = rule_order(difficulty, has_image, prefer=prefer, image_first=require_image, seed=seed)
     positions, summary = pick_by_rules(order, groups, k, min_per_group)
     rows = pool[positions]
