@@ -120,11 +120,17 @@ def test_demo_cells_cost_their_planned_steps():
     plan = plan_ablation(grid, lambda require_image: 600)
 
     steps = {c.run: finetune_steps(cell_config(grid, c, pool_size=plan.pool_size), c.k) for c in plan.cells}
-    # 2 LLMs x (random at 150, 300 and full; random-b and l2-maxdiverse at 150 only) x 1 seed
-    assert len(steps) == 10
-    assert sorted({c.run.split("__")[0] for c in plan.cells}) == [
-        "full", "l2-maxdiverse-k150", "random-b-k150", "random-k150", "random-k300"]
-    assert set(steps.values()) == {1500}  # 600 problems x 10 epochs / batch 4, for every cell
+    # 2 LLMs x (random at 150, 300 and full; random-b and l2-maxdiverse at 150 only) x 2 seeds
+    assert len(steps) == 20
+    assert sorted({c.subset for c in plan.cells}) == [
+        "full", "l2-maxdiverse-k150-s0", "l2-maxdiverse-k150-s1", "random-b-k150-s0", "random-b-k150-s1",
+        "random-k150-s0", "random-k150-s1", "random-k300-s0", "random-k300-s1"]
+    # every seed draws its own subset; random-b's draws (seeds 100, 101) are never random's (0, 1)
+    offsets = {(s.name, s.seed_offset + int(s.strategy.options.get("seed", 0))) for s in plan.subsets
+               if s.strategy is not None}
+    assert {seed for name, seed in offsets if name.startswith("random-b")} == {100, 101}
+    assert {seed for name, seed in offsets if name.startswith("random-k")} == {0, 1}
+    assert set(steps.values()) == {750}  # 600 problems x 5 epochs / batch 4, for every cell
 
 
 # --- bad input: one line, exit 2 -----
@@ -487,6 +493,35 @@ def test_pool_split_all_draws_from_every_split(tmp_path, ws):
     made = Backend().make_subset(ws, grid, full)  # the real curate selection of the whole pool
     assert read_manifest(made)["rows"] == 18
     assert sorted(read_manifest(made)["counts"]["split"].items()) == [("test", 6), ("train", 12)]
+
+
+def test_redraw_subsets_gives_each_seed_its_own_draw(ws):
+    text = BASE_GRID.replace("seeds = [0]", "seeds = [0, 1]\nredraw_subsets = true")
+    plan = _plan(text)
+    assert sorted(s.name for s in plan.subsets) == [
+        "full", "random-k4-s0", "random-k4-s1", "rules-k4-s0", "rules-k4-s1"
+    ]
+    by_run = {c.run: c.subset for c in plan.cells}
+    assert by_run["random-k4-s1__tiny-llama__s1"] == "random-k4-s1"
+    assert by_run["full__tiny-llama__s0"] == by_run["full__tiny-llama__s1"] == "full"
+    # the draws are the strategy's seed + the training seed, through the real selection
+    draws = {s.name: s for s in plan.subsets}
+    grid = grid_from_dict(__import__("tomllib").loads(text))
+    made = {name: Backend().make_subset(ws, grid, draws[name]) for name in ("random-k4-s0", "random-k4-s1")}
+    manifests = {name: read_manifest(path) for name, path in made.items()}
+    assert [manifests[n]["seed"] for n in ("random-k4-s0", "random-k4-s1")] == [0, 1]
+    ids = {n: sorted(read_subset_ids(path)) for n, path in made.items()}
+    assert ids["random-k4-s0"] != ids["random-k4-s1"]
+    # the default keeps one subset per row: every seed trains on it
+    assert sorted(s.name for s in _plan(BASE_GRID.replace("seeds = [0]", "seeds = [0, 1]")).subsets) == [
+        "full", "random-k4", "rules-k4"
+    ]
+
+
+def read_subset_ids(path: Path) -> list[str]:
+    from curate.shards import read_subset
+
+    return read_subset(path)[0].column("sample_id").to_pylist()
 
 
 def test_jobs_must_be_positive(tmp_path, ws):

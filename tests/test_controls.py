@@ -169,6 +169,19 @@ def test_failed_controls_are_said_plainly():
     assert control_lines(controls, [])[0].endswith("the control did not run")
 
 
+def test_replicated_control_line_shows_both_p_values():
+    import dataclasses
+
+    controls = ControlsSpec(negative="random-b")
+    # two draws apart on the questions (p = 0.004) but not beyond the runs' spread (p = 0.31): not flagged
+    result = dataclasses.replace(_comparison(-10.0, -25.0, 5.0, 0.31), p_questions=0.0039, p_runs=0.31)
+    (negative,) = control_lines(controls, [(_key("random-b", "tiny-llama"), "random", result)])
+    assert negative == (
+        "negative control: random-b vs random; tiny-llama k=4: -10.0 points [-25.0, +5.0], p = 0.31 "
+        "(questions 0.0039, runs 0.31): not flagged, as it must not be."
+    )
+
+
 def test_progress_line_estimates_time_left_from_trained_steps():
     now = [0.0]
     progress = CellProgress(total_cells=3, total_steps=400, clock=lambda: now[0])

@@ -25,12 +25,7 @@ N_TRAIN, N_VAL, N_TEST = 16, 6, 4
 IDENTITY_DIM = 10**6  # above any tiny LoRA gradient's size: the features are the gradients themselves
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def curate(*args: str) -> tuple[int, str]:

@@ -114,10 +114,17 @@ def test_resume_with_another_world_size_is_refused(ws):
     assert not (ws.shards_dir / "cut").exists()
 
 
-def test_changed_selection_discards_an_old_checkpoint(ws):
+def test_changed_selection_discards_an_old_checkpoint(ws, monkeypatch):
     opts = KCenterOptions(device="cpu", checkpoint_every=5, stop_after=6)
     assert select_subset(ws, "l2-maxdiverse", k=20, name="x", kcenter=opts) is None
+    # Greedy k-center picks are prefix-stable, so resuming the k=20 checkpoint would give the same subset:
+    # only the path taken tells a discarded checkpoint from a reused one.
+    paths: list[str] = []
+    start, resume = Greedy.start, Greedy.resume
+    monkeypatch.setattr(Greedy, "start", lambda self, *a: (paths.append("start"), start(self, *a))[1])
+    monkeypatch.setattr(Greedy, "resume", lambda self, *a: (paths.append("resume"), resume(self, *a))[1])
     path = select_subset(ws, "l2-maxdiverse", k=25, name="x", kcenter=KCenterOptions(device="cpu"))
+    assert paths == ["start"]
     ref = select_subset(ws, "l2-maxdiverse", k=25, name="ref", kcenter=KCenterOptions(device="numpy"))
     _same_subset(path, ref)
 

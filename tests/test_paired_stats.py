@@ -251,5 +251,68 @@ def test_several_seeds_use_the_size_of_each_difference():
     result = compare(a, b)
     # Every non-zero difference favours a: only the all-positive and all-negative sign patterns reach the
     # observed sum, so p = 2 / 2**10; McNemar on the 10 questions "a better" would give the same here.
-    assert math.isclose(result.p_value, 2 / 2**10, rel_tol=1e-9)
+    assert math.isclose(result.p_questions, 2 / 2**10, rel_tol=1e-9)
     assert math.isclose(result.diff, 100 * (6 + 0.5 * 4) / 30)
+    # Runs: a 20/30 and 16/30, b 10/30 twice. Welch: difference 26.67 points, standard error 6.67 from a's
+    # two runs alone, so t = 4 on 1 degree of freedom (Cauchy): p = 1 - 2 atan(4) / pi = 0.156.
+    assert math.isclose(result.p_runs, 1 - 2 * math.atan(4) / math.pi, rel_tol=1e-9)
+    assert result.p_value == result.p_runs and not result.significant
+
+
+def test_run_level_test_matches_scipy_welch():
+    from scipy import stats
+
+    from train.paired_stats import run_accuracies, welch_runs
+
+    rng = np.random.default_rng(7)
+    for n_a, n_b in [(2, 2), (3, 2), (4, 5)]:
+        a = _answers("a", (rng.random((n_a, 200)) < 0.6).astype(int).tolist())
+        b = _answers("b", (rng.random((n_b, 200)) < 0.5).astype(int).tolist())
+        p, (lo, hi) = welch_runs(a, b)
+        ref = stats.ttest_ind(run_accuracies(a), run_accuracies(b), equal_var=False)
+        assert math.isclose(p, ref.pvalue, rel_tol=1e-9)
+        ci = ref.confidence_interval(0.95)
+        assert math.isclose(lo, ci.low, rel_tol=1e-9) and math.isclose(hi, ci.high, rel_tol=1e-9)
+
+
+def test_two_draws_apart_on_questions_but_not_beyond_the_run_spread_are_not_significant():
+    # The negative control's situation: each cell's two runs disagree by 20 points (another subset draw,
+    # another seed), and a's runs happen to sit 10 points above b's on average. On the questions alone that
+    # is significant; against the runs' own spread it is not.
+    q = 400
+    a_runs = [[1] * 240 + [0] * 160, [1] * 160 + [0] * 240]  # 60% and 40%
+    b_runs = [[0] * 200 + [1] * 80 + [0] * 120, [0] * 240 + [1] * 40 + [0] * 120]  # 20% and 10%
+    a, b = _answers("a", a_runs), _answers("b", b_runs)
+    assert len(a_runs[0]) == q
+    result = compare(a, b)
+    assert math.isclose(result.diff, 35.0)
+    assert result.p_questions < 1e-6
+    # Welch by hand: a 60, 40 (variance 200), b 20, 10 (variance 50); standard error sqrt(200/2 + 50/2) =
+    # 11.18; t = 35 / 11.18 = 3.13 on (125)^2 / (100^2 + 25^2) = 1.47 degrees of freedom.
+    t, df = 35 / math.sqrt(125), 125**2 / (100**2 + 25**2)
+    from scipy import stats
+
+    assert math.isclose(result.p_runs, 2 * stats.t.sf(t, df), rel_tol=1e-9)
+    assert result.p_value == result.p_runs > 0.05 and not result.significant
+    assert result.ci_low < 0 < result.ci_high  # the hull reaches the run-level interval
+
+
+def test_run_variance_pooled_over_cells_as_in_one_way_anova():
+    from scipy import stats
+
+    from train.paired_stats import pooled_run_variance, pooled_runs_test
+
+    q = 100
+    a = _answers("a", [[1] * 60 + [0] * 40, [1] * 40 + [0] * 60])  # 60%, 40%
+    b = _answers("b", [[1] * 20 + [0] * 80, [1] * 10 + [0] * 90])  # 20%, 10%
+    c = _answers("c", [[1] * 50 + [0] * (q - 50)])  # one run: no spread of its own
+    # within-cell squares: (10^2 + 10^2) + (5^2 + 5^2) = 250 on (2 - 1) + (2 - 1) = 2 degrees of freedom
+    assert pooled_run_variance([a, b, c]) == (125.0, 2)
+    assert pooled_run_variance([c]) is None
+    p, (lo, hi) = pooled_runs_test(a, b, 125.0, 2)
+    se = math.sqrt(125.0 * (1 / 2 + 1 / 2))
+    assert math.isclose(p, 2 * stats.t.sf(35 / se, 2), rel_tol=1e-9)
+    assert math.isclose(hi - lo, 2 * stats.t.ppf(0.975, 2) * se, rel_tol=1e-9)
+    # a one-run cell is tested against the pooled spread too: 50% against a's mean of 50% -> p = 1
+    assert compare(c, a, run_variance=(125.0, 2)).p_runs == 1.0
+    assert compare(c, a).p_runs is None  # without a pooled variance, one run has no spread to test

@@ -73,13 +73,21 @@ def control_lines(controls: ControlsSpec, comparisons: Sequence[tuple[dict, str,
     return lines
 
 
+def _p_parts(result: object) -> str:
+    """`` (questions p1, runs p2)`` when the comparison had a run-level test, else nothing."""
+    p_runs = getattr(result, "p_runs", None)
+    if p_runs is None:
+        return ""
+    return f" (questions {format_p(result.p_questions)}, runs {format_p(p_runs)})"
+
+
 def _line(role: str, label: str, found: list[tuple[dict, object]]) -> str:
     if not found:
         return (f"{role} control: {label} was not compared with random (no evaluated cells at a shared "
                 "budget): the control did not run")
     parts = [
         f"{key['llm']} k={key['k']}: {result.diff:+.1f} points "
-        f"[{result.ci_low:+.1f}, {result.ci_high:+.1f}], p = {format_p(result.p_value)}"
+        f"[{result.ci_low:+.1f}, {result.ci_high:+.1f}], p = {format_p(result.p_value)}{_p_parts(result)}"
         for key, result in found
     ]
     if role == "positive":

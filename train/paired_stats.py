@@ -17,6 +17,20 @@ question's difference is equally likely to have either sign under "no difference
 counts, as it does in the bootstrap; with one seed per cell the two are the same test. A cell with a single
 seed still gets the bootstrap interval: it measures question sampling, which is there whatever the seed count.
 
+Replicates: seeds average out training noise but the tests above still hold the trained models fixed, so
+two random draws of a subset, or two training seeds, can differ "significantly" on the questions alone. When
+the cells are replicated (seeds, and with ``redraw_subsets`` one subset draw per seed), the comparison also
+asks whether the difference stands out from the run-to-run spread, with a t-test on the runs' accuracies
+(each run one observation). Its variance is either pooled over every replicated cell of the same LLM and
+compute (:func:`pooled_run_variance`: the within-cell spread, degrees of freedom the sum of runs minus cells,
+as in a one-way analysis of variance), which an ablation passes in, or Welch's per-pair estimate
+(Satterthwaite's degrees of freedom) when both cells have two runs or more and no pooled estimate is given.
+The reported p-value is then the larger of the question-level and the run-level p-values, and the interval
+the hull of the two intervals: a difference is called significant only when another set of questions and
+another set of runs would both keep it (an intersection-union test, valid at the stated level). Two runs a
+cell give one degree of freedom per cell: pooling five such cells gives five, where Welch's test on one pair
+would have one or two and need a gap several times the runs' spread.
+
 The bootstrap draws, for each resample, how often each distinct per-question difference occurs (a
 multinomial over those values): resampling n questions with replacement changes nothing else, so this is
 the same distribution as drawing question indices, at a cost that does not grow with the number of
@@ -323,7 +337,13 @@ class Comparison:
     """Questions ``a`` gets right more often than ``b`` (with one seed each: a right, b wrong)."""
     b_better: int
     p_value: float
+    """The comparison's p-value: the question-level test's, or with replicated cells the larger of it and
+    the run-level test's (see the module docstring)."""
     level: float = DEFAULT_LEVEL
+    p_questions: float | None = None
+    """The question-level test's p-value (exact McNemar / sign-flip), whatever the replicates."""
+    p_runs: float | None = None
+    """Welch's t-test on the runs' accuracies; None unless both cells have at least two runs."""
 
     @property
     def significant(self) -> bool:
@@ -347,13 +367,24 @@ def compare(
     n_resamples: int = DEFAULT_RESAMPLES,
     level: float = DEFAULT_LEVEL,
     seed: int = DEFAULT_SEED,
+    run_variance: tuple[float, int] | None = None,
 ) -> Comparison:
-    """Accuracy difference of ``a`` over ``b``, its paired-bootstrap interval and exact McNemar p-value."""
+    """Accuracy difference of ``a`` over ``b``, its paired-bootstrap interval and exact McNemar p-value;
+    with replicates, also the run-level test (``run_variance``: a pooled (variance in points², degrees of
+    freedom) from :func:`pooled_run_variance`; None: Welch's test when both cells have two runs)."""
     check_same_questions(a, b)
     per_question = 100.0 * (a.per_question() - b.per_question())
     lo, hi = bootstrap_mean_ci(per_question, n_resamples=n_resamples, level=level, seed=seed)
     a_better, b_better = discordant(a, b)
     acc_a, acc_b = a.accuracy(), b.accuracy()
+    p_questions = paired_p_value(a, b)
+    p_value, p_runs = p_questions, None
+    if run_variance is not None and run_variance[1] >= 1:
+        p_runs, (run_lo, run_hi) = pooled_runs_test(a, b, *run_variance, level=level)
+    elif a.n_seeds >= 2 and b.n_seeds >= 2:
+        p_runs, (run_lo, run_hi) = welch_runs(a, b, level=level)
+    if p_runs is not None:
+        p_value, lo, hi = max(p_questions, p_runs), min(lo, run_lo), max(hi, run_hi)
     return Comparison(
         a=a.name,
         b=b.name,
@@ -367,9 +398,61 @@ def compare(
         ci_high=hi,
         a_better=a_better,
         b_better=b_better,
-        p_value=paired_p_value(a, b),
+        p_value=p_value,
         level=level,
+        p_questions=p_questions,
+        p_runs=p_runs,
     )
+
+
+def run_accuracies(answers: Answers) -> np.ndarray:
+    """Accuracy of each run (row) in percent."""
+    return 100.0 * answers.correct.mean(axis=1, dtype=np.float64)
+
+
+def pooled_run_variance(cells: Sequence[Answers]) -> tuple[float, int] | None:
+    """Within-cell variance of run accuracies (points²) pooled over ``cells``, and its degrees of freedom
+    (runs minus cells, counting only cells with two runs or more); None when no cell has two runs."""
+    replicated = [run_accuracies(c) for c in cells if c.n_seeds >= 2]
+    df = sum(x.size - 1 for x in replicated)
+    if df == 0:
+        return None
+    return float(sum(((x - x.mean()) ** 2).sum() for x in replicated) / df), df
+
+
+def pooled_runs_test(
+    a: Answers, b: Answers, variance: float, df: int, *, level: float = DEFAULT_LEVEL
+) -> tuple[float, tuple[float, float]]:
+    """Student's t-test of the two cells' mean run accuracies with a pooled run variance on ``df`` degrees
+    of freedom: (two-sided p, interval of the difference in points)."""
+    from scipy.special import stdtr, stdtrit
+
+    diff = float(run_accuracies(a).mean() - run_accuracies(b).mean())
+    se = float(np.sqrt(variance * (1.0 / a.n_seeds + 1.0 / b.n_seeds)))
+    if se == 0.0:
+        return (1.0 if diff == 0.0 else 0.0), (diff, diff)
+    half = float(stdtrit(df, 0.5 + level / 2)) * se
+    return min(1.0, float(2.0 * stdtr(df, -abs(diff) / se))), (diff - half, diff + half)
+
+
+def welch_runs(a: Answers, b: Answers, *, level: float = DEFAULT_LEVEL) -> tuple[float, tuple[float, float]]:
+    """Welch's t-test of ``a``'s run accuracies against ``b``'s: (two-sided p, interval of the difference in
+    points). Needs at least two runs per cell. Runs that agree exactly (no spread at all) give p = 1 for
+    equal means and 0 otherwise, with a zero-width interval."""
+    from scipy.special import stdtr, stdtrit
+
+    x, y = run_accuracies(a), run_accuracies(b)
+    if x.size < 2 or y.size < 2:
+        raise ValueError(f"{a.name} vs {b.name}: the run-level test needs two runs per cell")
+    diff = float(x.mean() - y.mean())
+    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = float(np.sqrt(va + vb))
+    if se == 0.0:
+        return (1.0 if diff == 0.0 else 0.0), (diff, diff)
+    df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
+    p = float(2.0 * stdtr(df, -abs(diff) / se))
+    half = float(stdtrit(df, 0.5 + level / 2)) * se
+    return min(1.0, p), (diff - half, diff + half)
 
 
 def _exact_difference(a: Answers, b: Answers) -> float:

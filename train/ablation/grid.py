@@ -181,6 +181,11 @@ class AblationGrid:
     """Vision tower preset shared by every run."""
     seeds: tuple[int, ...] = (0,)
     """Training seeds; the table reports mean and std over them."""
+    redraw_subsets: bool = False
+    """Each seed draws its own subset (the strategy's seed + the training seed, subset ``<label>-k<k>-s<seed>``),
+    so a row's replicates vary the subset draw as well as training, and the run-level test
+    (:mod:`train.paired_stats`) sees both. False (the default): one subset per row, every seed trains on it,
+    and the replicates measure training noise only."""
     steps: tuple[str | int, ...] = (EPOCHS,)
     """Compute axis, one cell per entry: ``"epochs"`` (each subset trains the stage's epochs, so a smaller
     subset gets fewer optimiser steps, raised to ``min_steps``), ``"pool"`` (every cell trains as many
@@ -338,7 +343,7 @@ def grid_from_dict(raw: Mapping, *, where: str = "grid") -> AblationGrid:
             raise UserError(f"{where}: missing key {required!r}")
     pool = _typed(raw.get("pool", {}), dict, f"{where} [pool]")
     _check_keys(pool, POOL_FIELDS, f"{where} [pool]")
-    scalars = [name for name in top if name in ("vision", "name", "run_name")]
+    scalars = [name for name in top if name in ("vision", "name", "run_name", "redraw_subsets")]
     kwargs = {
         **_fields_from_table(AblationGrid, raw, where, scalars),
         **_fields_from_table(AblationGrid, pool, f"{where} [pool]", POOL_FIELDS),

@@ -36,6 +36,9 @@ class SubsetPlan:
     """None for the whole-pool subset."""
     k: int
     """Samples in the subset."""
+    seed_offset: int = 0
+    """Added to the strategy's seed: the training seed of the cells that use this draw when the grid has
+    ``redraw_subsets``, else 0."""
 
 
 @dataclass(frozen=True)
@@ -91,12 +94,15 @@ def plan_ablation(grid: AblationGrid, pool_size: Callable[[bool], int]) -> Plan:
     families = _families(grid, pool_size, full_pool)
     cells: list[Cell] = []
     origins: dict[str, str] = {}
-    for label, budget, subset in families:
-        add_subset(subset, f"{label} at budget {budget.label}")
+    for label, budget, row_subset in families:
+        draws = {seed: _draw(grid, row_subset, seed) for seed in grid.seeds}
+        for seed, subset in draws.items():
+            drawn = f", seed {seed}" if subset is not row_subset else ""
+            add_subset(subset, f"{label} at budget {budget.label}{drawn}")
         for compute in _computes(grid, budget):
             for llm in grid.llms:
                 for seed in grid.seeds:
-                    cell = _cell(grid, label, budget, subset, llm, seed, compute)
+                    cell = _cell(grid, label, budget, draws[seed], llm, seed, compute)
                     origin = f"({label}, {budget.label}, {llm}, seed {seed}, steps {compute})"
                     if cell.run in origins:
                         raise UserError(
@@ -132,6 +138,14 @@ def _families(
                 raise UserError(f"grid: [strategies.{spec.label}] {exc}") from None
             families.append((spec.label, budget, SubsetPlan(f"{spec.label}-k{k}", spec, k)))
     return families
+
+
+def _draw(grid: AblationGrid, subset: SubsetPlan, seed: int) -> SubsetPlan:
+    """The subset a seed's cells train on: the row's own, or with ``redraw_subsets`` that seed's draw (the
+    whole pool is one subset whatever the seed)."""
+    if not grid.redraw_subsets or subset.strategy is None:
+        return subset
+    return SubsetPlan(f"{subset.name}-s{seed}", subset.strategy, subset.k, seed_offset=seed)
 
 
 def _computes(grid: AblationGrid, budget: Budget) -> list[str]:

@@ -59,6 +59,8 @@ def make_subset(ws: Workspace, grid: AblationGrid, plan: SubsetPlan, *, command:
     opts = dict(plan.strategy.options)
     opts.pop("strategy", None)
     opts.setdefault("require_image", grid.require_image)
+    if plan.seed_offset:
+        opts["seed"] = int(opts.get("seed", 0)) + plan.seed_offset
     if plan.strategy.strategy == RULES:
         from curate.rules import rules_subset
 
