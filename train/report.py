@@ -256,8 +256,8 @@ STATS_NOTE = (
     "questions one cell gets right and the other wrong (with several seeds: the exact sign-flip permutation "
     "test on the per-question seed-mean differences, McNemar's test extended to them). A row with one seed "
     "still has its interval: it measures which questions were asked, not seed noise. With replicated rows "
-    "(several seeds, with `redraw_subsets` one subset draw each), p is also the run-level t-test on the runs' "
-    "accuracies, its variance pooled over the LLM's replicated rows, and the larger of the two p-values is "
+    "(several seeds, with `redraw_subsets` one subset draw each), p is also the run-level t-test on the "
+    "runs' accuracies, its variance pooled over the LLM's replicated rows, and the larger of the two p-values is "
     "shown, the CI widened to cover both intervals: a difference counts only if it stands out from both the "
     "question sampling and the run-to-run spread (`comparisons.csv` keeps `p_questions` and `p_runs`)."
 )
@@ -329,7 +329,9 @@ def comparisons_frame(comparisons: list) -> pl.DataFrame:
         }
         for key, ref, result in comparisons
     ]
-    return pl.DataFrame(rows, schema_overrides={"p_runs": pl.Float64}) if rows else pl.DataFrame(schema={"a": pl.String, "b": pl.String})
+    if not rows:
+        return pl.DataFrame(schema={"a": pl.String, "b": pl.String})
+    return pl.DataFrame(rows, schema_overrides={"p_runs": pl.Float64, "p_questions": pl.Float64})
 
 
 def chance_accuracy(ws: Workspace, split: str, limit: int | None) -> float | None:

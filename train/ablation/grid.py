@@ -182,8 +182,8 @@ class AblationGrid:
     seeds: tuple[int, ...] = (0,)
     """Training seeds; the table reports mean and std over them."""
     redraw_subsets: bool = False
-    """Each seed draws its own subset (the strategy's seed + the training seed, subset ``<label>-k<k>-s<seed>``),
-    so a row's replicates vary the subset draw as well as training, and the run-level test
+    """Each seed draws its own subset (the strategy's seed + the training seed, named
+    ``<label>-k<k>-s<seed>``), so a row's replicates vary the subset draw as well as training, and the run-level test
     (:mod:`train.paired_stats`) sees both. False (the default): one subset per row, every seed trains on it,
     and the replicates measure training noise only."""
     steps: tuple[str | int, ...] = (EPOCHS,)
