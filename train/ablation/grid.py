@@ -184,8 +184,8 @@ class AblationGrid:
     redraw_subsets: bool = False
     """Each seed draws its own subset (the strategy's seed + the training seed, named
     ``<label>-k<k>-s<seed>``), so a row's replicates vary the subset draw as well as training, and the
-    run-level test (:mod:`train.paired_stats`) sees both. False (the default): one subset per row, every seed trains on it,
-    and the replicates measure training noise only."""
+    run-level test (:mod:`train.paired_stats`) sees both. False (the default): one subset per row, every
+    seed trains on it, and the replicates measure training noise only."""
     steps: tuple[str | int, ...] = (EPOCHS,)
     """Compute axis, one cell per entry: ``"epochs"`` (each subset trains the stage's epochs, so a smaller
     subset gets fewer optimiser steps, raised to ``min_steps``), ``"pool"`` (every cell trains as many
