@@ -259,7 +259,8 @@ STATS_NOTE = (
     "(several seeds, with `redraw_subsets` one subset draw each), p is also the run-level t-test on the "
     "runs' accuracies, its variance pooled over the LLM's replicated rows, and the larger of the two "
     "p-values is shown, the CI widened to cover both intervals: a difference counts only if it stands out "
-    "from both the question sampling and the run-to-run spread (`comparisons.csv` keeps `p_questions` and `p_runs`)."
+    "from both the question sampling and the run-to-run spread (`comparisons.csv` keeps `p_questions` and "
+    "`p_runs`)."
 )
 
 
