@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -87,7 +88,9 @@ def test_grid_parses_every_field(tmp_path):
     assert grid.eval.limit == 5 and grid.eval.split == "test"
 
 
-@pytest.mark.parametrize(("name", "n_strategies"), [("demo", 3), ("scienceqa-1k", 4)])
+@pytest.mark.parametrize(
+    ("name", "n_strategies"), [("demo", 3), ("demo-two-backbones", 3), ("scienceqa-1k", 4)]
+)
 def test_shipped_grids_are_valid(name, n_strategies):
     grid = load_grid(ablation.packaged_grid(name))
     assert len(grid.strategies) == n_strategies and any(b.full for b in grid.budgets)
@@ -120,8 +123,8 @@ def test_demo_cells_cost_their_planned_steps():
     plan = plan_ablation(grid, lambda require_image: 600)
 
     steps = {c.run: finetune_steps(cell_config(grid, c, pool_size=plan.pool_size), c.k) for c in plan.cells}
-    # 2 LLMs x (random at 150, 300 and full; random-b and l2-maxdiverse at 150 only) x 2 seeds
-    assert len(steps) == 20
+    # tiny-llama x (random at 150, 300 and full; random-b and l2-maxdiverse at 150 only) x 2 seeds
+    assert len(steps) == 10 and {c.llm for c in plan.cells} == {"tiny-llama"}
     assert sorted({c.subset for c in plan.cells}) == [
         "full", "l2-maxdiverse-k150-s0", "l2-maxdiverse-k150-s1", "random-b-k150-s0", "random-b-k150-s1",
         "random-k150-s0", "random-k150-s1", "random-k300-s0", "random-k300-s1"]
@@ -130,7 +133,10 @@ def test_demo_cells_cost_their_planned_steps():
                if s.strategy is not None}
     assert {seed for name, seed in offsets if name.startswith("random-b")} == {100, 101}
     assert {seed for name, seed in offsets if name.startswith("random-k")} == {0, 1}
-    assert set(steps.values()) == {750}  # 600 problems x 5 epochs / batch 4, for every cell
+    assert set(steps.values()) == {1500}  # 600 problems x 10 epochs / batch 4, for every cell
+    two = load_grid(ablation.packaged_grid("demo-two-backbones"))
+    assert two.llms == ("tiny-llama", "tiny-mistral")
+    assert dataclasses.replace(two, llms=grid.llms, name=grid.name) == grid  # the same grid otherwise
 
 
 # --- bad input: one line, exit 2 -----
