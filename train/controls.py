@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from datasets_spec.errors import UserError
-from train.paired_stats import format_p
+from train.paired_stats import Comparison, format_p
 
 RANDOM = "random"
 
@@ -73,12 +73,11 @@ def control_lines(controls: ControlsSpec, comparisons: Sequence[tuple[dict, str,
     return lines
 
 
-def _p_parts(result: object) -> str:
+def _p_parts(result: Comparison) -> str:
     """`` (questions p1, runs p2)`` when the comparison had a run-level test, else nothing."""
-    p_runs = getattr(result, "p_runs", None)
-    if p_runs is None:
+    if result.p_runs is None:
         return ""
-    return f" (questions {format_p(result.p_questions)}, runs {format_p(p_runs)})"
+    return f" (questions {format_p(result.p_questions)}, runs {format_p(result.p_runs)})"
 
 
 def _line(role: str, label: str, found: list[tuple[dict, object]]) -> str:

@@ -343,7 +343,8 @@ class Comparison:
     p_questions: float | None = None
     """The question-level test's p-value (exact McNemar / sign-flip), whatever the replicates."""
     p_runs: float | None = None
-    """Welch's t-test on the runs' accuracies; None unless both cells have at least two runs."""
+    """The run-level t-test's p-value (pooled run variance, or Welch's when both cells have at least two
+    runs and none was pooled); None when neither applied."""
 
     @property
     def significant(self) -> bool:
@@ -425,34 +426,35 @@ def pooled_runs_test(
 ) -> tuple[float, tuple[float, float]]:
     """Student's t-test of the two cells' mean run accuracies with a pooled run variance on ``df`` degrees
     of freedom: (two-sided p, interval of the difference in points)."""
-    from scipy.special import stdtr, stdtrit
-
     diff = float(run_accuracies(a).mean() - run_accuracies(b).mean())
     se = float(np.sqrt(variance * (1.0 / a.n_seeds + 1.0 / b.n_seeds)))
-    if se == 0.0:
-        return (1.0 if diff == 0.0 else 0.0), (diff, diff)
-    half = float(stdtrit(df, 0.5 + level / 2)) * se
-    return min(1.0, float(2.0 * stdtr(df, -abs(diff) / se))), (diff - half, diff + half)
+    return _t_test(diff, se, df, level)
 
 
 def welch_runs(a: Answers, b: Answers, *, level: float = DEFAULT_LEVEL) -> tuple[float, tuple[float, float]]:
     """Welch's t-test of ``a``'s run accuracies against ``b``'s: (two-sided p, interval of the difference in
     points). Needs at least two runs per cell. Runs that agree exactly (no spread at all) give p = 1 for
     equal means and 0 otherwise, with a zero-width interval."""
-    from scipy.special import stdtr, stdtrit
-
     x, y = run_accuracies(a), run_accuracies(b)
     if x.size < 2 or y.size < 2:
         raise ValueError(f"{a.name} vs {b.name}: the run-level test needs two runs per cell")
-    diff = float(x.mean() - y.mean())
     va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
     se = float(np.sqrt(va + vb))
+    # Satterthwaite's degrees of freedom (unused when se is 0: the runs agree exactly)
+    df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1)) if se else 1.0
+    return _t_test(float(x.mean() - y.mean()), se, df, level)
+
+
+def _t_test(diff: float, se: float, df: float, level: float) -> tuple[float, tuple[float, float]]:
+    """Two-sided p of ``diff / se`` under Student's t on ``df`` degrees of freedom, and the ``level``
+    interval of ``diff``. No spread at all (se = 0): p = 1 for a zero difference, else 0, and a zero-width
+    interval."""
+    from scipy.special import stdtr, stdtrit
+
     if se == 0.0:
         return (1.0 if diff == 0.0 else 0.0), (diff, diff)
-    df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
-    p = float(2.0 * stdtr(df, -abs(diff) / se))
     half = float(stdtrit(df, 0.5 + level / 2)) * se
-    return min(1.0, p), (diff - half, diff + half)
+    return min(1.0, float(2.0 * stdtr(df, -abs(diff) / se))), (diff - half, diff + half)
 
 
 def _exact_difference(a: Answers, b: Answers) -> float:
