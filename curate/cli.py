@@ -334,6 +334,8 @@ def _select(
     split: str = typer.Option("train", help="Pool split (`all` for every split)."),
     require_image: bool = typer.Option(False, help="Pool only image-bearing samples."),
     dedup_eps: float | None = typer.Option(None, help="Drop near-duplicates (L2 below this) first."),
+    min_score: list[str] = typer.Option([], "--min-score", help="NAME=X: pool only scores >= X (repeat)."),
+    max_score: list[str] = typer.Option([], "--max-score", help="NAME=Y: pool only scores <= Y (repeat)."),
     name: str | None = typer.Option(None, help="Subset directory name (default: <strategy>-k<k>)."),
     embeddings: str | None = typer.Option(None, "--embeddings", help="Embedding set tag (default set)."),
     overwrite: bool = typer.Option(False, help="Replace an existing subset directory."),
@@ -352,12 +354,15 @@ def _select(
 ) -> None:
     from curate.diagnostics import diagnostics_line
     from curate.kcenter.select import KCenterOptions
+    from curate.pool import parse_score_bounds
     from curate.select import select_subset
 
     given = {key: v for key, v in strategy_options.items() if v is not None and v is not False}
     out = select_subset(
         _workspace(workspace), strategy, k=k, fraction=fraction, seed=seed, split=split,
-        require_image=require_image, dedup_eps=dedup_eps, name=name, embeddings_tag=embeddings,
+        require_image=require_image, dedup_eps=dedup_eps,
+        min_scores=parse_score_bounds(min_score, "--min-score"),
+        max_scores=parse_score_bounds(max_score, "--max-score"), name=name, embeddings_tag=embeddings,
         overwrite=overwrite, command=command_line(),
         kcenter=KCenterOptions(device=device, memory_budget_gb=memory_budget,
                                checkpoint_every=checkpoint_every, show_progress=progress),
@@ -446,21 +451,6 @@ def score(
     typer.echo(str(out))
 
 
-def _bounds(values: list[str], flag: str) -> dict[str, float]:
-    from datasets_spec.errors import UserError
-
-    out = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        try:
-            out[key.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not key.strip():
-            raise UserError(f"{flag} {item!r}: expected NAME=NUMBER (a score set under scores/ and a bound)")
-    return out
-
-
 @app.command()
 @_locked("rules")
 def rules(
@@ -477,15 +467,17 @@ def rules(
     min_score: list[str] = typer.Option([], "--min-score", help="NAME=X: keep scores >= X (repeatable)."),
     max_score: list[str] = typer.Option([], "--max-score", help="NAME=Y: keep scores <= Y (repeatable)."),
 ) -> None:
-    """Select a subset by the curator's rules and write shards/rules-k<k>/."""
+    """Select a subset by the curator's rules and write shards/rules-k<k>/: the same as `curate select
+    --strategy rules` (--group-by here names the minimums' column, --require-image orders images first)."""
     from curate.diagnostics import diagnostics_line
-    from curate.rules import rules_subset
+    from curate.pool import parse_score_bounds
+    from curate.select import rules_subset
 
     out = rules_subset(
         _workspace(workspace), k=k, min_per_group=min_per_subject, group_by=group_by, prefer=prefer,
         require_image=require_image, seed=seed, split=split, name=name, overwrite=overwrite,
-        command=command_line(), min_scores=_bounds(min_score, "--min-score"),
-        max_scores=_bounds(max_score, "--max-score"),
+        command=command_line(), min_scores=parse_score_bounds(min_score, "--min-score"),
+        max_scores=parse_score_bounds(max_score, "--max-score"),
     )
     typer.echo(str(out))
     typer.echo(diagnostics_line(out), err=True)

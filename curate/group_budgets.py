@@ -192,8 +192,8 @@ def select_within_groups(fn: Callable[..., np.ndarray], embeddings: np.ndarray, 
     the strategy's order.
 
     ``groups`` is the group of each row of ``embeddings``. The per-row options (:data:`PER_ROW_OPTIONS`:
-    ``scores``) are cut to the group's rows; every other option (influence's targets) is shared. A
-    ``report`` dict receives one report per group. A group with budget 0 is not run.
+    ``scores``, the rules' columns) are cut to the group's rows; every other option (influence's targets)
+    is shared. A ``report`` dict receives one report per group. A group with budget 0 is not run.
     """
     n = len(embeddings)
     groups = np.asarray(groups).astype(str)
@@ -239,10 +239,10 @@ def _members(groups: np.ndarray) -> dict[str, np.ndarray]:
     return {str(g): order[a:b] for g, a, b in zip(names, starts, stops, strict=True)}
 
 
-# The strategy options that hold one value per pool row (curate select fills `scores` from a score set);
-# by name, not by shape, so that another array that happens to have as many rows (influence's targets) is
-# never cut.
-PER_ROW_OPTIONS = ("scores",)
+# The strategy options that hold one value per pool row (curate select fills `scores` from a score set, the
+# rules' columns from the dataset); by name, not by shape, so that another array that happens to have as
+# many rows (influence's targets) is never cut.
+PER_ROW_OPTIONS = ("scores", "difficulty", "has_image", "minimum_groups")
 
 
 def _rows_of(key: str, value: object, rows: np.ndarray, n: int) -> object:

@@ -22,6 +22,7 @@ from curate.d2pruning import check_gamma, check_neighbors, d2_pruning
 from curate.influence import check_percentile, influence, influence_inputs
 from curate.kcenter import l2_maxdiverse
 from curate.leverage import check_energy, leverage
+from curate.rules import RULES, check_minimum, check_minimum_by, check_prefer, rules_inputs, rules_select
 from curate.scores import top_score
 from curate.semdedup import check_eps, semdedup
 from curate.strategies import kmeans_balanced, random_subset
@@ -167,6 +168,18 @@ REGISTRY: dict[str, StrategyRecord] = {
                                check=_positive("temp")),
                         Option("gamma", float, "Gaussian kernel width of density and MMD (paper: 1.0).",
                                check=_positive("gamma")))),
+        StrategyRecord(RULES, rules_select, "nothing",
+                       "a curator's hand rules: at least --min-per-subject of every group, then hardest "
+                       "(or easiest) first, ties broken by a seeded permutation",
+                       (Option("min_per_subject", int, "At least this many samples of every group of "
+                               "--minimum-by.", default=0, check=check_minimum),
+                        Option("minimum_by", str, "Column of the minimums: subject, topic, category, skill.",
+                               default="subject", passed_as="minimum_groups", check=check_minimum_by),
+                        Option("prefer", str, "Difficulty order: hard, easy or none.", default="hard",
+                               check=check_prefer),
+                        Option("image_first", bool, "Image-bearing samples first (text-only ones still fill "
+                               "in; --require-image filters them out instead).", default=False)),
+                       inputs=rules_inputs),
         StrategyRecord("top-score", top_score, "scores",
                        "the k samples with the highest (or, --ascending, lowest) score",
                        (Option("score", str, "Score set under scores/ (curate score makes it).",

@@ -1,4 +1,8 @@
-"""`curate rules`: a careful curator's hand rules as a deterministic ordering of the pool.
+"""The ``rules`` strategy: a careful curator's hand rules as a deterministic ordering of the pool.
+
+``curate select --strategy rules --min-per-subject 1 --k 1000`` runs it like every other strategy (same
+pool filters, manifest and diagnostics); ``curate rules`` is the same selection under its old name and
+flags (``--group-by`` there names the minimums' column, ``--require-image`` the image-first ordering).
 
 One global ordering ranks every pool sample by, in priority order:
 
@@ -15,20 +19,33 @@ exceed ``k`` the request is refused with the numbers.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.diagnostics import subset_diagnostics
 from curate.group_budgets import GROUP_COLUMNS, group_labels
-from curate.select import build_pool, optional_coverage
-from curate.shards import write_subset
-from curate.strategies import check_k
+from curate.kcenter import check_k
 from datasets_spec.errors import UserError
 from datasets_spec.workspace import Workspace
 
+RULES = "rules"
 PREFERENCES = ("hard", "easy", "none")
+DEFAULT_MINIMUM_BY = "subject"
+
+
+def check_minimum_by(column: str) -> None:
+    if column not in GROUP_COLUMNS:
+        raise UserError(f"--group-by {column!r}: valid: {', '.join(GROUP_COLUMNS)}")
+
+
+def check_prefer(prefer: str) -> None:
+    if prefer not in PREFERENCES:
+        raise UserError(f"--prefer {prefer!r}: valid: {', '.join(PREFERENCES)}")
+
+
+def check_minimum(n: int) -> None:
+    if n < 0:
+        raise UserError(f"--min-per-subject must be >= 0 (got {n})")
 
 
 def rule_order(difficulty: np.ndarray, has_image: np.ndarray, *, prefer: str, image_first: bool,
@@ -75,98 +92,44 @@ def pick_by_rules(
     return np.asarray(minimum_picks + fill, dtype=np.int64), summary
 
 
-def rules_subset(
-    ws: Workspace,
-    *,
+def rules_select(
+    embeddings: np.ndarray,
     k: int,
-    min_per_group: int = 0,
-    group_by: str = "subject",
-    prefer: str = "hard",
-    require_image: bool = False,
+    *,
     seed: int = 0,
-    split: str = "train",
-    name: str | None = None,
-    overwrite: bool = False,
-    command: str = "",
-    embeddings_tag: str | None = None,
-    min_scores: dict[str, float] | None = None,
-    max_scores: dict[str, float] | None = None,
-) -> Path:
-    """Select ``k`` samples by the curator's rules; return ``shards/<name or rules-k<k>>/``.
+    difficulty: np.ndarray,
+    has_image: np.ndarray,
+    minimum_groups: np.ndarray,
+    min_per_subject: int = 0,
+    prefer: str = "hard",
+    image_first: bool = False,
+    report: dict | None = None,
+) -> np.ndarray:
+    """The rules as a strategy: ``k`` pool positions, the group minimums first, then the ordering.
 
-    ``min_scores`` / ``max_scores`` (score set name -> bound, inclusive) filter the pool first; a sample
-    without a score in a thresholded set is dropped.
+    ``difficulty``, ``has_image`` and ``minimum_groups`` (the minimums' groups) hold one value per pool
+    row (:func:`rules_inputs` reads them from the dataset); ``embeddings`` is unused (the rules read
+    columns, not features). ``report`` receives the minimum and fill counts and the picks per group.
     """
-    if group_by not in GROUP_COLUMNS:
-        raise UserError(f"--group-by {group_by!r}: valid: {', '.join(GROUP_COLUMNS)}")
-    if prefer not in PREFERENCES:
-        raise UserError(f"--prefer {prefer!r}: valid: {', '.join(PREFERENCES)}")
-    if min_per_group < 0:
-        raise UserError(f"--min-per-subject must be >= 0 (got {min_per_group})")
-    if k <= 0:
-        raise UserError(f"k must be positive (got {k})")
-    # The image preference is an ordering here, not a filter, so the pool keeps text-only samples.
-    table, pool = build_pool(ws, split, require_image=False)
-    full_pool = len(pool)
-    pool, thresholds = score_filter(ws, table, pool, min_scores or {}, max_scores or {})
-    check_k(k, len(pool))
-    sub = table.take(pool)
-    difficulty = sub.column("difficulty").to_numpy(zero_copy_only=False)
-    has_image = pc.is_valid(sub.column("image")).to_numpy(zero_copy_only=False)
-    groups = group_labels(table, pool, group_by).tolist()
-    order = rule_order(difficulty, has_image, prefer=prefer, image_first=require_image, seed=seed)
-    positions, summary = pick_by_rules(order, groups, k, min_per_group)
-    rows = pool[positions]
-    emb_summary, coverage, matrix = optional_coverage(ws, embeddings_tag, pool, rows)
-    picked_groups = [groups[p] for p in positions.tolist()]
-    manifest = {
-        "kind": "rules",
-        "strategy": "rules",
-        "params": {
-            "k": k, "min_per_group": min_per_group, "group_by": group_by, "prefer": prefer,
-            "require_image": require_image, "seed": seed, "split": split, "embeddings_tag": embeddings_tag,
-            "min_scores": min_scores or {}, "max_scores": max_scores or {},
-        },
-        "k": k,
-        "seed": seed,
-        "pool": {"split": split, "require_image": False, "size": int(full_pool),
-                 "after_score_thresholds": int(len(pool))},
-        "score_thresholds": thresholds,
-        "rules": {**summary, "per_group": {g: picked_groups.count(g) for g in sorted(set(groups))}},
-        "embeddings": emb_summary,
-        "coverage": coverage,
-        "command": command,
-        # the pool after the score thresholds: the one the rules chose from
-        "diagnostics": subset_diagnostics(table, pool, rows, matrix),
-    }
-    return write_subset(ws, name or f"rules-k{k}", table, rows, manifest, overwrite=overwrite)
+    check_k(k, len(difficulty))
+    order = rule_order(np.asarray(difficulty), np.asarray(has_image, dtype=bool), prefer=prefer,
+                       image_first=image_first, seed=seed)
+    labels = [str(g) for g in minimum_groups]
+    positions, summary = pick_by_rules(order, labels, k, min_per_subject)
+    if report is not None:
+        picked = [labels[p] for p in positions.tolist()]
+        report.update(summary, per_group={g: picked.count(g) for g in sorted(set(labels))})
+    return positions
 
 
-def score_filter(ws: Workspace, table, pool: np.ndarray, min_scores: dict[str, float],
-                 max_scores: dict[str, float]) -> tuple[np.ndarray, dict]:
-    """Pool rows whose scores lie inside every bound (inclusive); per-set bounds and drop counts."""
-    from curate.scores import load_scores
-
-    if not min_scores and not max_scores:
-        return pool, {}
-    ids = table.column("sample_id").take(pool).to_pylist()
-    keep = np.ones(len(pool), dtype=bool)
-    summary = {}
-    for name in sorted(set(min_scores) | set(max_scores)):
-        values, info = load_scores(ws, name, ids)
-        ok = ~np.isnan(values)
-        low, high = min_scores.get(name), max_scores.get(name)
-        if low is not None:
-            ok &= values >= low
-        if high is not None:
-            ok &= values <= high
-        summary[name] = {"min": low, "max": high, "by": info.get("by"), "parts_hash": info.get("parts_hash"),
-                         "dropped": int((keep & ~ok).sum())}
-        keep &= ok
-    if not keep.any():
-        raise UserError(f"the score thresholds leave no sample in the pool ({json_bounds(summary)})")
-    return pool[keep], summary
-
-
-def json_bounds(summary: dict) -> str:
-    return ", ".join(f"{n}: [{v['min']}, {v['max']}]" for n, v in summary.items())
+def rules_inputs(ws: Workspace, options: dict, table: pa.Table, rows: np.ndarray, info: dict | None,
+                 report: dict) -> dict:
+    """The columns the rules read for the pool's dataset ``rows``, in place of the ``minimum_by`` option."""
+    out = dict(options)
+    column = out.pop("minimum_by", None) or DEFAULT_MINIMUM_BY
+    picked = table.take(pa.array(rows))
+    out["difficulty"] = picked.column("difficulty").to_numpy(zero_copy_only=False)
+    out["has_image"] = pc.is_valid(picked.column("image")).to_numpy(zero_copy_only=False)
+    out["minimum_groups"] = group_labels(table, rows, column)
+    report["minimum_by"] = column
+    return out

@@ -38,6 +38,12 @@ MANIFEST_VERSION = 1
 COUNT_COLUMNS = ("split", "subject", "topic")
 
 
+def default_subset_name(strategy: str, k: int, group_by: str | None = None) -> str:
+    """The subset directory a selection gets without ``--name``: ``<strategy>-k<k>`` (``-by-<column>``
+    when it ran per group), so two budgets or groupings of one strategy never collide."""
+    return f"{strategy}-k{k}" + (f"-by-{group_by}" if group_by else "")
+
+
 def check_subset_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")

@@ -53,7 +53,13 @@ from PIL import Image
 
 from datasets_spec.parts import write_json
 from datasets_spec.synthetic_families import FAMILIES, IMAGE_FAMILIES, TASK, TEXT_FAMILIES, Family
-from datasets_spec.synthetic_planted import PLANTED, balanced_families, train_plan
+from datasets_spec.synthetic_planted import (
+    PLANTED,
+    GeneratedProblem,
+    balanced_families,
+    repeat_pool_problems,
+    train_plan,
+)
 
 # ``uniform``: every problem distinct, families drawn at random (half image, half text). ``planted``: the
 # pool with duplicated and rare families and balanced val/test splits
@@ -133,11 +139,11 @@ def generate_synthetic_scienceqa(
     problems: dict[str, dict] = {}
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     pid = 0
+    pool: dict[str, list[GeneratedProblem]] = {}  # the train split's distinct problems, by family
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
-        drawn: list[tuple[dict, Image.Image | None]] = []
-        for family, copy_of in _split_plan(layout, split, n, rng):
-            copy = drawn[copy_of] if copy_of is not None else None
-            drawn.append(copy or draw_problem(rng, family, split, image_size))
+        drawn = _draw_split(layout, split, n, rng, image_size, pool)
+        if split == "train":
+            pool = _distinct_by_family(drawn)
         for problem, image in drawn:
             pid += 1
             key = str(pid)
@@ -154,6 +160,35 @@ def generate_synthetic_scienceqa(
     write_json(out_dir / "problems.json", problems)
     write_json(out_dir / "pid_splits.json", splits)
     return out_dir
+
+
+def _draw_split(
+    layout: str, split: str, n: int, rng: np.random.Generator, image_size: int,
+    pool: dict[str, list[GeneratedProblem]],
+) -> list[GeneratedProblem]:
+    """The problems of one split in order: new draws, exact copies of earlier rows of the split (the planted
+    pool) or, for the planted val and test splits, repeats of the pool's problems."""
+    plan = _split_plan(layout, split, n, rng)
+    repeats: list[GeneratedProblem | None] = [None] * len(plan)
+    if layout == "planted" and split != "train" and PLANTED.evaluation_repeats_pool:
+        repeats = repeat_pool_problems([family for family, _ in plan], pool, rng, split)
+    drawn: list[GeneratedProblem] = []
+    for (family, copy_of), repeat in zip(plan, repeats, strict=True):
+        copy = drawn[copy_of] if copy_of is not None else repeat
+        drawn.append(copy or draw_problem(rng, family, split, image_size))
+    return drawn
+
+
+def _distinct_by_family(drawn: list[GeneratedProblem]) -> dict[str, list[GeneratedProblem]]:
+    """Each family's distinct problems (first occurrence, pool order; copies share their dict)."""
+    pool: dict[str, list[GeneratedProblem]] = {}
+    seen: set[int] = set()
+    for entry in drawn:
+        if id(entry) in seen:
+            continue
+        seen.add(id(entry))
+        pool.setdefault(family_of(entry[0]), []).append(entry)
+    return pool
 
 
 def _split_plan(layout: str, split: str, n: int, rng: np.random.Generator) -> list[tuple[Family, int | None]]:

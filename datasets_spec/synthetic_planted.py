@@ -13,9 +13,15 @@ and questions, and a few tasks dominate it while others are rare. The planted po
 * **Balanced evaluation.** val and test hold the same number of problems of every family (families in a
   fixed order, cycled), so a model that never saw a rare family loses as much as one that never saw a
   common one.
+* **Evaluation asks what the pool teaches.** Every val and test problem repeats one of its family's pool
+  problems (each in turn, in a seeded order), as ScienceQA's splits share question templates and facts.
+  The tiny random models of the demo memorise; they do not generalise to problems they never saw (unseen
+  text problems scored 13-31% against 64-100% for seen ones). So a family's test accuracy measures how many
+  of its pool problems a subset kept and learned, which is what a coverage selector changes.
 
 So at a budget well below the pool, a subset that holds each distinct problem once covers more of every
-family than a random one; any selector that measures distance (k-center, SemDeDup) on any features that
+family than a random one (a random 150 holds about a quarter of the rare problems, the k-center 150 nearly
+all); any selector that measures distance (k-center, SemDeDup) on any features that
 tell two different problems apart should beat random, and random should gain from a larger budget (more of
 the rare families) up to the whole pool. What decides a problem's answer is unchanged (see
 :mod:`datasets_spec.synthetic`).
@@ -26,8 +32,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from datasets_spec.synthetic_families import FAMILIES, FAMILY_BY_NAME, Family
+
+# A generated ScienceQA problem dict and its picture (or None), as :mod:`datasets_spec.synthetic` writes them.
+GeneratedProblem = tuple[dict, Image.Image | None]
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,10 @@ class PlantedLayout:
     """Fraction of the train pool taken by the common families (split equally among them)."""
     distinct_per_common: int = 10
     """Distinct problems per common family; the family's other pool rows are exact copies of them."""
+    evaluation_repeats_pool: bool = True
+    """val and test problems repeat the pool's problems of their family (True) or are new draws (False). New
+    draws measure generalisation, which models this small do not show: at any budget they score near chance
+    on problems they never saw, so no subset of the pool could change the test score for a known reason."""
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.common if name not in FAMILY_BY_NAME]
@@ -87,6 +101,27 @@ def train_plan(
 def balanced_families(n: int) -> list[Family]:
     """``n`` families for an evaluation split: every family in turn, so each gets n/12 problems (+-1)."""
     return [FAMILIES[i % len(FAMILIES)] for i in range(n)]
+
+
+def repeat_pool_problems(
+    families: list[Family], pool: dict[str, list[GeneratedProblem]], rng: np.random.Generator, split: str
+) -> list[GeneratedProblem | None]:
+    """For each evaluation family in ``families``, a copy (``split`` set) of one of that family's distinct
+    pool problems in ``pool``: each family's problems in a seeded cyclic order, so every pool problem is
+    asked about equally often (+-1). None where the pool holds no problem of the family (a tiny pool)."""
+    orders = {name: rng.permutation(len(problems)) for name, problems in sorted(pool.items())}
+    asked: dict[str, int] = {}
+    out: list[GeneratedProblem | None] = []
+    for family in families:
+        problems = pool.get(family.name, [])
+        if not problems:
+            out.append(None)
+            continue
+        i = asked.get(family.name, 0)
+        asked[family.name] = i + 1
+        problem, image = problems[int(orders[family.name][i % len(problems)])]
+        out.append(({**problem, "split": split}, image))
+    return out
 
 
 def _split_evenly(total: int, parts: int) -> list[int]:

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from curate.dataset_store import write_dataset
 from curate.diagnostics import subset_diagnostics
-from curate.select import pool_rows
+from curate.pool import pool_rows
 from curate.shards import read_manifest, write_subset
 from datasets_spec.errors import UserError
 from datasets_spec.parts import write_json
@@ -46,7 +46,7 @@ budgets = [4, "full"]
 
 [strategies.random]
 [strategies.rules]
-min_per_group = 1
+min_per_subject = 1
 
 [train]
 hparams = "tiny-cpu"
@@ -82,7 +82,7 @@ def _grid_file(tmp_path: Path, text: str = BASE_GRID) -> Path:
 def test_grid_parses_every_field(tmp_path):
     grid = load_grid(_grid_file(tmp_path))
     assert [s.label for s in grid.strategies] == ["random", "rules"]
-    assert grid.strategies[1].options == {"min_per_group": 1}
+    assert grid.strategies[1].options == {"min_per_subject": 1}
     assert grid.budgets == (Budget(k=4), Budget(full=True))
     assert grid.train.overrides == {"epochs": 1}
     assert grid.eval.limit == 5 and grid.eval.split == "test"
@@ -141,39 +141,30 @@ def test_demo_cells_cost_their_planned_steps():
 
 # --- bad input: one line, exit 2 -----
 
+# case -> (a line of BASE_GRID, what replaces it, what the one-line error says)
+ONE_EDIT_GRIDS = {
+    "unknown strategy": ("[strategies.rules]", "[strategies.rulez]", "unknown strategy 'rulez'"),
+    "unknown strategy option": ("min_per_subject = 1", "min_per_subjct = 1", "unknown key 'min_per_subjct'"),
+    "unknown llm preset": ('llms = ["tiny-llama"]', 'llms = ["tiny-lama"]', "unknown llm preset 'tiny-lama'"),
+    "unknown hparams preset": (
+        'hparams = "tiny-cpu"', 'hparams = "tiny-gpu"', "unknown hparams preset 'tiny-gpu'"
+    ),
+    "unknown override": ("epochs = 1", "epoch = 1", "unknown override 'epoch'"),
+    "budget above pool": ("budgets = [4,", "budgets = [13,", "larger than the pool"),
+    "fraction out of range": ("budgets = [4,", "budgets = [1.5,", "fraction must be in"),
+    "duplicate budgets": ("budgets = [4,", "budgets = [4, 4,", "collide on run name"),
+    "fraction equal to a k": ("budgets = [4,", "budgets = [4, 0.33,", "collide on run name"),
+}
 BAD_GRIDS = {
     "unknown top-level key": (BASE_GRID + "\nbugdets = [3]\n", "unknown key 'bugdets'"),
-    "unknown strategy": (
-        BASE_GRID.replace("[strategies.rules]", "[strategies.rulez]"),
-        "unknown strategy 'rulez'",
-    ),
-    "unknown strategy option": (
-        BASE_GRID.replace("min_per_group = 1", "min_per_grup = 1"),
-        "unknown key 'min_per_grup'",
-    ),
-    "unknown llm preset": (
-        BASE_GRID.replace('llms = ["tiny-llama"]', 'llms = ["tiny-lama"]'),
-        "unknown llm preset 'tiny-lama'",
-    ),
-    "unknown hparams preset": (
-        BASE_GRID.replace('hparams = "tiny-cpu"', 'hparams = "tiny-gpu"'),
-        "unknown hparams preset 'tiny-gpu'",
-    ),
-    "unknown override": (BASE_GRID.replace("epochs = 1", "epoch = 1"), "unknown override 'epoch'"),
-    "budget above pool": (
-        BASE_GRID.replace("budgets = [4,", "budgets = [13,"),
-        "larger than the pool",
-    ),
-    "fraction out of range": (BASE_GRID.replace("budgets = [4,", "budgets = [1.5,"), "fraction must be in"),
+    **{
+        case: (BASE_GRID.replace(line, edit), expected)
+        for case, (line, edit, expected) in ONE_EDIT_GRIDS.items()
+    },
     "colliding run names": (
         BASE_GRID.replace("seeds = [0]", "seeds = [0, 1]").replace(
             'name = "t"', 'name = "t"\nrun_name = "{subset}__{llm}"'
         ),
-        "collide on run name",
-    ),
-    "duplicate budgets": (BASE_GRID.replace("budgets = [4,", "budgets = [4, 4,"), "collide on run name"),
-    "fraction equal to a k": (
-        BASE_GRID.replace("budgets = [4,", "budgets = [4, 0.33,"),
         "collide on run name",
     ),
     "malformed toml": (BASE_GRID + "\n[eval\n", "malformed TOML"),
@@ -534,3 +525,17 @@ def test_jobs_must_be_positive(tmp_path, ws):
     grid = load_grid(_grid_file(tmp_path))
     with pytest.raises(UserError, match="--jobs must be at least 1"):
         run_ablation(ws, grid, backend=FakeBackend().backend, log=lambda m: None, plots=False, jobs=0)
+
+
+def test_a_row_of_redrawn_subsets_shows_their_mean_diagnostics():
+    draws = [
+        {**_run("random", 4, "a", 0, 40.0), "subset": "random-k4-s0", "image_fraction": 0.25,
+         "coverage_radius": 0.5, "group_coverage": "skill 3/5", "mean_difficulty": 0.2, "near_dup_pairs": 1},
+        {**_run("random", 4, "a", 1, 50.0), "subset": "random-k4-s1", "image_fraction": 0.75,
+         "coverage_radius": 0.25, "group_coverage": "skill 4/5", "mean_difficulty": 0.4, "near_dup_pairs": 4},
+    ]
+    row = report.summarize(report.runs_frame(draws)).row(0, named=True)
+    # hand-computed means of the two draws (not seed 0's values)
+    assert row["image_fraction"] == 0.5 and row["coverage_radius"] == 0.375
+    assert math.isclose(row["mean_difficulty"], 0.3) and row["near_dup_pairs"] == 3  # 2.5 rounds half up
+    assert row["group_coverage"] == "skill 3/5 | skill 4/5"

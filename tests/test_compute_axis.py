@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from curate.dataset_store import write_dataset
-from curate.select import pool_rows
+from curate.pool import pool_rows
 from curate.shards import write_subset
 from datasets_spec.errors import UserError
 from datasets_spec.parts import read_json, write_json

@@ -3,6 +3,7 @@ per-cell progress line, and byte-identical tables from the same grid run twice."
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -13,6 +14,7 @@ import pytest
 from datasets_spec.errors import UserError
 from datasets_spec.synthetic import generate_synthetic_scienceqa
 from datasets_spec.synthetic_families import FAMILIES
+from datasets_spec.synthetic_planted import PLANTED
 from datasets_spec.workspace import Workspace
 from train.ablation import grid_from_dict, load_grid, plan_ablation, run_ablation
 from train.ablation.progress import CellProgress
@@ -69,6 +71,38 @@ def test_planted_test_split_weights_families_equally(planted):
     counts = Counter(problems[pid]["skill"] for pid in splits["test"])
     assert sorted(counts.values()) == [3] * 12  # 36 problems, 12 families
     assert Counter(problems[pid]["skill"] for pid in splits["val"]) == Counter({f.skill: 1 for f in FAMILIES})
+
+
+def test_planted_evaluation_repeats_the_pool(planted):
+    problems = json.loads((planted / "problems.json").read_text())
+    splits = json.loads((planted / "pid_splits.json").read_text())
+    pool: dict[tuple, str] = {}
+    for pid in splits["train"]:
+        pool.setdefault(_problem_key(planted, pid, problems[pid]), problems[pid]["skill"])
+    for split in ("val", "test"):
+        for pid in splits[split]:
+            key = _problem_key(planted, pid, problems[pid])
+            # the same question, hint, answer and picture as a pool problem of its own family
+            assert pool.get(key) == problems[pid]["skill"] and problems[pid]["split"] == split
+    # each family's pool problems in turn: 3 test problems of a rare family ask 3 different ones
+    rare = {f.skill for f in FAMILIES} - {f.skill for f in FAMILIES if f.name in PLANTED.common}
+    for skill in rare:
+        asked = [p for p in splits["test"] if problems[p]["skill"] == skill]
+        keys = [_problem_key(planted, p, problems[p]) for p in asked]
+        assert len(keys) == 3 and len(set(keys)) == 3
+
+
+def test_planted_layout_can_draw_new_evaluation_problems(tmp_path, monkeypatch):
+    import datasets_spec.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "PLANTED", dataclasses.replace(PLANTED, evaluation_repeats_pool=False))
+    folder = synthetic.generate_synthetic_scienceqa(tmp_path / "new", n_train=600, n_val=12, n_test=36,
+                                                    layout="planted")
+    problems = json.loads((folder / "problems.json").read_text())
+    splits = json.loads((folder / "pid_splits.json").read_text())
+    pool = {_problem_key(folder, p, problems[p]) for p in splits["train"]}
+    bars = [p for p in splits["test"] if problems[p]["skill"] == "Read a bar graph"]
+    assert bars and not any(_problem_key(folder, p, problems[p]) in pool for p in bars)  # random heights
 
 
 def test_planted_layout_is_deterministic(planted, tmp_path):

@@ -178,7 +178,7 @@ def test_cli_rules_writes_diagnostics(ws):
     result = run_curate("rules", "-w", str(ws.root), "--min-per-subject", "1", "--k", "12")
     assert result.returncode == 0, result.stderr
     manifest, _ = _check_against_parts(ws, ws.shards_dir / "rules-k12", _train)
-    assert manifest["rules"]["minimum_picks"] > 0
+    assert manifest["strategy_report"]["minimum_picks"] > 0
     d = manifest["diagnostics"]
     assert d["groups"]["subject"]["subset"] == d["groups"]["subject"]["pool"]  # a minimum per subject
     assert isinstance(d["near_duplicates"]["pairs"], int)

@@ -196,6 +196,10 @@ def test_registry_generates_cli_options_and_checks_them() -> None:
         "target_group_by",
         "vote",
         "percentile",
+        "min_per_subject",
+        "minimum_by",
+        "prefer",
+        "image_first",
     }
 
 

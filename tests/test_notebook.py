@@ -22,7 +22,7 @@ budgets = [12, "full"]
 
 [strategies.random]
 [strategies.rules]
-min_per_group = 1
+min_per_subject = 1
 
 [stage1]
 hparams = "tiny-cpu"

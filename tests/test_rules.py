@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from curate_helpers import assert_user_error, copy_workspace, run_curate
 
-from curate.rules import pick_by_rules, rule_order, rules_subset
+from curate.rules import pick_by_rules, rule_order
+from curate.select import rules_subset
 from curate.shards import read_subset
 from datasets_spec.errors import UserError
 
@@ -54,8 +55,8 @@ def test_cli_rules_min_per_subject(ws):
     rows = ws.read_dataset(columns=["split", "subject"]).to_pylist()
     subjects = {r["subject"] for r in rows if r["split"] == "train"}
     assert set(table.column("subject").to_pylist()) == subjects
-    assert manifest["strategy"] == "rules" and manifest["params"]["min_per_group"] == 1
-    assert manifest["rules"]["minimum_picks"] == len(subjects)
+    assert manifest["strategy"] == "rules" and manifest["params"]["min_per_subject"] == 1
+    assert manifest["strategy_report"]["minimum_picks"] == len(subjects)
     assert manifest["coverage"]["radius"] > 0 and manifest["embeddings"]["tag"] == "tiny-clip_none"
     # after the minimums, hardest first
     fill = table.column("difficulty").to_pylist()[len(subjects):]
@@ -71,7 +72,7 @@ def test_rules_group_by_topic_and_require_image(ws):
     picked = table.column("topic").to_pylist()
     assert all(picked.count(t) >= 2 for t in topics)
     # image-bearing samples are taken first in the fill
-    after_minimums = table.column("image").to_pylist()[manifest["rules"]["minimum_picks"] :]
+    after_minimums = table.column("image").to_pylist()[manifest["strategy_report"]["minimum_picks"] :]
     fill_images = [img is not None for img in after_minimums]
     assert fill_images == sorted(fill_images, reverse=True)
 
@@ -100,4 +101,54 @@ def test_rules_unknown_options():
 )
 def test_bad_rules_inputs(ws, args, needles):
     assert_user_error(run_curate("rules", "-w", str(ws.root), *args), *needles)
+    assert not ws.shards_dir.exists()
+
+
+# --- rules as a registered strategy of the one selection pipeline ------------------------------------
+
+
+def test_select_strategy_rules_is_curate_rules(ws):
+    old = run_curate("rules", "-w", str(ws.root), "--min-per-subject", "1", "--k", "10", "--prefer", "easy",
+                     "--group-by", "topic", "--require-image", "--name", "old")
+    new = run_curate("select", "-w", str(ws.root), "--strategy", "rules", "--min-per-subject", "1", "--k",
+                     "10", "--prefer", "easy", "--minimum-by", "topic", "--image-first", "--name", "new")
+    assert old.returncode == 0 and new.returncode == 0, old.stderr + new.stderr
+    assert (ws.shards_dir / "old" / "part-00000.parquet").read_bytes() == (
+        ws.shards_dir / "new" / "part-00000.parquet"
+    ).read_bytes()
+    _, manifest = read_subset(ws.shards_dir / "new")
+    assert manifest["kind"] == "select" and manifest["strategy"] == "rules"
+    assert manifest["strategy_report"]["minimum_by"] == "topic"
+    assert "diagnostics" in manifest and manifest["coverage"]["radius"] > 0
+
+
+def test_select_rules_default_name_and_per_group_budgets(ws):
+    assert run_curate("select", "-w", str(ws.root), "--strategy", "rules", "--min-per-subject", "1",
+                      "--k", "10").returncode == 0
+    table, _ = read_subset(ws.shards_dir / "rules-k10")
+    assert table.num_rows == 10
+    # --group-by: the rules run inside each subject with the proportional budgets, hardest first in each
+    assert run_curate("select", "-w", str(ws.root), "--strategy", "rules", "--k", "12",
+                      "--group-by", "subject").returncode == 0
+    table, manifest = read_subset(ws.shards_dir / "rules-k12-by-subject")
+    allocation = manifest["groups"]["allocation"]
+    rows = ws.read_dataset(columns=["split", "subject", "difficulty", "sample_id"]).to_pylist()
+    for subject, budget in allocation.items():
+        pool = sorted((r["difficulty"] for r in rows if r["split"] == "train" and r["subject"] == subject),
+                      reverse=True)
+        picked = [d for d, s in zip(table.column("difficulty").to_pylist(),
+                                    table.column("subject").to_pylist(), strict=True) if s == subject]
+        assert sorted(picked, reverse=True) == pool[:budget]
+
+
+def test_select_refuses_a_bad_rules_option(ws):
+    assert_user_error(
+        run_curate("select", "-w", str(ws.root), "--strategy", "rules", "--k", "5", "--minimum-by", "grade"),
+        "valid: subject, topic, category, skill",
+    )
+    assert_user_error(
+        run_curate("select", "-w", str(ws.root), "--strategy", "rules", "--k", "5",
+                   "--min-per-subject", "-1"),
+        "--min-per-subject must be >= 0",
+    )
     assert not ws.shards_dir.exists()

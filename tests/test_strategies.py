@@ -82,7 +82,8 @@ def test_kmeans_balanced_picks_distinct_samples_nearest_their_centroid():
 
 def test_get_strategy_lists_valid_names():
     assert set(STRATEGIES) == {"l2-maxdiverse", "random", "kmeans-balanced", "semdedup", "coincide",
-                               "top-score", "leverage", "centred-correlation", "d2-pruning", "influence"}
+                               "top-score", "leverage", "centred-correlation", "d2-pruning", "influence",
+                               "rules"}
     valid = ("valid: centred-correlation, coincide, d2-pruning, influence, kmeans-balanced, l2-maxdiverse, "
              "leverage")
     with pytest.raises(UserError, match=valid):
@@ -96,6 +97,9 @@ def test_bad_k_is_a_user_error(k):
         extra = {"scores": np.zeros(10)} if name in ("top-score", "d2-pruning") else {}
         if name == "influence":
             extra = {"targets": np.ones((2, 3), dtype=np.float32)}
+        if name == "rules":
+            extra = {"difficulty": np.zeros(10), "has_image": np.ones(10, bool),
+                     "minimum_groups": np.array(["a"] * 10)}
         with pytest.raises(UserError, match="k"):
             fn(x, k, seed=0, **extra)
 

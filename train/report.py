@@ -129,6 +129,12 @@ def runs_frame(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=RUN_SCHEMA, orient="row") if rows else pl.DataFrame(schema=RUN_SCHEMA)
 
 
+def _distinct_joined(column: str) -> pl.Expr:
+    """The row's distinct values of a string column joined by `` | `` (null when it has none)."""
+    joined = pl.col(column).drop_nulls().unique(maintain_order=True).str.join(" | ")
+    return pl.when(pl.col(column).drop_nulls().len() > 0).then(joined).otherwise(None).alias(column)
+
+
 def summarize(runs: pl.DataFrame, stats: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per (strategy, budget, k, llm): mean and std (sample std, 0 for one seed) over seeds of
     Avg and IMG, mean of every category, and accuracy relative to the same LLM's ``full`` row (in %).
@@ -140,9 +146,13 @@ def summarize(runs: pl.DataFrame, stats: pl.DataFrame | None = None) -> pl.DataF
         *[pl.col(c).mean().alias(c) for c in CATEGORIES],
         pl.col(IMAGE).std(ddof=1).fill_null(0.0).fill_nan(0.0).alias(f"{IMAGE}_std"),
         pl.col("steps").max(),
-        pl.col("image_fraction").first(),
-        pl.col("coverage_radius").first(),
-        *[pl.col(c).first() for c in DIAGNOSTIC_COLUMNS],
+        # A row's subsets differ when every seed drew its own (redraw_subsets): their mean diagnostics
+        # (the distinct group coverages, joined); with one subset these are that subset's values.
+        pl.col("image_fraction").mean(),
+        pl.col("coverage_radius").mean(),
+        _distinct_joined("group_coverage"),
+        pl.col("mean_difficulty").mean(),
+        (pl.col("near_dup_pairs").mean() + 0.5).floor().cast(pl.Int64).alias("near_dup_pairs"),  # half up
         pl.col("manifest_hash").first(),
         pl.col("target").first(),
         pl.col("seed").sort().cast(pl.String).str.join(",").alias("seeds"),

@@ -164,6 +164,17 @@ class LlavaTrainer(Trainer):
 # --- one stage --------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class StageData:
+    """A stage's tokenized samples: the training set, its counts, the held-out set for eval loss."""
+
+    template: str
+    train: object
+    counts: dict
+    eval_table: pa.Table | None
+    eval: object | None
+
+
 def train_stage(
     ws: Workspace,
     table: pa.Table,
@@ -176,14 +187,13 @@ def train_stage(
     rank: int,
 ) -> dict:
     """Train one stage into ``stage_dir``; return its summary. Every rank calls this."""
-    from train.data import prepare_dataset
     from train.model import build_llava
 
     hp = config.stage_hparams(stage)
     world = world_size()
     per_device, accum = batch_layout(hp, world)
     rows = image_rows(table) if stage == "pretrain" else table
-    if rows.num_rows == 0:
+    if rows.num_rows == 0:  # before the model is built
         raise UserError("stage 1 trains the projector on image samples, but the subset has none")
     bundle = build_llava(config.llm, config.vision, projector_path=projector_path, seed=config.seed)
     bundle = dataclasses.replace(bundle, image_placement=config.image_placement)
@@ -191,6 +201,40 @@ def train_stage(
         from train.qlora import quantize_language_model
 
         quantize_language_model(bundle.model, compute_dtype=_compute_dtype(config))
+    data = _stage_data(ws, rows, config, stage, bundle)
+    bundle = dataclasses.replace(bundle, model=_stage_model(bundle.model, config, stage))
+    params = count_parameters(bundle.model)
+    trainer = _stage_trainer(ws, config, stage, stage_dir, run_dir, bundle, data, per_device, accum, world)
+    checkpoint = latest_checkpoint(stage_dir / CHECKPOINTS_DIR) if config.resume else None
+    if checkpoint is not None:
+        check_trainer_checkpoint(checkpoint)  # a damaged file is named here, not deep inside the Trainer
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    elapsed = time.perf_counter() - started
+    last_stage = stage == config.stages()[-1]
+    _save_stage(trainer, bundle, config, stage, stage_dir, rank, save_model=last_stage)
+    summary = {
+        "stage": stage,
+        "template": data.template,
+        "hparams": dataclasses.asdict(hp),
+        "per_device_batch_size": per_device,
+        "gradient_accumulation_steps": accum,
+        "world_size": world,
+        "parameters": params,
+        "data": dict(data.counts),
+        "samples": len(data.train),
+        "tokens_per_epoch": int(sum(data.train.lengths)),
+        **_outcome(trainer, output, checkpoint, elapsed),
+    }
+    del trainer
+    return summary
+
+
+def _stage_data(ws: Workspace, rows: pa.Table, config: TrainConfig, stage: str, bundle) -> StageData:
+    """Tokenize the stage's ``rows`` (stage 1 uses the ``plain`` template) and the held-out rows of its
+    eval loss (None when there are none or none is usable)."""
+    from train.data import prepare_dataset
+
     template = "plain" if stage == "pretrain" else (config.template or bundle.template)
     data_kwargs = dict(
         template=template,
@@ -212,61 +256,55 @@ def train_stage(
             )
         except UserError:
             eval_ds = None  # every held-out sample unusable with this template/length: no eval loss
+    return StageData(template, train_ds, counts, eval_table, eval_ds)
 
-    model = bundle.model
+
+def _stage_model(model, config: TrainConfig, stage: str):
+    """The model with this stage's trainable parameters: stage 1 the projector; stage 2 the projector and
+    the LLM, or the projector and LoRA adapters on the frozen LLM."""
     if stage == "finetune" and config.lora:
         freeze_for_stage(model, "pretrain")
-        model = apply_lora(model, config)
-    else:
-        freeze_for_stage(model, stage)
-    bundle = dataclasses.replace(bundle, model=model)
-    params = count_parameters(model)
+        return apply_lora(model, config)
+    freeze_for_stage(model, stage)
+    return model
 
-    max_steps = _max_steps(config, stage, len(train_ds), per_device * world, accum)
-    args = _training_args(
-        config, hp, stage_dir, per_device, accum, world, max_steps=max_steps, has_eval=eval_ds is not None
-    )
+
+def _stage_trainer(ws: Workspace, config: TrainConfig, stage: str, stage_dir: Path, run_dir: Path, bundle,
+                   data: StageData, per_device: int, accum: int, world: int) -> LlavaTrainer:
+    """The Trainer of one stage, with its sampler, JSONL log and (stage 2) held-out accuracy callback."""
     from train.data import LlavaCollator
 
+    hp = config.stage_hparams(stage)
+    max_steps = _max_steps(config, stage, len(data.train), per_device * world, accum)
+    args = _training_args(
+        config, hp, stage_dir, per_device, accum, world, max_steps=max_steps, has_eval=data.eval is not None
+    )
     trainer = LlavaTrainer(
-        model=model,
+        model=bundle.model,
         args=args,
         data_collator=LlavaCollator(bundle.tokenizer.pad_token_id),
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         projector_lr=hp.projector_lr if stage == "finetune" else None,
-        sampler=_sampler(train_ds, per_device, accum, world, config.seed),
+        sampler=_sampler(data.train, per_device, accum, world, config.seed),
         callbacks=[JsonlLog(run_dir, stage)],
     )
     if not console_logs():
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # the same entries still reach the run's JSONL log
-    if eval_ds is not None and stage == "finetune" and not _zero3(config):
-        accuracy = ScienceQAAccuracy(bundle, eval_table, ws.image_root(), template, config)
+    if data.eval is not None and stage == "finetune" and not _zero3(config):
+        accuracy = ScienceQAAccuracy(bundle, data.eval_table, ws.image_root(), data.template, config)
         accuracy.trainer = trainer
         trainer.add_callback(accuracy)
-    checkpoint = latest_checkpoint(stage_dir / CHECKPOINTS_DIR) if config.resume else None
-    if checkpoint is not None:
-        check_trainer_checkpoint(checkpoint)  # a damaged file is named here, not deep inside the Trainer
-    started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    elapsed = time.perf_counter() - started
-    last_stage = stage == config.stages()[-1]
-    _save_stage(trainer, bundle, config, stage, stage_dir, rank, save_model=last_stage)
+    return trainer
+
+
+def _outcome(trainer: LlavaTrainer, output, checkpoint: Path | None, elapsed: float) -> dict:
+    """What the stage's training did: steps, epochs, losses, speed, eval entries, where it resumed."""
     history = [dict(e) for e in trainer.state.log_history]
     losses = [e["loss"] for e in history if "loss" in e]
-    summary = {
-        "stage": stage,
-        "template": template,
-        "hparams": dataclasses.asdict(hp),
-        "per_device_batch_size": per_device,
-        "gradient_accumulation_steps": accum,
-        "world_size": world,
-        "parameters": params,
-        "data": dict(counts),
-        "samples": len(train_ds),
-        "tokens_per_epoch": int(sum(train_ds.lengths)),
+    return {
         "steps": output.global_step,
         "epochs": trainer.state.epoch,
         "train_loss": whole_run_loss(output.training_loss, output.global_step, history, checkpoint),
@@ -277,8 +315,6 @@ def train_stage(
         "eval": [e for e in history if any(k.startswith("eval_") for k in e)],
         "resumed_from": str(checkpoint) if checkpoint else None,
     }
-    del trainer
-    return summary
 
 
 def whole_run_loss(

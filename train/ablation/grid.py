@@ -14,7 +14,7 @@ A grid is a TOML file (see ``train/grids/*.toml``)::
 
     [strategies.random]                 # label -> options; `strategy` defaults to the label
     [strategies.rules]
-    min_per_group = 1
+    min_per_subject = 1
 
     [stage1]                            # projector pre-training, once per LLM, reused by every cell
     hparams = "tiny-cpu"
@@ -51,7 +51,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 reads TOML through the tomli backport
     import tomli as tomllib
 
-RULES = "rules"
 DEFAULT_RUN_NAME = "{subset}__{llm}__s{seed}"
 # With more than one compute setting the default name also says which: the cells differ only in it.
 COMPUTE_RUN_NAME = "{subset}__{llm}__{compute}__s{seed}"
@@ -62,18 +61,8 @@ POOL_STEPS = "pool"
 POOL_FIELDS = ("split", "require_image", "dedup_eps")
 # Options a strategy entry may carry besides its registry record's options (curate/registry.py);
 # everything else is a typo the user must hear about.
-SELECT_OPTION_KEYS = ("strategy", "seed", "require_image", "dedup_eps", "embeddings_tag")
-RULES_OPTION_KEYS = (
-    "strategy",
-    "seed",
-    "require_image",
-    "min_per_group",
-    "group_by",
-    "prefer",
-    "embeddings_tag",
-    "min_scores",
-    "max_scores",
-)
+SELECT_OPTION_KEYS = ("strategy", "seed", "require_image", "dedup_eps", "embeddings_tag", "min_scores",
+                      "max_scores")
 # Fields the grid itself decides for every run; the rest of TrainConfig may be overridden per stage.
 GRID_OWNED_FIELDS = ("llm", "vision", "stage", "preset", "seed", "projector_path", "run_name", "resume")
 
@@ -85,9 +74,9 @@ class StrategySpec:
     label: str
     """Name used in subset and run names and in the table (the TOML key)."""
     strategy: str
-    """Registered strategy name (curate.registry.REGISTRY) or ``rules``."""
+    """Registered strategy name (curate.registry.REGISTRY)."""
     options: dict = field(default_factory=dict)
-    """Keyword options passed to ``select_subset`` / ``rules_subset`` (seed, require_image, ...)."""
+    """Keyword options passed to ``select_subset`` (seed, require_image, min_scores, ...)."""
     budgets: tuple[Budget, ...] | None = None
     """The grid budgets this row family is trained at (TOML ``budgets = [150]``); None: every budget. A
     control row needs only the budget it controls, so the grid's time goes where the question is."""
@@ -140,7 +129,7 @@ class Budget:
     def resolve(self, pool_size: int) -> int:
         """Number of samples for a pool of ``pool_size``, as `curate select --k/--fraction` resolves it;
         a budget above the pool is a UserError."""
-        from curate.select import resolve_k
+        from curate.pool import resolve_k
 
         return pool_size if self.full else resolve_k(self.k, self.fraction, pool_size)
 
@@ -395,16 +384,14 @@ def packaged_grid(name: str) -> Path:
 
 
 def strategy_names() -> list[str]:
-    """Every strategy a grid may name: the registered selection strategies plus ``rules``."""
+    """Every strategy a grid may name: the registered selection strategies."""
     from curate.registry import REGISTRY
 
-    return sorted([*REGISTRY, RULES])
+    return sorted(REGISTRY)
 
 
 def strategy_option_keys(strategy: str) -> tuple[str, ...]:
     """Options a grid may give ``strategy``: the pool options plus its registry record's options."""
-    if strategy == RULES:
-        return RULES_OPTION_KEYS
     from curate.registry import REGISTRY
 
     record = REGISTRY.get(strategy)
@@ -413,8 +400,6 @@ def strategy_option_keys(strategy: str) -> tuple[str, ...]:
 
 def check_strategy_options(spec: StrategySpec, where: str) -> None:
     """Types, ranges and required options of a registered strategy, as ``curate select`` checks them."""
-    if spec.strategy == RULES:
-        return
     from curate.registry import check_options
 
     own = {key: value for key, value in spec.options.items() if key not in SELECT_OPTION_KEYS}

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from curate.shards import default_subset_name
 from datasets_spec.errors import UserError
 from train.ablation.grid import (
     COMPUTE_RUN_NAME,
@@ -136,7 +137,7 @@ def _families(
                 k = budget.resolve(pool_size(require_image))
             except UserError as exc:
                 raise UserError(f"grid: [strategies.{spec.label}] {exc}") from None
-            families.append((spec.label, budget, SubsetPlan(f"{spec.label}-k{k}", spec, k)))
+            families.append((spec.label, budget, SubsetPlan(default_subset_name(spec.label, k), spec, k)))
     return families
 
 

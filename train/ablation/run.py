@@ -15,13 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from curate.select import pool_size as workspace_pool_size
+from curate.pool import pool_size as workspace_pool_size
 from curate.shards import MANIFEST, read_manifest, subset_hash
 from datasets_spec.errors import UserError
 from datasets_spec.outputs import check_ablation_owned
 from datasets_spec.parts import atomic_file, file_sha256, read_json, write_json
 from datasets_spec.workspace import Workspace
-from train.ablation.grid import RULES, AblationGrid, EvalSpec, check_names
+from train.ablation.grid import AblationGrid, EvalSpec, check_names
 from train.ablation.plan import (
     Cell,
     Plan,
@@ -61,10 +61,6 @@ def make_subset(ws: Workspace, grid: AblationGrid, plan: SubsetPlan, *, command:
     opts.setdefault("require_image", grid.require_image)
     if plan.seed_offset:
         opts["seed"] = int(opts.get("seed", 0)) + plan.seed_offset
-    if plan.strategy.strategy == RULES:
-        from curate.rules import rules_subset
-
-        return rules_subset(ws, k=plan.k, split=grid.split, name=plan.name, command=command, **opts)
     if grid.dedup_eps is not None:
         opts.setdefault("dedup_eps", grid.dedup_eps)
     return select_subset(
