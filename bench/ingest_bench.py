@@ -90,9 +90,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_child(kind: str, path: Path, workspace: Path) -> dict:
+def run_child(kind: str, path: Path, workspace: Path, script: str = __file__) -> dict:
+    """Run ``script --child kind`` in its own process (its own peak RSS); the JSON report it prints last."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", kind, "--file", str(path), "--workspace", str(workspace)],
+        [sys.executable, script, "--child", kind, "--file", str(path), "--workspace", str(workspace)],
         check=True, capture_output=True, text=True, cwd=ROOT,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])

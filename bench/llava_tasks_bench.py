@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ingest_bench  # noqa: E402
 from ingest_bench import MIX665K_SAMPLES, WORDS, _text, peak_rss_mb  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 # Generated task -> count in the real mix; LLaVA-Instruct's 157,712 split 58:23:77 as its file names
 # (conversation_58k, detail_23k, complex_reasoning_77k) say, since the mix does not mark them.
 COMPOSITION = {
@@ -141,13 +141,7 @@ def child(kind: str, path: Path, workspace: Path) -> None:
 
 
 def run_child(kind: str, path: Path, workspace: Path) -> dict:
-    import subprocess
-
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", kind, "--file", str(path), "--workspace", str(workspace)],
-        check=True, capture_output=True, text=True, cwd=ROOT,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return ingest_bench.run_child(kind, path, workspace, script=__file__)
 
 
 def main() -> None:

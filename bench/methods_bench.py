@@ -16,6 +16,8 @@ import argparse
 import json
 import multiprocessing as mp
 import time
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -42,23 +44,37 @@ def features(n: int, d: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-def _hwm() -> int:
+def _status_bytes(field: str) -> int:
+    """A memory line of /proc/self/status (reported in kB), in bytes; 0 when the kernel has no such line."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _hwm() -> int:
+    return _status_bytes("VmHWM")
 
 
 def _rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _status_bytes("VmRSS")
 
 
-def _run(method: str, n: int, d: int, coincide_clusters: int, queue) -> None:
+def kmeans_pass(x: np.ndarray) -> None:
+    """The baseline: one FAISS k-means pass as semdedup runs it, plus the nearest-centroid assignment."""
+    from curate.clustering import assign, kmeans
+    from curate.semdedup import default_clusters
+
+    assign(x, kmeans(x, default_clusters(len(x)), seed=0, niter=20, spherical=True))
+
+
+# A benchmark's method dispatch: (method name, features, budget k, report dict to fill) -> None.
+MethodRunner = Callable[[str, np.ndarray, int, dict], None]
+
+
+def run_measured(run_method: MethodRunner, method: str, n: int, d: int, queue) -> None:
+    """Child process body: build the features, time ``run_method`` on them and put its peak on ``queue``."""
     x = features(n, d)
     with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM: the peak counts from here
         f.write("5")
@@ -66,11 +82,26 @@ def _run(method: str, n: int, d: int, coincide_clusters: int, queue) -> None:
     k = int(round(BUDGET * n))
     report: dict = {}
     t0 = time.perf_counter()
-    if method == "kmeans":
-        from curate.clustering import assign, kmeans
-        from curate.semdedup import default_clusters
+    run_method(method, x, k, report)
+    seconds = time.perf_counter() - t0
+    queue.put({"method": method, "seconds": seconds, "extra_gb": (_hwm() - base) / GB, "report": report})
 
-        assign(x, kmeans(x, default_clusters(n), seed=0, niter=20, spherical=True))
+
+def measure_in_child(run_method: MethodRunner, method: str, n: int, d: int) -> dict:
+    """:func:`run_measured` in a fresh spawned process, so the peak RSS is the method's own."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=run_measured, args=(run_method, method, n, d, queue))
+    proc.start()
+    out = queue.get()
+    proc.join()
+    return out
+
+
+def _run_method(method: str, x: np.ndarray, k: int, report: dict, coincide_clusters: int) -> None:
+    n = len(x)
+    if method == "kmeans":
+        kmeans_pass(x)
     elif method == "semdedup":
         from curate.semdedup import semdedup
 
@@ -95,18 +126,10 @@ def _run(method: str, n: int, d: int, coincide_clusters: int, queue) -> None:
         from curate.clustering import assign, kmeans
 
         assign(x, kmeans(x, coincide_clusters, seed=0, niter=20, spherical=True))
-    seconds = time.perf_counter() - t0
-    queue.put({"method": method, "seconds": seconds, "extra_gb": (_hwm() - base) / GB, "report": report})
 
 
 def measure(method: str, n: int, d: int, coincide_clusters: int) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_run, args=(method, n, d, coincide_clusters, queue))
-    proc.start()
-    out = queue.get()
-    proc.join()
-    return out
+    return measure_in_child(partial(_run_method, coincide_clusters=coincide_clusters), method, n, d)
 
 
 def main() -> None:

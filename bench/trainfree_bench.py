@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import time
 
 import numpy as np
 
-from bench.methods_bench import BUDGET, GB, _hwm, _rss, features
+from bench.methods_bench import BUDGET, GB, kmeans_pass, measure_in_child
 
 METHODS = "kmeans,leverage,centred-correlation,d2-pruning,knn-recall"
 
@@ -41,19 +39,10 @@ def _knn_recall(x: np.ndarray, queries: int = 1000, m: int = 5) -> float:
     return float(np.mean(hits))
 
 
-def _run(method: str, n: int, d: int, queue) -> None:
-    x = features(n, d)
-    with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM: the peak counts from here
-        f.write("5")
-    base = _rss()
-    k = int(round(BUDGET * n))
-    report: dict = {}
-    t0 = time.perf_counter()
+def _run_method(method: str, x: np.ndarray, k: int, report: dict) -> None:
+    n = len(x)
     if method == "kmeans":
-        from curate.clustering import assign, kmeans
-        from curate.semdedup import default_clusters
-
-        assign(x, kmeans(x, default_clusters(n), seed=0, niter=20, spherical=True))
+        kmeans_pass(x)
     elif method == "leverage":
         from curate.leverage import leverage
 
@@ -68,18 +57,10 @@ def _run(method: str, n: int, d: int, queue) -> None:
         d2_pruning(x, k, scores=np.random.default_rng(0).random(n), report=report)
     elif method == "knn-recall":
         report["recall_at_5"] = _knn_recall(x)
-    seconds = time.perf_counter() - t0
-    queue.put({"method": method, "seconds": seconds, "extra_gb": (_hwm() - base) / GB, "report": report})
 
 
 def measure(method: str, n: int, d: int) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_run, args=(method, n, d, queue))
-    proc.start()
-    out = queue.get()
-    proc.join()
-    return out
+    return measure_in_child(_run_method, method, n, d)
 
 
 def main() -> None:

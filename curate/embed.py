@@ -219,6 +219,17 @@ def embed_workspace(
         return _embed(job, rank, world)
 
 
+def rank_device(device: str, world: int) -> str:
+    """``auto``: this rank's GPU under torchrun (LOCAL_RANK), the GPU, or the CPU."""
+    import torch
+
+    if device != "auto":
+        return device
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if world > 1 else "cuda"
+
+
 def clip_weights_label(pretrained: str | None) -> str:
     """How ``embeddings.json`` names open_clip weights: a resolved checkpoint path, a tag, or ``none``."""
     if pretrained and os.path.isfile(pretrained):

@@ -18,7 +18,6 @@ concatenates several layers). The set is written exactly like an open_clip set (
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
@@ -259,21 +258,11 @@ def embed_reference(
         return _run(job, kind, source, layer_list, rank, world)
 
 
-def _device(device: str, world: int) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    if not torch.cuda.is_available():
-        return "cpu"
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if world > 1 else "cuda"
-
-
 def _run(job: EmbedJob, kind: str, source: str, layers: tuple[int, ...], rank: int, world: int) -> Path:
     table = job.ws.read_dataset(columns=["sample_id", "image", "conversations"])
     if kind == "llava":
         clip_embed._image_paths(job.ws, table)  # every image exists and stays inside the root: checked first
-    dev = _device(job.device, world)
+    dev = clip_embed.rank_device(job.device, world)
     t0 = time.perf_counter()
     encoder = _Encoder(kind, source, job.params["seed"])
     n_hidden = hidden_state_count(encoder.model)

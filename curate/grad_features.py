@@ -23,7 +23,6 @@ from ``embeddings/.<tag>.partial/``, parts split over ``torchrun`` ranks, float1
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
 import time
@@ -301,23 +300,12 @@ def embed_gradients(
         return final
     with clip_embed.embedding_process(threads) as (rank, world):
         t0 = time.perf_counter()
-        source = _Source(ws, run_dir, grad, proj_dim, seed, _rank_device(device, world))
+        source = _Source(ws, run_dir, grad, proj_dim, seed, clip_embed.rank_device(device, world))
         t_load = time.perf_counter() - t0
         out = _run(ws, final, tag, params, source, batch_size, max_parts, show_progress, stats, rank, world)
         if stats is not None:
             stats["seconds_model_load"] = t_load
         return out
-
-
-def _rank_device(device: str, world: int) -> str:
-    """``auto``: this rank's GPU under torchrun (LOCAL_RANK), the GPU, or the CPU."""
-    import torch
-
-    if device != "auto":
-        return device
-    if not torch.cuda.is_available():
-        return "cpu"
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if world > 1 else "cuda"
 
 
 def _start_partial(partial: Path, params: dict, rank: int) -> None:

@@ -94,7 +94,40 @@ def json_error_position(message: str, tracked: _TrackedFile, size: int) -> str:
     return f"malformed JSON between bytes {tracked.start} and {tracked.end}: {first}"
 
 
-class LlavaJsonReader:
+class ImageSourceReader:
+    """What the streaming readers of an image dataset share: the image options, the count of skipped
+    images, and the checks of the image root and of each image against it."""
+
+    def __init__(
+        self,
+        *,
+        image_root: Path | None,
+        split: str,
+        skip_bad_images: bool,
+        decode_images: bool,
+        batch_size: int,
+        follow_symlinks: bool,
+    ) -> None:
+        self.image_root = Path(image_root) if image_root is not None else None
+        self.split = split
+        self.skip_bad_images = skip_bad_images
+        self.decode_images = decode_images
+        self.batch_size = batch_size
+        self.follow_symlinks = follow_symlinks
+        self.skipped_images = 0
+
+    def _check_image_root(self) -> None:
+        if self.image_root is not None and not self.image_root.is_dir():
+            raise UserError(f"{self.image_root}: image root is not a directory")
+
+    def _image_ok(self, image: str, here: str) -> bool:
+        return image_usable(
+            self.image_root, image, here, decode=self.decode_images, skip=self.skip_bad_images,
+            follow_symlinks=self.follow_symlinks,
+        )
+
+
+class LlavaJsonReader(ImageSourceReader):
     """Stream one LLaVA conversation JSON file as canonical Arrow tables (see the module docstring).
 
     After :meth:`batches` is exhausted, :attr:`skipped_images` (and the list positions of the skipped
@@ -121,16 +154,13 @@ class LlavaJsonReader:
             raise UserError(f"unknown duplicate-id policy {duplicate_ids!r}; valid: {valid}")
         if batch_size < 1:
             raise UserError(f"batch size must be positive, got {batch_size}")
+        super().__init__(
+            image_root=image_root, split=split, skip_bad_images=skip_bad_images, decode_images=decode_images,
+            batch_size=batch_size, follow_symlinks=follow_symlinks,
+        )
         self.path = Path(path)
-        self.image_root = Path(image_root) if image_root is not None else None
-        self.split = split
-        self.skip_bad_images = skip_bad_images
-        self.decode_images = decode_images
         self.duplicate_ids = duplicate_ids
-        self.batch_size = batch_size
         self.source = source
-        self.follow_symlinks = follow_symlinks
-        self.skipped_images = 0
         self.skipped_positions: list[int] = []
         self.original_ids: dict[str, str] = {}
         self.ignored_keys: Counter = Counter()
@@ -139,8 +169,7 @@ class LlavaJsonReader:
     def batches(self) -> Iterator[pa.Table]:
         if not self.path.is_file():
             raise UserError(f"{self.path}: not found")
-        if self.image_root is not None and not self.image_root.is_dir():
-            raise UserError(f"{self.image_root}: image root is not a directory")
+        self._check_image_root()
         size = self.path.stat().st_size
         with self.path.open("rb") as fh:
             self._expect_list(fh)
@@ -288,12 +317,6 @@ class LlavaJsonReader:
         self._seen.add(sample_id)
         if isinstance(raw, int) or sample_id != raw:
             self.original_ids[sample_id] = json.dumps(raw, ensure_ascii=False)
-
-    def _image_ok(self, image: str, here: str) -> bool:
-        return image_usable(
-            self.image_root, image, here, decode=self.decode_images, skip=self.skip_bad_images,
-            follow_symlinks=self.follow_symlinks,
-        )
 
 
     def _table(self, columns: dict[str, list]) -> pa.Table:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +219,14 @@ def loads_json(data: bytes | str, source: str | Path, **kwargs) -> object:
         raise UserError(f"{source}: malformed JSON at {where}: {exc.msg}") from None
     except RecursionError:  # unreachable below MAX_JSON_DEPTH; kept so no traceback can escape
         raise UserError(f"{source}: JSON nested too deeply") from None
+
+
+def numbered_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number from 1, line) of each non-blank line of a JSON lines text: readers name the line they
+    refuse by the number an editor shows."""
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield lineno, line
 
 
 def load_json_file(path: str | Path, **kwargs) -> object:

@@ -68,6 +68,22 @@ def _box(cx: float, cy: float, r: float) -> tuple[int, int, int, int]:
     return (int(round(cx - r)), int(round(cy - r)), int(round(cx + r)), int(round(cy + r)))
 
 
+def _centred_box(
+    rng: np.random.Generator, size: int, radius: tuple[float, float], frac: float
+) -> tuple[int, int, int, int]:
+    """The box of one big shape near the centre: a radius drawn from ``radius`` (fractions of the canvas),
+    the centre moved by up to ``frac`` of the canvas on each axis."""
+    r = size * float(rng.uniform(*radius))
+    cx, cy = size / 2 + _jitter(rng, size, frac), size / 2 + _jitter(rng, size, frac)
+    return _box(cx, cy, r)
+
+
+def _draw_answer(rng: np.random.Generator, choices: tuple[str, ...]) -> tuple[int, str]:
+    """The correct choice, drawn uniformly: (its index, its text)."""
+    answer = int(rng.integers(len(choices)))
+    return answer, choices[answer]
+
+
 def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], fill: RGB) -> None:
     x0, y0, x1, y1 = box
     if kind == "circle":
@@ -82,12 +98,10 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, 
 
 
 def make_color(rng: np.random.Generator, size: int) -> Drawn:
-    answer = int(rng.integers(4))
-    name = COLOR_NAMES[answer]
+    answer, name = _draw_answer(rng, COLOR_NAMES)
     img, draw = _canvas(size)
-    r = size * float(rng.uniform(0.30, 0.40))
-    cx, cy = size / 2 + _jitter(rng, size), size / 2 + _jitter(rng, size)
-    _draw_shape(draw, ("circle", "square")[int(rng.integers(2))], _box(cx, cy, r), COLORS[name])
+    box = _centred_box(rng, size, (0.30, 0.40), 0.06)
+    _draw_shape(draw, ("circle", "square")[int(rng.integers(2))], box, COLORS[name])
     return Drawn(
         question="What color is the big shape?",
         choices=list(COLOR_NAMES),
@@ -124,8 +138,7 @@ POSITIONS = ("left", "right", "top", "bottom")
 
 
 def make_position(rng: np.random.Generator, size: int) -> Drawn:
-    answer = int(rng.integers(4))
-    where = POSITIONS[answer]
+    answer, where = _draw_answer(rng, POSITIONS)
     img, draw = _canvas(size)
     near, mid = size * 0.25, size * 0.5
     far = size - near
@@ -149,12 +162,9 @@ SHAPES = ("circle", "square", "triangle")
 
 
 def make_shape(rng: np.random.Generator, size: int) -> Drawn:
-    answer = int(rng.integers(3))
-    kind = SHAPES[answer]
+    answer, kind = _draw_answer(rng, SHAPES)
     img, draw = _canvas(size)
-    r = size * float(rng.uniform(0.36, 0.44))
-    cx, cy = size / 2 + _jitter(rng, size, 0.04), size / 2 + _jitter(rng, size, 0.04)
-    _draw_shape(draw, kind, _box(cx, cy, r), BLACK)
+    _draw_shape(draw, kind, _centred_box(rng, size, (0.36, 0.44), 0.04), BLACK)
     return Drawn(
         question="Which shape is shown?",
         choices=list(SHAPES),
@@ -233,19 +243,35 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def make_animals(rng: np.random.Generator, size: int) -> Drawn:
-    answer = int(rng.integers(4))
-    kind = ANIMAL_KINDS[answer]
-    animal = _pick(rng, ANIMALS[kind])
-    return Drawn(
-        question=f"What kind of animal is a {animal}?",
-        choices=list(ANIMAL_KINDS),
-        answer=answer,
-        hint="",
-        lecture="Animals are sorted into groups by their traits.",
-        solution=f"A {animal} is a {kind}.",
-    )
+@dataclass(frozen=True, eq=False)
+class ClassifyExample:
+    """A text family that names one example of a class and asks for its class. ``question`` and
+    ``solution`` are templates over ``{example}``, ``{Example}`` (capitalised) and ``{kind}`` (the class)."""
 
+    classes: tuple[str, ...]
+    examples: dict[str, tuple[str, ...]]
+    question: str
+    lecture: str
+    solution: str
+
+    def __call__(self, rng: np.random.Generator, size: int) -> Drawn:
+        answer, kind = _draw_answer(rng, self.classes)
+        example = _pick(rng, self.examples[kind])
+        words = {"example": example, "Example": f"{example[0].upper()}{example[1:]}", "kind": kind}
+        return Drawn(
+            question=self.question.format(**words),
+            choices=list(self.classes),
+            answer=answer,
+            hint="",
+            lecture=self.lecture,
+            solution=self.solution.format(**words),
+        )
+
+
+make_animals = ClassifyExample(
+    ANIMAL_KINDS, ANIMALS, question="What kind of animal is a {example}?",
+    lecture="Animals are sorted into groups by their traits.", solution="A {example} is a {kind}.",
+)
 
 MATTER = ("solid", "liquid", "gas")
 SUBSTANCES = {
@@ -253,21 +279,10 @@ SUBSTANCES = {
     "liquid": ("milk", "juice", "tea", "honey", "rain water"),
     "gas": ("steam", "air", "helium", "oxygen", "water vapor"),
 }
-
-
-def make_matter(rng: np.random.Generator, size: int) -> Drawn:
-    answer = int(rng.integers(3))
-    state = MATTER[answer]
-    thing = _pick(rng, SUBSTANCES[state])
-    return Drawn(
-        question=f"Is {thing} a solid, a liquid, or a gas?",
-        choices=list(MATTER),
-        answer=answer,
-        hint="",
-        lecture="Matter can be a solid, a liquid, or a gas.",
-        solution=f"{thing[0].upper()}{thing[1:]} is a {state}.",
-    )
-
+make_matter = ClassifyExample(
+    MATTER, SUBSTANCES, question="Is {example} a solid, a liquid, or a gas?",
+    lecture="Matter can be a solid, a liquid, or a gas.", solution="{Example} is a {kind}.",
+)
 
 UNITS = ("millimeters", "centimeters", "meters", "kilometers")
 THINGS = {
@@ -276,20 +291,11 @@ THINGS = {
     "meters": ("a bus", "a classroom", "a pool", "a tree"),
     "kilometers": ("a river", "a highway", "a road trip", "a coastline"),
 }
-
-
-def make_units(rng: np.random.Generator, size: int) -> Drawn:
-    answer = int(rng.integers(4))
-    unit = UNITS[answer]
-    thing = _pick(rng, THINGS[unit])
-    return Drawn(
-        question=f"Which unit best measures the length of {thing}?",
-        choices=list(UNITS),
-        answer=answer,
-        hint="",
-        lecture="Pick a unit that fits the size of the object.",
-        solution=f"The length of {thing} is best measured in {unit}.",
-    )
+make_units = ClassifyExample(
+    UNITS, THINGS, question="Which unit best measures the length of {example}?",
+    lecture="Pick a unit that fits the size of the object.",
+    solution="The length of {example} is best measured in {kind}.",
+)
 
 
 DIRECTIONS = ("north", "south", "east", "west")

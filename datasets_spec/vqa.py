@@ -27,9 +27,9 @@ from datasets_spec.difficulty import conversation_difficulty, estimate_tokens
 from datasets_spec.errors import UserError
 from datasets_spec.llava_json import (
     DEFAULT_BATCH_SIZE,
+    ImageSourceReader,
     _columns_to_table,
     _TrackedFile,
-    image_usable,
     json_error_position,
 )
 from datasets_spec.safe_json import GuardedJsonFile
@@ -96,7 +96,7 @@ def read_answers(annotations: Path) -> dict[int, str]:
     return answers
 
 
-class VqaReader:
+class VqaReader(ImageSourceReader):
     """Stream canonical rows from a VQA questions + annotations pair (see the module docstring)."""
 
     def __init__(
@@ -112,16 +112,13 @@ class VqaReader:
         batch_size: int = DEFAULT_BATCH_SIZE,
         follow_symlinks: bool = False,
     ) -> None:
+        super().__init__(
+            image_root=image_root, split=split, skip_bad_images=skip_bad_images, decode_images=decode_images,
+            batch_size=batch_size, follow_symlinks=follow_symlinks,
+        )
         self.questions = Path(questions)
         self.annotations = Path(annotations)
-        self.image_root = Path(image_root) if image_root is not None else None
-        self.split = split
-        self.skip_bad_images = skip_bad_images
-        self.decode_images = decode_images
         self.image_pattern = image_pattern
-        self.batch_size = batch_size
-        self.follow_symlinks = follow_symlinks
-        self.skipped_images = 0
         self.unanswered_annotations = 0
 
     def _pattern(self) -> tuple[str, str | None]:
@@ -146,8 +143,7 @@ class VqaReader:
         return name
 
     def batches(self) -> Iterator[pa.Table]:
-        if self.image_root is not None and not self.image_root.is_dir():
-            raise UserError(f"{self.image_root}: image root is not a directory")
+        self._check_image_root()
         pattern, subtype = self._pattern()
         answers = read_answers(self.annotations)
         used = 0
@@ -193,9 +189,3 @@ class VqaReader:
         self.unanswered_annotations = len(answers) - used
         if columns["sample_id"]:
             yield _columns_to_table(columns)
-
-    def _image_ok(self, image: str, here: str) -> bool:
-        return image_usable(
-            self.image_root, image, here, decode=self.decode_images, skip=self.skip_bad_images,
-            follow_symlinks=self.follow_symlinks,
-        )

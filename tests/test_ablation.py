@@ -133,7 +133,7 @@ def test_demo_cells_cost_their_planned_steps():
                if s.strategy is not None}
     assert {seed for name, seed in offsets if name.startswith("random-b")} == {100, 101}
     assert {seed for name, seed in offsets if name.startswith("random-k")} == {0, 1}
-    assert set(steps.values()) == {1500}  # 600 problems x 10 epochs / batch 4, for every cell
+    assert set(steps.values()) == {1950}  # 600 problems x 13 epochs / batch 4, for every cell
     two = load_grid(ablation.packaged_grid("demo-two-backbones"))
     assert two.llms == ("tiny-llama", "tiny-mistral")
     assert dataclasses.replace(two, llms=grid.llms, name=grid.name) == grid  # the same grid otherwise

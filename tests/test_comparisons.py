@@ -123,3 +123,33 @@ def test_seeds_of_one_cell_on_different_questions_are_refused(tmp_path):
     _write(runs_dir, rows[1]["run"], [1] * 3, ids=["a", "b", "d"])
     with pytest.raises(UserError, match=r"random-k10__tiny-llama__s0 with random-k10__tiny-llama__s1"):
         grid_comparisons(report.runs_frame(rows), runs_dir, report.GROUP_KEYS)
+
+
+def test_run_level_p_is_welch_on_the_pair_whatever_the_other_rows_spread():
+    """Two replicated rows that differ, beside a third with no spread: the run-level p of the pair is
+    scipy's Welch test on the pair's run accuracies alone (a variance pooled with the third row would
+    shrink the spread and the p-value)."""
+    import numpy as np
+    from scipy import stats as scipy_stats
+
+    from train.comparisons import compare_cells
+    from train.paired_stats import Answers
+
+    ids = tuple(f"q{i:03d}" for i in range(100))
+
+    def cell(name, rights):
+        correct = np.zeros((len(rights), 100), dtype=bool)
+        for row, n in enumerate(rights):
+            correct[row, :n] = True
+        return Answers(name, "test", ids, correct)
+
+    keys = ("strategy", "k", "llm")
+    answers = {("random", 10, "a"): cell("random", [40, 48]),
+               ("random-b", 10, "a"): cell("random-b", [60, 66]),
+               ("random-c", 10, "a"): cell("random-c", [50, 50])}
+    schema = {"strategy": pl.String, "k": pl.Int64, "llm": pl.String} | report.STAT_COLUMNS
+    _, comparisons = compare_cells(answers, keys, schema, n_resamples=200)
+    result = next(r for key, ref, r in comparisons if key["strategy"] == "random-b" and ref == "random")
+    expected = scipy_stats.ttest_ind([60.0, 66.0], [40.0, 48.0], equal_var=False).pvalue
+    assert result.p_runs == pytest.approx(expected, rel=1e-6)
+    assert result.p_value == max(result.p_questions, result.p_runs)

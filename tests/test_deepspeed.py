@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from tests.train_helpers import private_workspace
+from tests.train_helpers import logged_losses, private_workspace, run_args
 
 pytestmark = pytest.mark.slow
 
@@ -42,15 +42,7 @@ def _torchrun(ws, zero: str, *extra: str) -> subprocess.CompletedProcess:
         str(29500 + os.getpid() % 1000 + (7 if zero == "zero3" else 0)),
         "-m",
         "train.cli",
-        "run",
-        "-w",
-        str(ws.root),
-        "--subset",
-        str(ws.shards_dir / "k12"),
-        "--llm",
-        "tiny-llama",
-        "--vision",
-        "tiny-clip",
+        *run_args(ws, "k12"),
         "--preset",
         "tiny-cpu",
         "--stage",
@@ -75,7 +67,6 @@ def _torchrun(ws, zero: str, *extra: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_two_process_training_saves_a_loadable_model(ws, zero):
     from train.model import build_llava, load_bundle
-    from train.rundir import read_log
 
     result = _torchrun(ws, zero)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -83,7 +74,7 @@ def test_two_process_training_saves_a_loadable_model(ws, zero):
     assert run.is_dir() and not (ws.runs_dir / f".{zero}.partial").exists()
     record = (run / "config.json").read_text()
     assert '"world_size": 2' in record
-    losses = [e["loss"] for e in read_log(run) if "loss" in e]
+    losses = logged_losses(run)
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     trained = load_bundle(run / "model").model
     base = build_llava("tiny-llama", "tiny-clip", seed=0).model

@@ -130,22 +130,23 @@ def test_results_for_a_run_that_does_not_exist(setup):
     _assert_refused(ws, out, "output for run 'semdedup-k133060__vicuna-7b__s0', which does not exist")
 
 
-def test_results_for_another_model(setup):
-    ws, out = setup
-    folder = out / RUNS["random"]
+def _set_results_config(folder: Path, key: str, value: str) -> None:
+    """Rewrite one ``config`` entry of the lmms-eval results file under ``folder``."""
     results = next(folder.rglob("*_results.json"))
     payload = json.loads(results.read_text())
-    payload["config"]["model_args"] = "pretrained=liuhaotian/llava-v1.5-7b"
+    payload["config"][key] = value
     results.write_text(json.dumps(payload))
+
+
+def test_results_for_another_model(setup):
+    ws, out = setup
+    _set_results_config(out / RUNS["random"], "model_args", "pretrained=liuhaotian/llava-v1.5-7b")
     _assert_refused(ws, out, "lmms-eval evaluated 'liuhaotian/llava-v1.5-7b', not run 'random-k133060")
 
 
 def test_rows_scored_by_different_evaluators(setup):
     ws, out = setup
-    results = next((out / RUNS["coincide"]).rglob("*_results.json"))
-    payload = json.loads(results.read_text())
-    payload["config"]["model"] = "llava_hf"
-    results.write_text(json.dumps(payload))
+    _set_results_config(out / RUNS["coincide"], "model", "llava_hf")
     _assert_refused(ws, out, "rows were evaluated differently")
 
 

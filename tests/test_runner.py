@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train_helpers import TINY, cli, logits, private_workspace, sample_batch
+from tests.train_helpers import TINY, cli, logged_losses, logits, private_workspace, run_args, sample_batch
 from train.config import TrainConfig
 from train.rundir import read_log
 from train.runner import merge_run, run_training
@@ -129,7 +129,7 @@ def test_tiny_model_overfits_a_handful_of_samples(ws):
         **TINY,
     )
     run = run_training(ws, ws.shards_dir / "k4", config)
-    losses = [e["loss"] for e in read_log(run) if "loss" in e]
+    losses = logged_losses(run)
     assert len(losses) == 50
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
 
@@ -196,26 +196,8 @@ def test_resume_continues_an_interrupted_run(ws, monkeypatch):
 
 
 def test_dry_run_prints_estimates(ws, capsys):
-    code, err = cli(
-        [
-            "run",
-            "-w",
-            str(ws.root),
-            "--subset",
-            str(ws.shards_dir / "k12"),
-            "--llm",
-            "mistral-7b",
-            "--vision",
-            "clip-vit-l-336",
-            "--lora-r",
-            "128",
-            "--deepspeed",
-            "zero3",
-            "--gpus",
-            "8",
-            "--dry-run",
-        ]
-    )
+    models = run_args(ws, "k12", llm="mistral-7b", vision="clip-vit-l-336")
+    code, err = cli([*models, "--lora-r", "128", "--deepspeed", "zero3", "--gpus", "8", "--dry-run"])
     assert code == 0, err
     out = capsys.readouterr().out
     assert "8 GPU(s)" in out and "ZeRO-3" in out and "memory per GPU" in out
@@ -248,24 +230,7 @@ def test_memory_formula_against_hand_computation():
 
 def _bad(ws, *args: str) -> str:
     before = sorted(p.name for p in ws.runs_dir.iterdir()) if ws.runs_dir.exists() else []
-    code, err = cli(
-        [
-            "run",
-            "-w",
-            str(ws.root),
-            "--llm",
-            "tiny-llama",
-            "--vision",
-            "tiny-clip",
-            "--preset",
-            "tiny-cpu",
-            "--eval-limit",
-            "0",
-            "--max-steps",
-            "1",
-            *args,
-        ]
-    )
+    code, err = cli([*run_args(ws), "--preset", "tiny-cpu", "--eval-limit", "0", "--max-steps", "1", *args])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
     after = sorted(p.name for p in ws.runs_dir.iterdir()) if ws.runs_dir.exists() else []

@@ -6,9 +6,8 @@ import importlib.util
 
 import pytest
 
-from tests.train_helpers import private_workspace
+from tests.train_helpers import TINY, logged_losses, private_workspace
 from train.config import TrainConfig
-from train.rundir import read_log
 from train.runner import run_training
 
 pytestmark = [
@@ -22,22 +21,19 @@ def test_smollm2_lora_loss_falls_and_eval_parses_answers(synthetic_workspace, tm
     from train.evaluate import evaluate_run
 
     ws = private_workspace(synthetic_workspace, tmp_path / "ws")
+    # The tiny-model test settings (tests.train_helpers.TINY) with the real language model.
     config = TrainConfig(
-        llm="smollm2-135m",
-        vision="tiny-clip",
         stage="finetune",
-        preset="tiny-cpu",
         lora_r=8,
         lr=2e-3,
         global_batch_size=2,
         per_device_batch_size=2,
         max_steps=5,
-        eval_limit=0,
-        max_length=512,
         run_name="smol",
+        **dict(TINY, llm="smollm2-135m"),
     )
     run = run_training(ws, ws.shards_dir / "k12", config)
-    losses = [e["loss"] for e in read_log(run) if "loss" in e]
+    losses = logged_losses(run)
     assert len(losses) == 5 and min(losses[-2:]) < losses[0] / 2, losses
     assert (run / "adapter" / "adapter_config.json").is_file() and (run / "model" / "config.json").is_file()
     metrics = evaluate_run(ws, run, split="test", limit=6, max_new_tokens=8, batch_size=6)

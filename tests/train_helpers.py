@@ -31,11 +31,26 @@ def private_workspace(source: Workspace, dest: Path) -> Workspace:
     return ws
 
 
+def run_args(ws: Workspace, subset: str | None = None, *, llm: str = "tiny-llama",
+             vision: str = "tiny-clip") -> list[str]:
+    """`train run` arguments naming ``ws``, one of its subsets (None: the caller passes --subset) and the
+    two models."""
+    where = ["-w", str(ws.root)] + (["--subset", str(ws.shards_dir / subset)] if subset is not None else [])
+    return ["run", *where, "--llm", llm, "--vision", vision]
+
+
 def cli(args: list[str]) -> tuple[int, str]:
     """Run `train ARGS` the way the console script does; (exit code, stderr)."""
     from train.cli import app
 
     return run_app(app, args)
+
+
+def logged_losses(run: Path) -> list[float]:
+    """The training losses a finished run logged, in step order."""
+    from train.rundir import read_log
+
+    return [e["loss"] for e in read_log(run) if "loss" in e]
 
 
 def sample_batch(bundle, ws: Workspace, n: int = 4) -> dict:

@@ -24,7 +24,6 @@ from train.paired_stats import (
     accuracy_ci,
     compare,
     load_run_answers,
-    pooled_run_variance,
     stack_seeds,
 )
 
@@ -137,7 +136,6 @@ def compare_cells(
 ) -> tuple[pl.DataFrame, list[tuple[dict, str, Comparison]]]:
     """:func:`grid_comparisons` on answers already loaded."""
     rows, comparisons = [], []
-    run_variances = _pooled_run_variances(answers, group_keys)
     for key_values, cell in answers.items():
         key = _as_dict(group_keys, key_values)
         lo, hi = accuracy_ci(cell, n_resamples=n_resamples, seed=seed)
@@ -146,8 +144,10 @@ def compare_cells(
             ref_key = reference_key(key, ref, group_keys, answers)
             result = None
             if ref_key is not None:
-                result = compare(cell, answers[ref_key], n_resamples=n_resamples, seed=seed,
-                                 run_variance=run_variances.get(_family(key, group_keys)))
+                # The run-level test is Welch's on the pair, not a variance pooled over the LLM's rows:
+                # rows differ in spread by construction (a random 150 varies with its draw, the whole
+                # pool has no draw), and pooling understated a random row's spread (train/paired_stats.py).
+                result = compare(cell, answers[ref_key], n_resamples=n_resamples, seed=seed)
                 comparisons.append((key, ref, result))
             row[f"vs_{ref}"] = None if result is None else result.diff
             row[f"vs_{ref}_low"] = None if result is None else result.ci_low
@@ -203,18 +203,3 @@ def _where(key: Mapping, several: bool) -> list[str]:
     if several and key.get("compute"):
         parts.append(f"steps={key['compute']}")
     return parts
-
-
-def _family(key: Mapping, group_keys: Sequence[str]) -> tuple:
-    """The group keys that do not name a subset (LLM, compute): cells sharing them share a run variance."""
-    return tuple(key[k] for k in group_keys if k not in SUBSET_KEYS)
-
-
-def _pooled_run_variances(answers: Mapping[tuple, Answers], group_keys: Sequence[str]) -> dict[tuple, tuple]:
-    """Per LLM and compute: the run-to-run variance pooled over its replicated cells (see
-    :func:`train.paired_stats.pooled_run_variance`); families without a replicated cell are absent."""
-    families: dict[tuple, list[Answers]] = {}
-    for key_values, cell in answers.items():
-        families.setdefault(_family(_as_dict(group_keys, key_values), group_keys), []).append(cell)
-    pooled = {family: pooled_run_variance(cells) for family, cells in families.items()}
-    return {family: value for family, value in pooled.items() if value is not None}

@@ -45,70 +45,32 @@ from train.qlora import QLORA_BYTES_PER_PARAM, language_model_linears
 GIB = 1024**3
 
 # Published configurations of the hub presets (config.json of each repository), so that a dry run
-# needs neither the weights nor the network.
-HUB_ARCHITECTURES: dict[str, dict] = {
-    "mistral-7b": dict(
-        model_type="mistral",
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=32000,
-        tie_word_embeddings=False,
-    ),
-    "llama2-7b": dict(
-        model_type="llama",
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32000,
-        tie_word_embeddings=False,
-    ),
-    "phi-2": dict(
-        model_type="phi",
-        hidden_size=2560,
-        intermediate_size=10240,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=51200,
-        tie_word_embeddings=False,
-    ),
-    "smollm2-135m": dict(
-        model_type="llama",
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        vocab_size=49152,
-        tie_word_embeddings=True,
-    ),
+# needs neither the weights nor the network. One row per model, the columns named by the fields tuple.
+_LLM_FIELDS = (
+    "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "vocab_size", "tie_word_embeddings",
+)
+_LLM_ROWS = {
+    "mistral-7b": ("mistral", 4096, 14336, 32, 32, 8, 32000, False),
+    "llama2-7b": ("llama", 4096, 11008, 32, 32, 32, 32000, False),
+    "phi-2": ("phi", 2560, 10240, 32, 32, 32, 51200, False),
+    "smollm2-135m": ("llama", 576, 1536, 30, 9, 3, 49152, True),
 }
 # Vicuna v1.5 is LLaMA-2-7B fine-tuned: the same shapes.
-HUB_ARCHITECTURES["vicuna-7b"] = dict(HUB_ARCHITECTURES["llama2-7b"])
+_LLM_ROWS["vicuna-7b"] = _LLM_ROWS["llama2-7b"]
+_VISION_FIELDS = (
+    "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "image_size", "patch_size",
+)
+_VISION_ROWS = {
+    "clip-vit-l-336": ("clip_vision_model", 1024, 4096, 24, 16, 336, 14),
+    "siglip-so400m": ("siglip_vision_model", 1152, 4304, 27, 16, 384, 14),
+}
+HUB_ARCHITECTURES: dict[str, dict] = {
+    name: dict(zip(_LLM_FIELDS, row, strict=True)) for name, row in _LLM_ROWS.items()
+}
 VISION_ARCHITECTURES: dict[str, dict] = {
-    "clip-vit-l-336": dict(
-        model_type="clip_vision_model",
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-    ),
-    "siglip-so400m": dict(
-        model_type="siglip_vision_model",
-        hidden_size=1152,
-        intermediate_size=4304,
-        num_hidden_layers=27,
-        num_attention_heads=16,
-        image_size=384,
-        patch_size=14,
-    ),
+    name: dict(zip(_VISION_FIELDS, row, strict=True)) for name, row in _VISION_ROWS.items()
 }
 
 

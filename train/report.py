@@ -267,7 +267,7 @@ STATS_NOTE = (
     "test on the per-question seed-mean differences, McNemar's test extended to them). A row with one seed "
     "still has its interval: it measures which questions were asked, not seed noise. With replicated rows "
     "(several seeds, with `redraw_subsets` one subset draw each), p is also the run-level t-test on the "
-    "runs' accuracies, its variance pooled over the LLM's replicated rows, and the larger of the two "
+    "runs' accuracies (Welch's, each row's own spread), and the larger of the two "
     "p-values is shown, the CI widened to cover both intervals: a difference counts only if it stands out "
     "from both the question sampling and the run-to-run spread (`comparisons.csv` keeps `p_questions` and "
     "`p_runs`)."

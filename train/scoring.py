@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasets_spec.errors import UserError
-from datasets_spec.safe_json import check_json_bytes, load_json_file
+from datasets_spec.safe_json import check_json_bytes, load_json_file, numbered_lines
 
 FAILED = -1
 # LLaVA's scorer checks rules 1 and 2 against this fixed list, then maps the letter into the problem's
@@ -247,9 +247,7 @@ def load_predictions(path: Path) -> dict[str, str]:
 
 def _predictions_from_jsonl(path: Path, content: str) -> dict[str, str]:
     out: dict[str, str] = {}
-    for lineno, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, line in numbered_lines(content):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
