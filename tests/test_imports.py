@@ -93,3 +93,41 @@ def test_module_imports_alone(name):
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_module_is_under_500_lines(name):
     assert len(MODULES[name].read_text().splitlines()) <= MAX_LINES
+
+
+# The layers, bottom first: a module may import its own layer and the ones below, never one above
+# (datasets_spec <- curate <- train; bench and tests sit on top and are not scanned here).
+LAYERS = {package: depth for depth, package in enumerate(PACKAGES)}
+# Known upward imports, all function-level: curate's model-backed features load train's models (hidden
+# states of a run, per-sample loss, LoRA gradients). The model loading they need is to move where both
+# layers may import it; until then this list may only shrink (a new upward import fails the test below,
+# and a listed module that stops importing upward fails the one after it).
+UPWARD_IMPORTS = {"curate.embed_reference", "curate.score_models", "curate.grad_features"}
+
+
+def _layer(module: str) -> int:
+    return LAYERS[module.split(".")[0]]
+
+
+def _upward(name: str) -> set[str]:
+    return {t for t in _imports(name, MODULES[name]) if _layer(t) > _layer(name)}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_imports_run_down_the_layers(name):
+    if name in UPWARD_IMPORTS:
+        return
+    assert not _upward(name), f"{name} imports a higher layer: {sorted(_upward(name))}"
+
+
+@pytest.mark.parametrize("name", sorted(UPWARD_IMPORTS))
+def test_listed_upward_imports_are_still_there(name):
+    assert _upward(name), f"{name} no longer imports a higher layer: drop it from UPWARD_IMPORTS"
+
+
+def test_layer_rule_sees_function_level_imports(tmp_path, monkeypatch):
+    """A function-level ``from train... import`` in a curate module is found (hand-written module)."""
+    source = tmp_path / "probe.py"
+    source.write_text("def f():\n    from train.config import TrainConfig\n    return TrainConfig\n")
+    monkeypatch.setitem(MODULES, "curate.probe", source)
+    assert _upward("curate.probe") == {"train.config"}
