@@ -33,9 +33,11 @@ PREFERENCES = ("hard", "easy", "none")
 DEFAULT_MINIMUM_BY = "subject"
 
 
-def check_minimum_by(column: str) -> None:
+def check_minimum_by(column: str, flag: str = "--minimum-by") -> None:
+    """The minimums' column; ``flag`` is the option the user gave it as (`curate rules` calls it
+    ``--group-by``)."""
     if column not in GROUP_COLUMNS:
-        raise UserError(f"--group-by {column!r}: valid: {', '.join(GROUP_COLUMNS)}")
+        raise UserError(f"{flag} {column!r}: valid: {', '.join(GROUP_COLUMNS)}")
 
 
 def check_prefer(prefer: str) -> None:

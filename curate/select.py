@@ -160,7 +160,7 @@ def rules_subset(
     """``curate rules``: :func:`select_subset` with the ``rules`` strategy, in the old flags'
     terms. ``group_by`` is the minimums' column, ``require_image`` puts image-bearing samples first (an
     ordering: text-only samples still fill in), ``min_scores`` / ``max_scores`` filter the pool first."""
-    rules.check_minimum_by(group_by)
+    rules.check_minimum_by(group_by, flag="--group-by")  # in this command's flag, before the registry's check
     rules.check_prefer(prefer)
     return select_subset(
         ws, rules.RULES, k=k, seed=seed, split=split, name=name, overwrite=overwrite, command=command,

@@ -84,7 +84,7 @@ def test_rules_byte_identical(ws):
 
 
 def test_rules_unknown_options():
-    with pytest.raises(UserError, match="valid: subject, topic, category, skill"):
+    with pytest.raises(UserError, match="--group-by 'grade': valid: subject, topic, category, skill"):
         rules_subset(None, k=5, group_by="grade")  # type: ignore[arg-type]
     with pytest.raises(UserError, match="valid: hard, easy, none"):
         rules_subset(None, k=5, prefer="medium")  # type: ignore[arg-type]
@@ -144,7 +144,7 @@ def test_select_rules_default_name_and_per_group_budgets(ws):
 def test_select_refuses_a_bad_rules_option(ws):
     assert_user_error(
         run_curate("select", "-w", str(ws.root), "--strategy", "rules", "--k", "5", "--minimum-by", "grade"),
-        "valid: subject, topic, category, skill",
+        "--minimum-by 'grade': valid: subject, topic, category, skill",
     )
     assert_user_error(
         run_curate("select", "-w", str(ws.root), "--strategy", "rules", "--k", "5",

@@ -26,7 +26,7 @@ from datasets_spec.errors import UserError
 from datasets_spec.workspace import Workspace
 from train.callbacks import JsonlLog, OptimizerNames, ScienceQAAccuracy
 from train.config import TrainConfig, deepspeed_config_path
-from train.hparams import batch_layout
+from train.hparams import StageHparams, batch_layout
 from train.rundir import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
@@ -204,7 +204,8 @@ def train_stage(
     data = _stage_data(ws, rows, config, stage, bundle)
     bundle = dataclasses.replace(bundle, model=_stage_model(bundle.model, config, stage))
     params = count_parameters(bundle.model)
-    trainer = _stage_trainer(ws, config, stage, stage_dir, run_dir, bundle, data, per_device, accum, world)
+    trainer = _stage_trainer(ws, config, hp, stage, stage_dir, run_dir, bundle, data, per_device, accum,
+                             world)
     checkpoint = latest_checkpoint(stage_dir / CHECKPOINTS_DIR) if config.resume else None
     if checkpoint is not None:
         check_trainer_checkpoint(checkpoint)  # a damaged file is named here, not deep inside the Trainer
@@ -269,12 +270,12 @@ def _stage_model(model, config: TrainConfig, stage: str):
     return model
 
 
-def _stage_trainer(ws: Workspace, config: TrainConfig, stage: str, stage_dir: Path, run_dir: Path, bundle,
-                   data: StageData, per_device: int, accum: int, world: int) -> LlavaTrainer:
+def _stage_trainer(ws: Workspace, config: TrainConfig, hp: StageHparams, stage: str, stage_dir: Path,
+                   run_dir: Path, bundle, data: StageData, per_device: int, accum: int,
+                   world: int) -> LlavaTrainer:
     """The Trainer of one stage, with its sampler, JSONL log and (stage 2) held-out accuracy callback."""
     from train.data import LlavaCollator
 
-    hp = config.stage_hparams(stage)
     max_steps = _max_steps(config, stage, len(data.train), per_device * world, accum)
     args = _training_args(
         config, hp, stage_dir, per_device, accum, world, max_steps=max_steps, has_eval=data.eval is not None
